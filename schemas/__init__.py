@@ -1,0 +1,1 @@
+"""Avro contracts shipped with Framewire (the *.avsc files beside this module)."""

@@ -1,0 +1,1 @@
+"""Framewire services: stage logic plus thin entry points."""
