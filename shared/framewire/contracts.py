@@ -151,6 +151,7 @@ class DeadLetter(Contract):
     frame_id: str | None = None
     key: bytes | None = None
     payload: bytes | None = None
+    payload_uri: str | None = None
     schema_version: int = 1
 
 

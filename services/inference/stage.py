@@ -1,0 +1,86 @@
+"""Inference: run the model on micro-batches of letterboxed frames, boxes back in frame pixels."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from framewire.blobstore import BlobStore, resolve_payload
+from framewire.config import Settings
+from framewire.contracts import Detection, FramePreprocessed, InferenceResult, utcnow
+from framewire.errors import DataError
+from framewire.runtime import Stage
+from framewire.runtime.loop import Outcome
+from framewire.services.inference.models import Detector, choose_providers, load_manifest
+from framewire.services.preprocess.imaging import Letterbox, decode_pixels, unletterbox_boxes
+
+log = logging.getLogger(__name__)
+
+
+class InferenceStage(Stage):
+    """frames.ready (FramePreprocessed) → detections (InferenceResult)."""
+
+    name = "inference"
+    input_topic = "frames.ready"
+    input_type = FramePreprocessed
+    output_topic = "detections"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        cfg = settings.inference
+        self.manifest = load_manifest(cfg.model)
+        self.detector = Detector(self.manifest, choose_providers(cfg.providers),
+                                 cfg.intra_op_threads)
+        self.blobs = BlobStore(settings.resolved_blob_dir)
+        log.info("model loaded", extra={"model": self.manifest.name,
+                                        "model_version": self.manifest.version,
+                                        "provider": self.detector.provider})
+
+    def _pixels(self, frame: FramePreprocessed) -> np.ndarray:
+        m = self.manifest
+        if (frame.input_width, frame.input_height) != (m.input_width, m.input_height):
+            raise DataError(
+                "input_size_mismatch",
+                f"frame letterboxed to {frame.input_width}x{frame.input_height} but model "
+                f"{m.name} takes {m.input_width}x{m.input_height}; preprocess and inference must "
+                "use the same FRAMEWIRE_INFERENCE__MODEL",
+            )
+        data = resolve_payload(frame.pixels, frame.pixels_uri, frame.pixels_sha256, self.blobs)
+        return decode_pixels(data, frame.pixel_format, frame.input_width, frame.input_height)
+
+    def process(self, records: list[FramePreprocessed]) -> list[Outcome]:
+        outcomes: list[Outcome] = [None] * len(records)
+        images, ready = [], []
+        for i, frame in enumerate(records):
+            try:
+                images.append(self._pixels(frame))
+                ready.append(i)
+            except DataError as exc:
+                outcomes[i] = exc
+        if not images:
+            return outcomes
+        for i, boxes in zip(ready, self.detector.detect(images), strict=True):
+            outcomes[i] = self._result(records[i], boxes)
+        return outcomes
+
+    def _result(self, frame: FramePreprocessed, boxes: np.ndarray) -> InferenceResult:
+        lb = Letterbox(frame.scale, frame.pad_x, frame.pad_y, frame.input_width,
+                       frame.input_height)
+        mapped = unletterbox_boxes(boxes, lb, frame.orig_width, frame.orig_height)
+        names = self.manifest.class_names
+        detections = [
+            Detection(label=names[int(c)] if int(c) < len(names) else str(int(c)),
+                      class_id=int(c), score=float(s), x1=float(x1), y1=float(y1),
+                      x2=float(x2), y2=float(y2))
+            for x1, y1, x2, y2, s, c in mapped[:, :6]
+        ]
+        return InferenceResult(
+            frame_id=frame.frame_id, camera_id=frame.camera_id, seq=frame.seq,
+            captured_at=frame.captured_at, ingested_at=frame.ingested_at,
+            preprocessed_at=frame.preprocessed_at, inferred_at=utcnow(),
+            orig_width=frame.orig_width, orig_height=frame.orig_height,
+            model_name=self.manifest.name, model_version=self.manifest.version,
+            provider=self.detector.provider, too_dark=frame.too_dark, blurred=frame.blurred,
+            frozen=frame.frozen, detections=detections, image_uri=frame.image_uri,
+        )

@@ -1,0 +1,29 @@
+"""Storage: idempotent upsert of results by frame_id (a redelivered result never makes a row)."""
+
+from __future__ import annotations
+
+from framewire.config import Settings
+from framewire.contracts import InferenceResult
+from framewire.db import open_database
+from framewire.runtime import Stage
+from framewire.runtime.loop import Outcome
+
+
+class StorageStage(Stage):
+    """detections (InferenceResult) → SQL rows."""
+
+    name = "storage"
+    input_topic = "detections"
+    input_type = InferenceResult
+    output_topic = None
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.db = open_database(settings.resolved_database_url)
+
+    def process(self, records: list[InferenceResult]) -> list[Outcome]:
+        self.db.upsert_results(records)
+        return [None] * len(records)
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,3 @@
+from framewire.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""``framewire results``, ``deadletters`` and ``status``: what the pipeline did."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from framewire.cli import app, console, settings_for
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, default=str, indent=2))
+
+
+@app.command()
+def results(
+    camera: Annotated[str | None, typer.Option(help="Only this camera.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Newest N results.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """List stored results, newest first, with their detections (boxes in frame pixels).
+
+    Example: framewire results --camera cam-7 --limit 5 --json
+    """
+    from dataclasses import asdict
+
+    from framewire.db import open_database
+
+    settings = settings_for()
+    db = open_database(settings.resolved_database_url)
+    try:
+        rows = db.query_results(camera_id=camera, limit=limit)
+    finally:
+        db.close()
+    if as_json:
+        _print_json([asdict(r) for r in rows])
+        return
+    table = Table("frame id", "camera", "seq", "captured", "model", "detections")
+    for r in rows:
+        dets = ", ".join(f"{d.label} {d.score:.2f} [{d.x1:.0f},{d.y1:.0f},{d.x2:.0f},{d.y2:.0f}]"
+                         for d in r.detections) or "-"
+        table.add_row(r.frame_id, r.camera_id, str(r.seq),
+                      r.captured_at.isoformat(timespec="milliseconds"),
+                      f"{r.model_name} {r.model_version}", dets)
+    console.print(table)
+    if not rows:
+        console.print("no results stored yet: is `framewire run` running? try `framewire status`")
+
+
+deadletters_app = typer.Typer(help="Dead-lettered records.", invoke_without_command=True)
+app.add_typer(deadletters_app, name="deadletters")
+
+
+@deadletters_app.callback()
+def deadletters(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Newest N dead letters.")] = 50,
+) -> None:
+    """List dead-lettered records: service, reason, source topic/partition/offset, camera, frame.
+
+    Example: framewire deadletters --json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from framewire.status import dead_letters
+
+    letters = dead_letters(settings_for())[-limit:]
+    if as_json:
+        _print_json([
+            {"service": d.service, "code": d.code, "reason": d.reason, "failed_at": d.failed_at,
+             "source_topic": d.source_topic, "source_partition": d.source_partition,
+             "source_offset": d.source_offset, "camera_id": d.camera_id,
+             "frame_id": d.frame_id, "payload_bytes": len(d.payload or b""),
+             "payload_uri": d.payload_uri}
+            for _, d in letters
+        ])
+        return
+    table = Table("failed", "service", "code", "camera", "frame id", "source", "reason")
+    for _, d in letters:
+        source = (f"{d.source_topic}[{d.source_partition}]@{d.source_offset}"
+                  if d.source_topic else "(at ingest)")
+        table.add_row(d.failed_at.isoformat(timespec="seconds"), d.service, d.code,
+                      d.camera_id or "-", d.frame_id or "-", source, d.reason)
+    console.print(table)
+    if not letters:
+        console.print("no dead letters")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Show each service (alive, pid, partitions), records in/out/dead-lettered, and lag.
+
+    Example: framewire status --json
+    """
+    from framewire.status import site_status
+
+    statuses = site_status(settings_for())
+    now = datetime.now(UTC)
+    if as_json:
+        _print_json([
+            {"service": s.service, "alive": bool(s.alive), "lag": s.lag,
+             "records_in": s.total("records_in"), "records_out": s.total("records_out"),
+             "dead_lettered": s.total("dead_lettered"),
+             "instances": [
+                 {"instance": b.instance, "pid": b.pid, "host": b.host, "state": b.state,
+                  "version": b.version, "partitions": b.partitions,
+                  "seconds_since_heartbeat": round((now - b.sent_at).total_seconds(), 1),
+                  "records_in": b.records_in, "records_out": b.records_out,
+                  "dead_lettered": b.dead_lettered}
+                 for b in s.instances]}
+            for s in statuses
+        ])
+        return
+    table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered", "lag")
+    for s in statuses:
+        pids = ",".join(str(b.pid) for b in s.alive) or "-"
+        parts = sum(len(b.partitions) for b in s.alive)
+        table.add_row(s.service, "yes" if s.alive else "[red]no[/]", pids, str(parts),
+                      str(s.total("records_in")), str(s.total("records_out")),
+                      str(s.total("dead_lettered")), "-" if s.lag is None else str(s.lag))
+    console.print(table)

@@ -1,0 +1,176 @@
+"""The one configuration object: environment (``FRAMEWIRE_*``), an optional YAML file, defaults.
+
+Nested fields use ``__`` in the environment: ``FRAMEWIRE_INFERENCE__BATCH_SIZE=8``.
+librdkafka properties pass through unchanged in ``kafka`` (``FRAMEWIRE_KAFKA='{"security.protocol": "SSL"}'``
+or the ``kafka:`` mapping in the YAML file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from framewire.errors import ConfigError
+
+TOPICS = ("frames.raw", "frames.ready", "detections", "deadletter", "status")
+
+
+class StageSettings(BaseModel):
+    """Micro-batching of one Kafka-side service."""
+
+    batch_size: int = Field(16, ge=1, le=10_000)
+    batch_linger_ms: int = Field(50, ge=0, le=60_000)
+
+
+class PreprocessSettings(StageSettings):
+    pixel_format: Literal["jpeg", "bgr8"] = "jpeg"
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    dark_threshold: float = Field(40.0, ge=0, le=255)
+    blur_threshold: float = Field(60.0, ge=0)
+
+
+class InferenceSettings(StageSettings):
+    batch_size: int = Field(8, ge=1, le=256)
+    model: str = "centerface"
+    providers: str = "auto"
+    intra_op_threads: int = Field(1, ge=0, le=256)
+
+
+class StorageSettings(StageSettings):
+    batch_size: int = Field(64, ge=1, le=10_000)
+    batch_linger_ms: int = Field(100, ge=0, le=60_000)
+
+
+class CameraSettings(BaseModel):
+    """A camera ingest reads by itself (``framewire publish`` covers one-off sources)."""
+
+    camera_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    url: str
+    fps: float | None = Field(None, gt=0, le=240)
+    loop: bool = False
+
+
+class Settings(BaseSettings):
+    """Everything a Framewire process needs to know, validated at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FRAMEWIRE_", env_nested_delimiter="__", extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Path(".framewire")
+    bootstrap_servers: str = "127.0.0.1:19092"
+    embedded_broker: bool = True
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
+    partitions: int = Field(12, ge=1, le=10_000)
+    schema_registry_url: str | None = None
+    kafka: dict[str, Any] = Field(default_factory=dict)
+    database_url: str | None = None
+    blob_dir: Path | None = None
+    max_inline_bytes: int = Field(900_000, ge=1024, le=64 * 1024 * 1024)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1)
+    heartbeat_interval_s: float = Field(2.0, gt=0, le=600)
+    shutdown_timeout_s: float = Field(20.0, gt=0, le=600)
+    demo_cameras: int = Field(2, ge=0, le=64)
+    demo_fps: float = Field(5.0, gt=0, le=120)
+    demo_width: int = Field(960, ge=64, le=7680)
+    demo_height: int = Field(540, ge=64, le=4320)
+    cameras: list[CameraSettings] = Field(default_factory=list)
+    preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers_have_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(
+                    f"{server!r} is not HOST:PORT; write e.g. 127.0.0.1:9092 or a comma list"
+                )
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database to use: configured, or SQLite under ``home``."""
+        return self.database_url or f"sqlite:///{(self.home / 'framewire.db').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.home / "blobs"
+
+    def topic(self, name: str) -> str:
+        """The full topic name for a logical topic (``frames.raw`` ...), with the prefix."""
+        if name not in TOPICS:
+            raise KeyError(f"unknown topic {name!r}; known: {', '.join(TOPICS)}")
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, service: str) -> str:
+        """The consumer group of a service."""
+        return f"{self.topic_prefix}framewire-{service}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # precedence: explicit arguments > environment > YAML file > defaults
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by ``FRAMEWIRE_CONFIG``, if any."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("FRAMEWIRE_CONFIG")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"FRAMEWIRE_CONFIG={path!r}: no such file; fix the path or unset the variable"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"FRAMEWIRE_CONFIG={path!r} is not valid YAML: {exc}") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"FRAMEWIRE_CONFIG={path!r} must hold a mapping of settings")
+        return data
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings; a bad value raises ConfigError naming field, value and fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per bad field: where it came from, the value given and what is expected."""
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        env = "FRAMEWIRE_" + "__".join(str(p) for p in err["loc"]).upper()
+        value = err.get("input")
+        lines.append(
+            f"  {loc} = {value!r}: {err['msg']} (set {env} or '{loc}' in the FRAMEWIRE_CONFIG file)"
+        )
+    return "\n".join(lines)

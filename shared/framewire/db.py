@@ -1,0 +1,457 @@
+"""Where results are kept: the SQL tables and the one place that opens a database.
+
+SQLAlchemy Core over SQLite (a file on one machine) or PostgreSQL (``postgresql+psycopg://``).
+Every timestamp goes in and comes out as a timezone-aware UTC datetime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, StatementError
+from sqlalchemy.pool import StaticPool
+
+from framewire.contracts import Detection, InferenceResult, utcnow
+from framewire.errors import ConfigError, TransientError
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+_SCHEMA_LOCK = 0x46574952  # PostgreSQL advisory lock key held while creating tables
+# Messages of open failures that retrying cannot fix (SQLite and libpq wording).
+_WRONG_URL_SIGNS = (
+    "unable to open",
+    "not a database",
+    "does not exist",
+    "authentication failed",
+    "pg_hba.conf",
+    "permission denied",
+)
+URL_EXAMPLES = "sqlite:///var/framewire/results.db or postgresql+psycopg://USER@HOST:5432/DBNAME"
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A DateTime column that takes only aware datetimes and gives back aware UTC ones."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.utcoffset() is None:
+            raise ValueError(
+                f"naive datetime {value!r} cannot be stored: pass a timezone-aware UTC datetime "
+                "(framewire.contracts.utcnow())"
+            )
+        value = value.astimezone(UTC)
+        # SQLite keeps text without an offset; all-UTC text sorts in time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+camera_table = sa.Table(
+    "cameras",
+    metadata,
+    sa.Column("camera_id", sa.String, primary_key=True),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("frames_stored", sa.BigInteger, nullable=False),
+)
+
+result_table = sa.Table(
+    "results",
+    metadata,
+    sa.Column("frame_id", sa.String, primary_key=True),
+    sa.Column("camera_id", sa.String, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("captured_at", UTCDateTime, nullable=False),
+    sa.Column("ingested_at", UTCDateTime, nullable=False),
+    sa.Column("preprocessed_at", UTCDateTime, nullable=False),
+    sa.Column("inferred_at", UTCDateTime, nullable=False),
+    sa.Column("stored_at", UTCDateTime, nullable=False),
+    sa.Column("orig_width", sa.Integer, nullable=False),
+    sa.Column("orig_height", sa.Integer, nullable=False),
+    sa.Column("model_name", sa.String, nullable=False),
+    sa.Column("model_version", sa.String, nullable=False),
+    sa.Column("provider", sa.String, nullable=False),
+    sa.Column("image_uri", sa.String, nullable=True),
+    sa.Column("too_dark", sa.Boolean, nullable=False),
+    sa.Column("blurred", sa.Boolean, nullable=False),
+    sa.Column("frozen", sa.Boolean, nullable=False),
+    sa.Column("detection_count", sa.Integer, nullable=False),
+    # (camera_id, captured_at) also serves lookups by camera_id alone, so no separate index.
+    sa.Index("ix_results_camera_id_captured_at", "camera_id", "captured_at"),
+    # The dashboard's "newest across all cameras" query.
+    sa.Index("ix_results_captured_at", "captured_at"),
+)
+
+detection_table = sa.Table(
+    "detections",
+    metadata,
+    sa.Column(
+        "frame_id",
+        sa.String,
+        sa.ForeignKey("results.frame_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("label", sa.String, nullable=False),
+    sa.Column("class_id", sa.Integer, nullable=False),
+    sa.Column("score", sa.Double, nullable=False),
+    sa.Column("x1", sa.Double, nullable=False),
+    sa.Column("y1", sa.Double, nullable=False),
+    sa.Column("x2", sa.Double, nullable=False),
+    sa.Column("y2", sa.Double, nullable=False),
+)
+
+
+@dataclass(slots=True)
+class StoredDetection:
+    """One stored detection; box corners in original-frame pixels."""
+
+    label: str
+    class_id: int
+    score: float
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+_DETECTION_FIELDS = tuple(f.name for f in fields(StoredDetection))
+
+
+@dataclass(slots=True)
+class StoredResult:
+    """One stored inference result with its detections in their original order."""
+
+    frame_id: str
+    camera_id: str
+    seq: int
+    captured_at: datetime
+    ingested_at: datetime
+    preprocessed_at: datetime
+    inferred_at: datetime
+    stored_at: datetime
+    orig_width: int
+    orig_height: int
+    model_name: str
+    model_version: str
+    provider: str
+    image_uri: str | None
+    too_dark: bool
+    blurred: bool
+    frozen: bool
+    detection_count: int
+    detections: list[StoredDetection] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class StoredCamera:
+    """A camera that has stored results: the capture times of its earliest and latest frames."""
+
+    camera_id: str
+    first_seen: datetime
+    last_seen: datetime
+    frames_stored: int
+
+
+class Database:
+    """Results storage over one SQLAlchemy engine; get one from ``open_database()``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._where = engine.url.render_as_string(hide_password=True)
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, for migrations and diagnostics."""
+        return self._engine
+
+    def upsert_results(self, results: Sequence[InferenceResult]) -> int:
+        """Store the results whose frame_id is not stored yet, in one transaction; count them."""
+        unique: dict[str, InferenceResult] = {}
+        for result in results:
+            unique.setdefault(result.frame_id, result)
+        if not unique:
+            return 0
+        # Same key order in every writer: concurrent batches then wait on each other instead
+        # of deadlocking on PostgreSQL's unique-index locks.
+        batch = [unique[frame_id] for frame_id in sorted(unique)]
+        stored_at = utcnow()
+        insert_results = (
+            self._insert(result_table)
+            .on_conflict_do_nothing(index_elements=["frame_id"])
+            .returning(result_table.c.frame_id)
+        )
+        with self._translate_errors("storing results"), self._engine.begin() as conn:
+            rows = [_result_row(result, stored_at) for result in batch]
+            # RETURNING names only the rows this transaction inserted, also under races.
+            inserted = set(conn.execute(insert_results, rows).scalars())
+            new = [result for result in batch if result.frame_id in inserted]
+            detection_rows = [
+                {"frame_id": r.frame_id, "idx": idx, **_detection_fields(d)}
+                for r in new
+                for idx, d in enumerate(r.detections)
+            ]
+            if detection_rows:
+                conn.execute(sa.insert(detection_table), detection_rows)
+            camera_rows = _camera_rows(new)
+            if camera_rows:
+                conn.execute(self._camera_upsert(), camera_rows)
+        log.debug("stored results", extra={"received": len(results), "new": len(new)})
+        return len(new)
+
+    def query_results(
+        self, camera_id: str | None = None, limit: int = 50, since: datetime | None = None
+    ) -> list[StoredResult]:
+        """Results newest first by capture time, optionally of one camera and captured since."""
+        if limit < 1:
+            raise ValueError(f"limit={limit}: ask for at least 1 result")
+        stmt = (
+            sa.select(result_table)
+            .order_by(result_table.c.captured_at.desc(), result_table.c.frame_id.desc())
+            .limit(limit)
+        )
+        if camera_id is not None:
+            stmt = stmt.where(result_table.c.camera_id == camera_id)
+        if since is not None:
+            stmt = stmt.where(result_table.c.captured_at >= since)
+        with self._translate_errors("reading results"), self._engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+            detections: dict[str, list[StoredDetection]] = {row["frame_id"]: [] for row in rows}
+            if detections:
+                detection_stmt = (
+                    sa.select(detection_table)
+                    .where(detection_table.c.frame_id.in_(list(detections)))
+                    .order_by(detection_table.c.frame_id, detection_table.c.idx)
+                )
+                for d in conn.execute(detection_stmt).mappings():
+                    detections[d["frame_id"]].append(
+                        StoredDetection(**{k: d[k] for k in _DETECTION_FIELDS})
+                    )
+        return [StoredResult(**row, detections=detections[row["frame_id"]]) for row in rows]
+
+    def count_results(self, camera_id: str | None = None) -> int:
+        """How many results are stored, for all cameras or one."""
+        stmt = sa.select(sa.func.count()).select_from(result_table)
+        if camera_id is not None:
+            stmt = stmt.where(result_table.c.camera_id == camera_id)
+        with self._translate_errors("counting results"), self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def frame_ids(self, camera_id: str | None = None) -> list[str]:
+        """The stored frame ids, sorted, for all cameras or one."""
+        stmt = sa.select(result_table.c.frame_id).order_by(result_table.c.frame_id)
+        if camera_id is not None:
+            stmt = stmt.where(result_table.c.camera_id == camera_id)
+        with self._translate_errors("listing frame ids"), self._engine.connect() as conn:
+            return list(conn.execute(stmt).scalars())
+
+    def cameras(self) -> list[StoredCamera]:
+        """Every camera with stored results, sorted by camera_id."""
+        stmt = sa.select(camera_table).order_by(camera_table.c.camera_id)
+        with self._translate_errors("listing cameras"), self._engine.connect() as conn:
+            return [StoredCamera(**row) for row in conn.execute(stmt).mappings()]
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _camera_upsert(self) -> Any:
+        stmt = self._insert(camera_table)
+        new, old = stmt.excluded, camera_table.c
+        # CASE rather than LEAST/GREATEST: SQLite has neither.
+        return stmt.on_conflict_do_update(
+            index_elements=["camera_id"],
+            set_={
+                "first_seen": sa.case(
+                    (new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen
+                ),
+                "last_seen": sa.case(
+                    (new.last_seen > old.last_seen, new.last_seen), else_=old.last_seen
+                ),
+                "frames_stored": old.frames_stored + new.frames_stored,
+            },
+        )
+
+    @contextmanager
+    def _translate_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except DBAPIError as err:
+            if not _is_transient(err):
+                raise
+            raise TransientError(
+                f"{action} in {self._where} failed: {err.orig}; the database is busy, "
+                "restarting or unreachable: retry later, and check it is running if this persists"
+            ) from err
+        except StatementError as err:
+            # A value our column types refused (a naive datetime): the caller's bug, not SQL's.
+            if isinstance(err.orig, ValueError):
+                raise err.orig from err
+            raise
+
+
+def open_database(url: str) -> Database:
+    """Connect to the database at ``url`` and create the tables that are missing."""
+    try:
+        parsed = sa.make_url(url)
+    except ArgumentError as err:
+        raise ConfigError(f"database url {url!r} is not a URL: use {URL_EXAMPLES}") from err
+    where = parsed.render_as_string(hide_password=True)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        engine = _sqlite_engine(parsed)
+    elif parsed.drivername in ("postgresql", "postgresql+psycopg"):
+        # Plain postgresql:// means psycopg2 to SQLAlchemy; psycopg (3) is the driver we ship.
+        # pre_ping replaces connections a database restart closed, instead of failing once.
+        engine = sa.create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
+    else:
+        raise ConfigError(
+            f"database url {where!r} uses {parsed.drivername!r}, which Framewire does not "
+            f"support: use {URL_EXAMPLES}"
+        )
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Services starting together would race to create the same tables.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+            metadata.create_all(conn)
+    except DBAPIError as err:
+        engine.dispose()
+        raise _open_failure(err, where) from err
+    log.info("database opened", extra={"url": where})
+    return Database(engine)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    if url.database in (None, "", ":memory:"):
+        # Every pooled connection to :memory: would be a new empty database: share one.
+        engine = sa.create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        path = Path(url.database)  # type: ignore[arg-type]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the folder {str(path.parent)!r} for SQLite database {str(path)!r}:"
+                f" {err.strerror}; choose a writable path in the database url"
+            ) from err
+        engine = sa.create_engine(url)
+    sa.event.listen(engine, "connect", _tune_sqlite_connection)
+    return engine
+
+
+def _tune_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets the dashboard read while the storage service writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # Wait for another writer's lock instead of failing at once with "database is locked".
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # Durable at each WAL checkpoint; a power cut may lose the last commits, never corrupt.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        # SQLite ignores foreign keys unless asked, per connection.
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _is_transient(err: DBAPIError) -> bool:
+    if err.connection_invalidated:
+        return True
+    if not isinstance(err, OperationalError):
+        return False
+    # SQLITE_ERROR (1) is a wrong statement or a missing table: retrying will not help.
+    return getattr(err.orig, "sqlite_errorcode", None) != 1
+
+
+def _open_failure(err: DBAPIError, where: str) -> ConfigError | TransientError:
+    reason = str(err.orig).strip()
+    wrong_url = any(s in reason.lower() for s in _WRONG_URL_SIGNS)
+    if isinstance(err, OperationalError) and not wrong_url:
+        return TransientError(
+            f"cannot reach database {where!r}: {reason}; start the database or fix the host "
+            "and port in the database url, then retry"
+        )
+    return ConfigError(
+        f"cannot open database {where!r}: {reason}; fix the path, user, password, database "
+        "name or the user's rights in the database url"
+    )
+
+
+def _result_row(result: InferenceResult, stored_at: datetime) -> dict[str, Any]:
+    return {
+        "frame_id": result.frame_id,
+        "camera_id": result.camera_id,
+        "seq": result.seq,
+        "captured_at": result.captured_at,
+        "ingested_at": result.ingested_at,
+        "preprocessed_at": result.preprocessed_at,
+        "inferred_at": result.inferred_at,
+        "stored_at": stored_at,
+        "orig_width": result.orig_width,
+        "orig_height": result.orig_height,
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "provider": result.provider,
+        "image_uri": result.image_uri,
+        "too_dark": result.too_dark,
+        "blurred": result.blurred,
+        "frozen": result.frozen,
+        "detection_count": len(result.detections),
+    }
+
+
+def _detection_fields(detection: Detection) -> dict[str, Any]:
+    return {name: getattr(detection, name) for name in _DETECTION_FIELDS}
+
+
+def _camera_rows(new: Sequence[InferenceResult]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for result in new:
+        row = seen.setdefault(
+            result.camera_id,
+            {
+                "camera_id": result.camera_id,
+                "first_seen": result.captured_at,
+                "last_seen": result.captured_at,
+                "frames_stored": 0,
+            },
+        )
+        row["first_seen"] = min(row["first_seen"], result.captured_at)
+        row["last_seen"] = max(row["last_seen"], result.captured_at)
+        row["frames_stored"] += 1
+    # Sorted for the same lock-ordering reason as the results.
+    return [seen[camera_id] for camera_id in sorted(seen)]

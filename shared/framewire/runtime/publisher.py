@@ -1,0 +1,202 @@
+"""Producing records: encoding, keys, headers, delivery tracking, dead letters, heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from framewire import __version__
+from framewire.blobstore import BlobStore, inline_or_reference
+from framewire.broker import client_config
+from framewire.codec import Codec
+from framewire.config import Settings
+from framewire.contracts import Contract, DeadLetter, ServiceHeartbeat, utcnow
+from framewire.errors import DataError, TransientError
+
+log = logging.getLogger(__name__)
+Headers = list[tuple[str, bytes]]
+
+
+class StopSignal:
+    """Set on SIGTERM or SIGINT: the loop finishes its batch, commits and leaves."""
+
+    def __init__(self, install: bool = True) -> None:
+        self.event = threading.Event()
+        if install and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._handle)
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        self.event.set()
+
+    @property
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout)
+
+
+@dataclass
+class Counters:
+    """What a process has done, reported in heartbeats and by ``framewire status``."""
+
+    records_in: int = 0
+    records_out: int = 0
+    dead_lettered: int = 0
+    partitions: list[str] = field(default_factory=list)
+    state: str = "starting"
+    group: str | None = None
+
+
+class Publisher:
+    """A producer for one service: encodes contracts, tracks acknowledgements, dead-letters."""
+
+    def __init__(self, settings: Settings, service: str, codec: Codec | None = None,
+                 blobs: BlobStore | None = None) -> None:
+        self.settings, self.service = settings, service
+        self.codec = codec or Codec()
+        self.blobs = blobs or BlobStore(settings.resolved_blob_dir)
+        self.counters = Counters()
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self._lock = threading.Lock()
+        self._produced: dict[str, int] = {}
+        self._failures: list[str] = []
+        self.producer = Producer(client_config(
+            settings,
+            **{"acks": "all", "enable.idempotence": True, "linger.ms": 5,
+               "compression.type": "lz4", "message.max.bytes": 16 * 1024 * 1024,
+               "client.id": f"framewire-{service}",
+               "error_cb": self._on_error},
+        ))
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    # -- producing -----------------------------------------------------------------------
+
+    def publish(self, topic: str, record: Contract, key: str,
+                headers: Headers | None = None) -> None:
+        """Queue a record for a logical topic (``frames.raw`` ...); acknowledged by ``flush``."""
+        self._produce(self.settings.topic(topic), self.codec.encode(record), key.encode(), headers)
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None,
+                 headers: Headers | None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers,
+                                      on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                # local queue full: serve delivery reports to make room, then try again
+                self.producer.poll(0.1)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            with self._lock:
+                self._failures.append(f"{msg.topic()}: {err.str()}")
+            return
+        tp = f"{msg.topic()}:{msg.partition()}"
+        offset = msg.offset() + 1
+        with self._lock:
+            if offset > self._produced.get(tp, 0):
+                self._produced[tp] = offset
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("broker connection problem", extra={"error": err.str()})
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until every queued record is acknowledged; TransientError if any was not."""
+        remaining = self.producer.flush(timeout_s)
+        with self._lock:
+            failures, self._failures = self._failures, []
+        if remaining or failures:
+            raise TransientError(
+                f"{remaining} records unacknowledged after {timeout_s:.0f} s, "
+                f"{len(failures)} failed ({'; '.join(failures[:3])}); is the broker reachable?"
+            )
+
+    def produced_offsets(self) -> dict[str, int]:
+        """Highest acknowledged offset + 1 per ``topic:partition`` this process wrote."""
+        with self._lock:
+            return dict(self._produced)
+
+    # -- dead letters --------------------------------------------------------------------
+
+    def dead_letter(self, error: DataError, *, payload: bytes | None, key: bytes | None = None,
+                    source: tuple[str, int, int] | None = None, camera_id: str | None = None,
+                    frame_id: str | None = None, headers: Headers | None = None) -> None:
+        """Send a record that could not be processed to the dead-letter topic, with the reason."""
+        inline, uri = payload, None
+        if payload is not None:
+            inline, uri, _ = inline_or_reference(payload, self.settings.max_inline_bytes,
+                                                 self.blobs)
+        if camera_id is None and key:
+            camera_id = key.decode(errors="replace")
+        letter = DeadLetter(
+            service=self.service, code=error.code, reason=error.reason, failed_at=utcnow(),
+            source_topic=source[0] if source else None,
+            source_partition=source[1] if source else None,
+            source_offset=source[2] if source else None,
+            camera_id=camera_id, frame_id=frame_id, key=key, payload=inline, payload_uri=uri,
+        )
+        self._produce(self.settings.topic("deadletter"), self.codec.encode(letter),
+                      key, headers)
+        self.counters.dead_lettered += 1
+        log.warning("dead-lettered", extra={"code": error.code, "reason": error.reason,
+                                            "camera_id": camera_id, "frame_id": frame_id})
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Publish this process's status once."""
+        c = self.counters
+        beat = ServiceHeartbeat(
+            service=self.service, instance=self.instance, host=socket.gethostname(),
+            pid=os.getpid(), version=__version__, sent_at=utcnow(), state=c.state,
+            partitions=list(c.partitions), records_in=c.records_in, records_out=c.records_out,
+            dead_lettered=c.dead_lettered, produced_offsets=self.produced_offsets(),
+            group=c.group,
+        )
+        self._produce(self.settings.topic("status"), self.codec.encode(beat),
+                      self.service.encode(), None)
+        self.producer.poll(0)
+
+    def start_heartbeats(self, extra: Callable[[], None] | None = None) -> None:
+        """Send a heartbeat every ``heartbeat_interval_s`` from a background thread."""
+
+        def beat() -> None:
+            while not self._heartbeat_stop.wait(self.settings.heartbeat_interval_s):
+                try:
+                    if extra:
+                        extra()
+                    self.heartbeat()
+                except Exception:  # a failed heartbeat must never stop the service
+                    log.exception("heartbeat failed")
+
+        self.heartbeat()
+        self._heartbeat = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def close(self) -> None:
+        """Final heartbeat, flush everything, stop the heartbeat thread."""
+        self._heartbeat_stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(5)
+        self.counters.state = "stopped"
+        try:
+            self.heartbeat()
+            self.flush(self.settings.shutdown_timeout_s)
+        except TransientError as exc:
+            log.error("records left unacknowledged at shutdown", extra={"error": str(exc)})

@@ -1,0 +1,153 @@
+"""Reading the site's state back from the broker: heartbeats, consumer lag, dead letters."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from framewire.broker import client_config
+from framewire.codec import Codec
+from framewire.config import Settings
+from framewire.contracts import DeadLetter, ServiceHeartbeat
+from framewire.errors import DataError, TransientError
+
+# which group consumes which topic (ingest only produces)
+CONSUMES = {"preprocess": "frames.raw", "inference": "frames.ready", "storage": "detections"}
+
+
+@dataclass
+class ServiceStatus:
+    """The latest heartbeats of one service's processes, and its group's lag."""
+
+    service: str
+    instances: list[ServiceHeartbeat] = field(default_factory=list)
+    lag: int | None = None
+
+    @property
+    def alive(self) -> list[ServiceHeartbeat]:
+        return [b for b in self.instances if b.state not in ("stopped",)]
+
+    def total(self, counter: str) -> int:
+        return sum(getattr(b, counter) for b in self.instances)
+
+
+def _reader(settings: Settings, group: str | None = None) -> Consumer:
+    return Consumer(client_config(settings, **{
+        "group.id": group or f"framewire-reader-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "enable.partition.eof": True, "log_level": 0,
+    }))
+
+
+def read_topic(settings: Settings, topic: str, tail: int | None = None,
+               idle_s: float = 0.5, timeout_s: float = 10.0) -> list[Any]:
+    """Every message of a topic (or the last ``tail`` per partition), without joining a group."""
+    consumer = _reader(settings)
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+        except KafkaException as exc:
+            raise TransientError(f"cannot reach the broker to read {topic}: {exc}") from exc
+        if meta.error is not None or not meta.partitions:
+            return []
+        assignment = []
+        for pid in meta.partitions:
+            start = 0
+            if tail is not None:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout_s)
+                start = max(0, high - tail)
+            assignment.append(TopicPartition(topic, pid, start))
+        consumer.assign(assignment)
+        pending, out = {tp.partition for tp in assignment}, []
+        deadline, last = time.monotonic() + timeout_s, time.monotonic()
+        while pending and time.monotonic() < deadline and time.monotonic() - last < idle_s * 4:
+            for msg in consumer.consume(500, idle_s):
+                last = time.monotonic()
+                if msg.error() is None:
+                    out.append(msg)
+                elif msg.error().code() == msg.error()._PARTITION_EOF:
+                    pending.discard(msg.partition())
+        return out
+    finally:
+        consumer.close()
+
+
+def heartbeats(settings: Settings, codec: Codec, max_age_s: float = 30.0) -> list[ServiceHeartbeat]:
+    """The latest heartbeat of each process seen in the last ``max_age_s`` seconds."""
+    latest: dict[str, ServiceHeartbeat] = {}
+    cutoff = datetime.now(UTC) - timedelta(seconds=max_age_s)
+    for msg in read_topic(settings, settings.topic("status"), tail=2000):
+        try:
+            beat = codec.decode(msg.value(), ServiceHeartbeat)
+        except DataError:
+            continue
+        if beat.sent_at >= cutoff:
+            current = latest.get(beat.instance)
+            if current is None or beat.sent_at >= current.sent_at:
+                latest[beat.instance] = beat
+    return list(latest.values())
+
+
+def group_lag(settings: Settings, service: str, produced: dict[str, int],
+              timeout_s: float = 5.0) -> int | None:
+    """Records the service's group has not yet committed, over every partition of its topic.
+
+    End offsets are the larger of the broker's high watermark and what producers report as
+    acknowledged: some brokers (the embedded Tansu) under-report the watermark for batches.
+    """
+    topic = settings.topic(CONSUMES[service])
+    consumer = _reader(settings, settings.group(service))
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or not meta.partitions:
+            return None
+        parts = [TopicPartition(topic, p) for p in meta.partitions]
+        committed = consumer.committed(parts, timeout=timeout_s)
+        lag = 0
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
+                                                     timeout_s)
+            end = max(high, produced.get(f"{topic}:{tp.partition}", 0))
+            lag += max(0, end - max(tp.offset, 0))
+        return lag
+    except KafkaException:
+        return None
+    finally:
+        consumer.close()
+
+
+def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceStatus]:
+    """Per service: latest heartbeats of its processes and its consumer lag."""
+    from framewire.services import SERVICES
+
+    codec = codec or Codec()
+    beats = heartbeats(settings, codec)
+    produced: dict[str, int] = {}
+    for beat in beats:
+        for tp, offset in beat.produced_offsets.items():
+            produced[tp] = max(produced.get(tp, 0), offset)
+    result = []
+    for service in SERVICES:
+        status = ServiceStatus(service, [b for b in beats if b.service == service])
+        if service in CONSUMES:
+            status.lag = group_lag(settings, service, produced)
+        result.append(status)
+    return result
+
+
+def dead_letters(settings: Settings, codec: Codec | None = None) -> list[tuple[Any, DeadLetter]]:
+    """Every dead letter on the topic, oldest first, with its message (for offsets)."""
+    codec = codec or Codec()
+    out = []
+    for msg in read_topic(settings, settings.topic("deadletter")):
+        try:
+            out.append((msg, codec.decode(msg.value(), DeadLetter)))
+        except DataError:
+            continue
+    out.sort(key=lambda pair: pair[1].failed_at)
+    return out

@@ -1,0 +1,105 @@
+"""``framewire run``: the embedded broker plus one OS process per service, restarted on crash."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from framewire.broker import EmbeddedBroker, client_config, ensure_topics, wait_for_broker
+from framewire.config import Settings
+from framewire.runtime import Backoff
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    """One supervised service process."""
+
+    service: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
+    restart_at: float | None = None
+
+
+class Supervisor:
+    """Starts the broker (when embedded) and the services; restarts a crashed service."""
+
+    def __init__(self, settings: Settings, services: list[str], demo: bool = True) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.logs = self.home / "logs"
+        self.broker: EmbeddedBroker | None = None
+        self.children = []
+        for name in services:
+            args = [sys.executable, "-m", "framewire.cli", "service", name]
+            if name == "ingest" and demo:
+                args.append("--demo")
+            self.children.append(Child(name, args, self.logs / f"{name}.log"))
+
+    def start(self) -> None:
+        """Broker, topics, then every service."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.settings.embedded_broker:
+            host, _, port = self.settings.bootstrap_servers.split(",")[0].rpartition(":")
+            self.broker = EmbeddedBroker(host, int(port), self.logs / "broker.log")
+            self.broker.start()
+        else:
+            wait_for_broker(client_config(self.settings), 30.0)
+        ensure_topics(self.settings)
+        for child in self.children:
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        env = dict(os.environ, FRAMEWIRE_HOME=str(self.home))
+        with child.log_path.open("ab") as out:
+            child.process = subprocess.Popen(child.args, stdout=out, stderr=subprocess.STDOUT,
+                                             env=env, start_new_session=True)
+        child.restart_at = None
+        log.info("service started", extra={"service": child.service, "pid": child.process.pid})
+
+    def check(self) -> list[str]:
+        """Restart services that exited (with backoff); returns messages about what happened."""
+        events = []
+        now = time.monotonic()
+        for child in self.children:
+            proc = child.process
+            if proc is not None and proc.poll() is None:
+                continue
+            if child.restart_at is None:
+                code = proc.returncode if proc else None
+                child.restart_at = now + child.backoff.next_delay()
+                events.append(f"{child.service} exited with code {code}; restarting "
+                              f"(see {child.log_path})")
+            elif now >= child.restart_at:
+                child.restarts += 1
+                self._spawn(child)
+        return events
+
+    def stop(self) -> None:
+        """SIGTERM every service (they finish the batch, commit, leave), then the broker."""
+        for child in self.children:
+            if child.process and child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("service did not stop in time; killing it",
+                            extra={"service": child.service})
+                child.process.kill()
+                child.process.wait()
+        if self.broker is not None:
+            self.broker.stop()
