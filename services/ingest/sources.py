@@ -85,6 +85,11 @@ class Pacer:
             return 0.0
         return max(0.0, self.next_due - now)
 
+    def wait(self, stop: threading.Event) -> bool:
+        """Wait until the next frame is due; False when ``stop`` is set first."""
+        delay = self.wait_time(time.monotonic())
+        return not stop.wait(delay) if delay > 0 else not stop.is_set()
+
     def emitted(self, now: float) -> None:
         """Record that a frame went out at ``now``."""
         if self.interval is None:
@@ -157,20 +162,12 @@ def open_source(
     raise ConfigError(f"no file or folder at {str(path)!r}; give {ACCEPTED}")
 
 
-def _paced(pacer: Pacer, stop: threading.Event) -> bool:
-    """Wait until the next frame is due; False when stopped meanwhile."""
-    delay = pacer.wait_time(time.monotonic())
-    if delay > 0:
-        return not stop.wait(delay)
-    return not stop.is_set()
-
-
 def _file_images(
     path: Path, loop: bool, pacer: Pacer, stop: threading.Event
 ) -> Iterator[CapturedImage]:
     data = path.read_bytes()  # read once: looping a still must not hit the disk every frame
     source = str(path)
-    while _paced(pacer, stop):
+    while pacer.wait(stop):
         yield CapturedImage(data, utcnow(), source)
         pacer.emitted(time.monotonic())
         if not loop:
@@ -184,7 +181,7 @@ def _folder_images(
         # Listed again on every pass, so files added to the folder are picked up when looping.
         files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p.name)
         for path in files:
-            if not _paced(pacer, stop):
+            if not pacer.wait(stop):
                 return
             yield CapturedImage(path.read_bytes(), utcnow(), str(path))
             pacer.emitted(time.monotonic())
@@ -205,7 +202,7 @@ def _video_frames(
             )
         frames = 0
         try:
-            while _paced(pacer, stop):
+            while pacer.wait(stop):
                 ok, frame = cap.read()
                 if not ok:
                     break
@@ -334,7 +331,7 @@ def _http_frames(url: str, fps: float | None, stop: threading.Event) -> Iterator
     source = redact(url)
     backoff = Backoff()
     snapshot_pacer = Pacer(fps or SNAPSHOT_DEFAULT_FPS)
-    while _paced(snapshot_pacer, stop):
+    while snapshot_pacer.wait(stop):
         try:
             with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
                 if response.headers.get_content_type().startswith("image/"):

@@ -40,7 +40,10 @@ class SchemaVersion:
 
 def schema_fingerprint(schema: Any) -> int:
     """CRC-64-AVRO fingerprint of a schema's parsing canonical form, as an integer."""
-    return int(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
+    # fastavro spells the fingerprint as its little-endian bytes in hex
+    return int.from_bytes(
+        bytes.fromhex(fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO")), "little"
+    )
 
 
 def load_schema_versions(texts: dict[str, str] | None = None) -> list[SchemaVersion]:

@@ -83,12 +83,16 @@ def _sniff_jpeg(data: bytes) -> ImageInfo:
         if marker in _JPEG_STANDALONE_MARKERS or marker == 0x00:
             continue
         if marker in (0xD9, 0xDA):
-            raise _corrupt("JPEG", f"image data (marker FF{marker:02X}) comes before any SOFn", size)
+            raise _corrupt(
+                "JPEG", f"image data (marker FF{marker:02X}) comes before any SOFn", size
+            )
         if pos + 2 > size:
             raise _corrupt("JPEG", f"segment FF{marker:02X} at byte {pos - 2} is cut short", size)
         (length,) = struct.unpack_from(">H", data, pos)
         if length < 2:
-            raise _corrupt("JPEG", f"segment FF{marker:02X} has an impossible length {length}", size)
+            raise _corrupt(
+                "JPEG", f"segment FF{marker:02X} has an impossible length {length}", size
+            )
         if marker in _JPEG_SOF_MARKERS:
             # SOFn payload: precision (1 byte), height (2), width (2), components (1).
             if pos + 7 > size:
@@ -147,7 +151,9 @@ def _sniff_webp(data: bytes) -> ImageInfo:
         if size < 25 or data[20] != 0x2F:
             raise _corrupt("WebP", "the VP8L header is missing or cut short", size)
         (bits,) = struct.unpack_from("<I", data, 21)
-        return _checked("webp", "image/webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, size)
+        return _checked(
+            "webp", "image/webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, size
+        )
     if chunk == b"VP8X":
         # Extended: flags and reserved (4 bytes), then canvas width-1 and height-1 in 24 bits.
         if size < 30:

@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import threading
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from framewire import db as framewire_db
 from framewire.contracts import Detection, InferenceResult
 from framewire.db import Database, StoredDetection, open_database
 from framewire.errors import ConfigError, TransientError
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+S = timedelta(seconds=1)
 
 
 def make_result(
@@ -33,7 +34,7 @@ def make_result(
     return InferenceResult(
         frame_id=frame_id,
         camera_id=camera_id,
-        seq=int(frame_id.rsplit("-", 1)[-1]) if frame_id[-1].isdigit() else 0,
+        seq=zlib.crc32(frame_id.encode()),
         captured_at=captured_at,
         ingested_at=captured_at + timedelta(milliseconds=5),
         preprocessed_at=captured_at + timedelta(milliseconds=12),
@@ -82,8 +83,11 @@ def test_same_result_upserted_twice_is_stored_once(db: Database) -> None:
 
 
 def test_duplicate_frame_id_inside_one_batch_is_stored_once(db: Database) -> None:
-    assert db.upsert_results([make_result("f-1"), make_result("f-1"), make_result("f-2")]) == 2
+    twice = make_result("f-1", detections=[detection("person", 0.9, 1.0)])
+    assert db.upsert_results([twice, twice, make_result("f-2")]) == 2
     assert db.frame_ids() == ["f-1", "f-2"]
+    assert {r.frame_id: len(r.detections) for r in db.query_results()} == {"f-1": 1, "f-2": 0}
+    assert db.cameras()[0].frames_stored == 2
 
 
 def test_upsert_counts_only_new_rows_of_a_mixed_batch(db: Database) -> None:
@@ -117,9 +121,24 @@ def test_result_fields_round_trip(db: Database) -> None:
     result = make_result("f-7", detections=[detection("cat", 0.25, 4.0)])
     db.upsert_results([result])
     [stored] = db.query_results()
-    for name in ("frame_id", "camera_id", "seq", "orig_width", "orig_height", "model_name",
-                 "model_version", "provider", "image_uri", "too_dark", "blurred", "frozen",
-                 "captured_at", "ingested_at", "preprocessed_at", "inferred_at"):  # fmt: skip
+    for name in (
+        "frame_id",
+        "camera_id",
+        "seq",
+        "orig_width",
+        "orig_height",
+        "model_name",
+        "model_version",
+        "provider",
+        "image_uri",
+        "too_dark",
+        "blurred",
+        "frozen",
+        "captured_at",
+        "ingested_at",
+        "preprocessed_at",
+        "inferred_at",
+    ):
         assert getattr(stored, name) == getattr(result, name), name
 
 
@@ -155,8 +174,12 @@ def test_camera_counts_only_newly_stored_frames(db: Database) -> None:
 
 def test_camera_seen_times_span_earliest_and_latest_capture(db: Database) -> None:
     at = [T0 + timedelta(seconds=s) for s in (10, 20, 5, 30, 15)]
-    db.upsert_results([make_result("f-1", captured_at=at[0]), make_result("f-2", captured_at=at[1])])
-    db.upsert_results([make_result("f-3", captured_at=at[2]), make_result("f-4", captured_at=at[3])])
+    db.upsert_results(
+        [make_result("f-1", captured_at=at[0]), make_result("f-2", captured_at=at[1])]
+    )
+    db.upsert_results(
+        [make_result("f-3", captured_at=at[2]), make_result("f-4", captured_at=at[3])]
+    )
     db.upsert_results([make_result("f-5", captured_at=at[4])])
     [camera] = db.cameras()
     assert (camera.first_seen, camera.last_seen) == (min(at), max(at))
@@ -164,16 +187,23 @@ def test_camera_seen_times_span_earliest_and_latest_capture(db: Database) -> Non
 
 def test_query_returns_newest_first_for_one_camera_up_to_limit(db: Database) -> None:
     stored = [make_result(f"a-{i}", "cam-a", T0 + timedelta(seconds=i)) for i in range(6)]
-    stored += [make_result(f"b-{i}", "cam-b", T0 + timedelta(seconds=i, milliseconds=500))
-               for i in range(6)]  # fmt: skip
+    stored += [
+        make_result(f"b-{i}", "cam-b", T0 + timedelta(seconds=i, milliseconds=500))
+        for i in range(6)
+    ]
     random.Random(4).shuffle(stored)
     db.upsert_results(stored)
     assert [r.frame_id for r in db.query_results("cam-a", limit=3)] == ["a-5", "a-4", "a-3"]
 
 
 def test_query_without_camera_interleaves_cameras_by_capture_time(db: Database) -> None:
-    db.upsert_results([make_result("a-1", "cam-a", T0), make_result("b-1", "cam-b", T0 + 2 * S),
-                       make_result("a-2", "cam-a", T0 + 3 * S)])  # fmt: skip
+    db.upsert_results(
+        [
+            make_result("a-1", "cam-a", T0),
+            make_result("b-1", "cam-b", T0 + 2 * S),
+            make_result("a-2", "cam-a", T0 + 3 * S),
+        ]
+    )
     assert [r.frame_id for r in db.query_results()] == ["a-2", "b-1", "a-1"]
 
 
@@ -183,8 +213,9 @@ def test_query_since_leaves_out_earlier_captures(db: Database) -> None:
 
 
 def test_count_and_frame_ids_filter_by_camera(db: Database) -> None:
-    db.upsert_results([make_result("a-1", "cam-a"), make_result("a-2", "cam-a"),
-                       make_result("b-1", "cam-b")])  # fmt: skip
+    db.upsert_results(
+        [make_result("a-1", "cam-a"), make_result("a-2", "cam-a"), make_result("b-1", "cam-b")]
+    )
     assert (db.count_results("cam-a"), db.count_results("cam-b")) == (2, 1)
     assert db.frame_ids("cam-b") == ["b-1"]
 
@@ -202,8 +233,10 @@ def test_batch_size_does_not_change_the_number_of_statements(db: Database) -> No
 
     def statements_for(prefix: str, size: int) -> int:
         statements.clear()
-        batch = [make_result(f"{prefix}-{i}", detections=[detection("car", 0.5, i)] * 2)
-                 for i in range(size)]  # fmt: skip
+        batch = [
+            make_result(f"{prefix}-{i}", detections=[detection("car", 0.5, i)] * 2)
+            for i in range(size)
+        ]
         assert db.upsert_results(batch) == size
         return len(statements)
 
@@ -213,26 +246,21 @@ def test_batch_size_does_not_change_the_number_of_statements(db: Database) -> No
 def test_concurrent_overlapping_batches_store_each_frame_once(db_url: str) -> None:
     frames = [make_result(f"f-{i:03d}", f"cam-{i % 3}") for i in range(60)]
     databases = [open_database(db_url) for _ in range(4)]
-    new_counts: list[int] = []
 
-    def write(database: Database, seed: int) -> None:
+    def write(seed: int) -> int:
         batch = random.Random(seed).sample(frames, 40)
-        new_counts.append(sum(database.upsert_results(batch[i : i + 10]) for i in range(0, 40, 10)))
+        return sum(databases[seed].upsert_results(batch[i : i + 10]) for i in range(0, 40, 10))
 
-    threads = [threading.Thread(target=write, args=(d, n)) for n, d in enumerate(databases)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    for database in databases:
-        database.close()
+    try:
+        with ThreadPoolExecutor(len(databases)) as pool:
+            new_counts = list(pool.map(write, range(len(databases)), timeout=120))
+    finally:
+        for database in databases:
+            database.close()
     with open_database(db_url) as database:
         stored = database.count_results()
         assert sum(new_counts) == stored
         assert sum(camera.frames_stored for camera in database.cameras()) == stored
-
-
-S = timedelta(seconds=1)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -1,0 +1,80 @@
+"""Configuration: defaults, environment and YAML, and errors that say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from framewire.config import load_settings
+from framewire.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("FRAMEWIRE_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_put_state_under_dot_framewire():
+    s = load_settings()
+    assert s.resolved_database_url.endswith(".framewire/framewire.db")
+    assert s.partitions == 12
+    assert s.topic("frames.raw") == "frames.raw"
+
+
+def test_nested_environment_variables_override_defaults(monkeypatch):
+    monkeypatch.setenv("FRAMEWIRE_INFERENCE__BATCH_SIZE", "4")
+    monkeypatch.setenv("FRAMEWIRE_TOPIC_PREFIX", "site1.")
+    s = load_settings()
+    assert s.inference.batch_size == 4
+    assert s.topic("detections") == "site1.detections"
+    assert s.group("storage") == "site1.framewire-storage"
+
+
+def test_yaml_file_is_read_and_environment_wins_over_it(monkeypatch, tmp_path):
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text("partitions: 6\nkafka:\n  security.protocol: SSL\n"
+                   "cameras:\n  - camera_id: door\n    url: rtsp://10.0.0.9/s1\n")
+    monkeypatch.setenv("FRAMEWIRE_CONFIG", str(cfg))
+    monkeypatch.setenv("FRAMEWIRE_PARTITIONS", "8")
+    s = load_settings()
+    assert s.partitions == 8
+    assert s.kafka == {"security.protocol": "SSL"}
+    assert s.cameras[0].camera_id == "door"
+
+
+def test_bad_value_error_names_field_value_and_variable(monkeypatch):
+    monkeypatch.setenv("FRAMEWIRE_INFERENCE__BATCH_SIZE", "0")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "inference.batch_size" in message
+    assert "'0'" in message
+    assert "FRAMEWIRE_INFERENCE__BATCH_SIZE" in message
+
+
+def test_bootstrap_servers_without_port_is_rejected_with_an_example(monkeypatch):
+    monkeypatch.setenv("FRAMEWIRE_BOOTSTRAP_SERVERS", "kafka.local")
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        load_settings()
+
+
+def test_unknown_setting_in_yaml_is_rejected(monkeypatch, tmp_path):
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text("partitons: 6\n")
+    monkeypatch.setenv("FRAMEWIRE_CONFIG", str(cfg))
+    with pytest.raises(ConfigError, match="partitons"):
+        load_settings()
+
+
+def test_missing_config_file_says_which_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("FRAMEWIRE_CONFIG", str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_settings()
+
+
+def test_camera_id_with_spaces_is_rejected():
+    with pytest.raises(ConfigError, match="camera_id"):
+        load_settings(cameras=[{"camera_id": "front door", "url": "rtsp://x/1"}])
