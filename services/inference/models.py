@@ -343,9 +343,10 @@ def _detections(
     """NMS within each class, then stack as (N,6) [x1,y1,x2,y2,score,class] float32."""
     if len(boxes) == 0:
         return _EMPTY_DETECTIONS.copy()
-    # Shifting each class into its own far-apart region keeps boxes of different classes
-    # from suppressing each other while one NMS call handles them all.
-    shift = (class_ids * (float(boxes.max()) + 1.0))[:, None]
+    # Shifting each class by more than the boxes' whole extent keeps boxes of different
+    # classes from ever overlapping, so one NMS call suppresses within classes only.
+    span = float(boxes.max() - boxes.min()) + 1.0
+    shift = (class_ids * span)[:, None]
     kept = nms(boxes + shift, scores, nms_iou)
     return np.column_stack([boxes[kept], scores[kept], class_ids[kept]]).astype(np.float32)
 

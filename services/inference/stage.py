@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from framewire.blobstore import BlobStore, resolve_payload
@@ -14,8 +12,6 @@ from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
 from framewire.services.inference.models import Detector, choose_providers, load_manifest
 from framewire.services.preprocess.imaging import Letterbox, decode_pixels, unletterbox_boxes
-
-log = logging.getLogger(__name__)
 
 
 class InferenceStage(Stage):
@@ -33,9 +29,6 @@ class InferenceStage(Stage):
         self.detector = Detector(self.manifest, choose_providers(cfg.providers),
                                  cfg.intra_op_threads)
         self.blobs = BlobStore(settings.resolved_blob_dir)
-        log.info("model loaded", extra={"model": self.manifest.name,
-                                        "model_version": self.manifest.version,
-                                        "provider": self.detector.provider})
 
     def _pixels(self, frame: FramePreprocessed) -> np.ndarray:
         m = self.manifest

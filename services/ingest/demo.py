@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-import time
 from collections.abc import Iterator
 from functools import cache
 
@@ -151,5 +150,5 @@ def demo_source(
     while pacer.wait(stop):
         frame, _ = scene.render(i)
         yield CapturedImage(encode_jpeg(frame), utcnow(), "demo")
-        pacer.emitted(time.monotonic())
+        pacer.emitted(pacer.clock())
         i += 1

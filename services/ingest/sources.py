@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -73,11 +73,12 @@ class CapturedImage:
 class Pacer:
     """Due times for a target rate: sleep until due (files) or drop frames not yet due (live)."""
 
-    def __init__(self, fps: float | None) -> None:
+    def __init__(self, fps: float | None, clock: Callable[[], float] = time.monotonic) -> None:
         if fps is not None and fps <= 0:
             raise ConfigError(f"fps={fps} is not positive; give a rate above 0, or None")
         self.interval = None if fps is None else 1.0 / fps
         self.next_due: float | None = None
+        self.clock = clock
 
     def wait_time(self, now: float) -> float:
         """Seconds until the next frame is due (0 when due now or unpaced)."""
@@ -87,7 +88,7 @@ class Pacer:
 
     def wait(self, stop: threading.Event) -> bool:
         """Wait until the next frame is due; False when ``stop`` is set first."""
-        delay = self.wait_time(time.monotonic())
+        delay = self.wait_time(self.clock())
         return not stop.wait(delay) if delay > 0 else not stop.is_set()
 
     def emitted(self, now: float) -> None:
@@ -169,7 +170,7 @@ def _file_images(
     source = str(path)
     while pacer.wait(stop):
         yield CapturedImage(data, utcnow(), source)
-        pacer.emitted(time.monotonic())
+        pacer.emitted(pacer.clock())
         if not loop:
             return
 
@@ -184,8 +185,8 @@ def _folder_images(
             if not pacer.wait(stop):
                 return
             yield CapturedImage(path.read_bytes(), utcnow(), str(path))
-            pacer.emitted(time.monotonic())
-        if not loop or not files:
+            pacer.emitted(pacer.clock())
+        if not loop:
             return  # an empty folder with loop would otherwise spin
 
 
@@ -208,7 +209,7 @@ def _video_frames(
                     break
                 frames += 1
                 yield CapturedImage(encode_jpeg(frame), utcnow(), source)
-                pacer.emitted(time.monotonic())
+                pacer.emitted(pacer.clock())
         finally:
             cap.release()
         if not loop or stop.is_set() or frames == 0:
@@ -286,7 +287,7 @@ def _stream_frames(
                 log.info("camera stream connected", extra={"source": source, "attempt": attempt})
                 # grab() is cheap; retrieve()+encode only the frames the pacer lets through.
                 while not stop.is_set() and cap.grab():
-                    if pacer.wait_time(time.monotonic()) > 0:
+                    if pacer.wait_time(pacer.clock()) > 0:
                         continue
                     ok, frame = cap.retrieve()
                     if not ok:
@@ -296,7 +297,7 @@ def _stream_frames(
                         attempt = 0
                     frames += 1
                     yield CapturedImage(encode_jpeg(frame), utcnow(), source)
-                    pacer.emitted(time.monotonic())
+                    pacer.emitted(pacer.clock())
         finally:
             cap.release()
         if stop.is_set():
@@ -356,4 +357,4 @@ def _http_frames(url: str, fps: float | None, stop: threading.Event) -> Iterator
             return
         backoff.reset()
         yield CapturedImage(data, utcnow(), source)
-        snapshot_pacer.emitted(time.monotonic())
+        snapshot_pacer.emitted(snapshot_pacer.clock())

@@ -138,7 +138,7 @@ class FrozenDetector:
 
     def is_frozen(self, camera_id: str, img: np.ndarray) -> bool:
         """True when ``img`` is pixel-identical to the previous frame of ``camera_id``."""
-        digest = hashlib.blake2b(np.ascontiguousarray(img), digest_size=16)
+        digest = hashlib.blake2b(np.ascontiguousarray(img).data, digest_size=16)
         # The shape goes in too, so a resize with the same bytes is not mistaken for a repeat.
         digest.update(repr(img.shape).encode())
         current = digest.digest()

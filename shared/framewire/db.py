@@ -210,7 +210,7 @@ class Database:
             detection_rows = [
                 {"frame_id": r.frame_id, "idx": idx, **_detection_fields(d)}
                 for r in new
-                for idx, d in enumerate(r.detections[::-1])
+                for idx, d in enumerate(r.detections)
             ]
             if detection_rows:
                 conn.execute(sa.insert(detection_table), detection_rows)

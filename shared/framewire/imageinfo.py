@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from framewire.errors import DataError
 
@@ -51,114 +52,97 @@ def sniff_image(data: bytes) -> ImageInfo:
     )
 
 
-def _corrupt(fmt: str, what: str, size: int) -> DataError:
+def _corrupt(fmt: str, what: str, data: bytes) -> DataError:
     return DataError(
         "corrupt_image",
-        f"The {fmt} header is damaged: {what} ({size} bytes in all). The file is truncated "
-        f"or corrupt; re-capture or re-upload it.",
+        f"The {fmt} header is damaged: {what} ({len(data)} bytes in all). The file is "
+        f"truncated or corrupt; re-capture or re-upload it.",
     )
 
 
-def _checked(fmt: str, content_type: str, width: int, height: int, size: int) -> ImageInfo:
+def _unpack(fmt: str, layout: str, data: bytes, offset: int, what: str) -> tuple[Any, ...]:
+    """Header fields at ``offset``, or corrupt_image when the data ends inside them."""
+    if len(data) < offset + struct.calcsize(layout):
+        raise _corrupt(fmt, f"it ends inside the {what}", data)
+    return struct.unpack_from(layout, data, offset)
+
+
+def _checked(fmt: str, width: int, height: int, data: bytes) -> ImageInfo:
     if width <= 0 or height <= 0:
-        raise _corrupt(fmt, f"it claims a size of {width}x{height} pixels", size)
-    return ImageInfo(fmt, content_type, width, height)
+        raise _corrupt(fmt, f"it claims a size of {width}x{height} pixels", data)
+    return ImageInfo(fmt.lower(), f"image/{fmt.lower()}", width, height)
 
 
 def _sniff_jpeg(data: bytes) -> ImageInfo:
-    size = len(data)
     pos = 2
     while True:
         # libjpeg skips garbage between segments up to the next 0xFF; do the same.
         pos = data.find(b"\xff", pos)
-        if pos < 0:
-            raise _corrupt("JPEG", "it ends before the frame header (SOFn marker)", size)
         # Any number of 0xFF fill bytes may precede a marker.
-        while pos < size and data[pos] == 0xFF:
+        while 0 <= pos < len(data) and data[pos] == 0xFF:
             pos += 1
-        if pos >= size:
-            raise _corrupt("JPEG", "it ends before the frame header (SOFn marker)", size)
+        if not 0 <= pos < len(data):
+            raise _corrupt("JPEG", "it ends before the frame header (SOFn marker)", data)
         marker = data[pos]
         pos += 1
         if marker in _JPEG_STANDALONE_MARKERS or marker == 0x00:
             continue
         if marker in (0xD9, 0xDA):
-            raise _corrupt(
-                "JPEG", f"image data (marker FF{marker:02X}) comes before any SOFn", size
-            )
-        if pos + 2 > size:
-            raise _corrupt("JPEG", f"segment FF{marker:02X} at byte {pos - 2} is cut short", size)
-        (length,) = struct.unpack_from(">H", data, pos)
+            raise _corrupt("JPEG", f"marker FF{marker:02X} comes before any SOFn", data)
+        (length,) = _unpack("JPEG", ">H", data, pos, f"FF{marker:02X} segment length")
         if length < 2:
-            raise _corrupt(
-                "JPEG", f"segment FF{marker:02X} has an impossible length {length}", size
-            )
+            raise _corrupt("JPEG", f"segment FF{marker:02X} has impossible length {length}", data)
         if marker in _JPEG_SOF_MARKERS:
             # SOFn payload: precision (1 byte), height (2), width (2), components (1).
-            if pos + 7 > size:
-                raise _corrupt("JPEG", "the frame header (SOFn) is cut short", size)
-            height, width = struct.unpack_from(">HH", data, pos + 3)
-            return _checked("jpeg", "image/jpeg", width, height, size)
+            height, width = _unpack("JPEG", ">HH", data, pos + 3, "frame header (SOFn)")
+            return _checked("JPEG", width, height, data)
         pos += length
 
 
 def _sniff_png(data: bytes) -> ImageInfo:
-    size = len(data)
-    if size < 24:
-        raise _corrupt("PNG", "it ends before the IHDR chunk", size)
+    width, height = _unpack("PNG", ">II", data, 16, "IHDR chunk")
     if data[12:16] != b"IHDR":
-        raise _corrupt("PNG", "the first chunk is not IHDR", size)
-    width, height = struct.unpack_from(">II", data, 16)
-    return _checked("png", "image/png", width, height, size)
+        raise _corrupt("PNG", "the first chunk is not IHDR", data)
+    return _checked("PNG", width, height, data)
 
 
 def _sniff_gif(data: bytes) -> ImageInfo:
-    size = len(data)
-    if size < 10:
-        raise _corrupt("GIF", "it ends before the logical screen descriptor", size)
-    width, height = struct.unpack_from("<HH", data, 6)
-    return _checked("gif", "image/gif", width, height, size)
+    width, height = _unpack("GIF", "<HH", data, 6, "logical screen descriptor")
+    return _checked("GIF", width, height, data)
 
 
 def _sniff_bmp(data: bytes) -> ImageInfo:
-    size = len(data)
-    if size < 26:
-        raise _corrupt("BMP", "it ends before the DIB header", size)
-    (dib_size,) = struct.unpack_from("<I", data, 14)
+    (dib_size,) = _unpack("BMP", "<I", data, 14, "DIB header")
     if dib_size == 12:
         # OS/2 BITMAPCOREHEADER: 16-bit unsigned width and height.
-        width, height = struct.unpack_from("<HH", data, 18)
+        width, height = _unpack("BMP", "<HH", data, 18, "DIB header")
     elif dib_size >= 16:
-        width, height = struct.unpack_from("<ii", data, 18)
+        width, height = _unpack("BMP", "<ii", data, 18, "DIB header")
         # A negative height marks a top-down bitmap, not a negative size.
         height = abs(height)
     else:
-        raise _corrupt("BMP", f"the DIB header size {dib_size} is not a known BMP header", size)
-    return _checked("bmp", "image/bmp", width, height, size)
+        raise _corrupt("BMP", f"DIB header size {dib_size} is not a known BMP header", data)
+    return _checked("BMP", width, height, data)
 
 
 def _sniff_webp(data: bytes) -> ImageInfo:
-    size = len(data)
     chunk = data[12:16]
     if chunk == b"VP8 ":
         # Lossy: 3-byte frame tag, start code 9D 01 2A, then 14-bit width and height.
-        if size < 30 or data[23:26] != b"\x9d\x01\x2a":
-            raise _corrupt("WebP", "the VP8 key frame header is missing or cut short", size)
-        width, height = struct.unpack_from("<HH", data, 26)
-        return _checked("webp", "image/webp", width & 0x3FFF, height & 0x3FFF, size)
+        start, width, height = _unpack("WebP", "<3sHH", data, 23, "VP8 key frame header")
+        if start != b"\x9d\x01\x2a":
+            raise _corrupt("WebP", "the VP8 key frame start code is missing", data)
+        return _checked("WebP", width & 0x3FFF, height & 0x3FFF, data)
     if chunk == b"VP8L":
         # Lossless: signature 0x2F, then width-1 and height-1 packed in 14 bits each.
-        if size < 25 or data[20] != 0x2F:
-            raise _corrupt("WebP", "the VP8L header is missing or cut short", size)
-        (bits,) = struct.unpack_from("<I", data, 21)
-        return _checked(
-            "webp", "image/webp", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, size
-        )
+        signature, bits = _unpack("WebP", "<BI", data, 20, "VP8L header")
+        if signature != 0x2F:
+            raise _corrupt("WebP", "the VP8L signature byte is missing", data)
+        return _checked("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, data)
     if chunk == b"VP8X":
         # Extended: flags and reserved (4 bytes), then canvas width-1 and height-1 in 24 bits.
-        if size < 30:
-            raise _corrupt("WebP", "the VP8X header is cut short", size)
-        width = int.from_bytes(data[24:27], "little") + 1
-        height = int.from_bytes(data[27:30], "little") + 1
-        return _checked("webp", "image/webp", width, height, size)
-    raise _corrupt("WebP", f"the first chunk {chunk!r} is not VP8, VP8L or VP8X", size)
+        width, height = _unpack("WebP", "<3s3s", data, 24, "VP8X header")
+        return _checked(
+            "WebP", int.from_bytes(width, "little") + 1, int.from_bytes(height, "little") + 1, data
+        )
+    raise _corrupt("WebP", f"the first chunk {chunk!r} is not VP8, VP8L or VP8X", data)

@@ -65,7 +65,7 @@ class Supervisor:
             child.process = subprocess.Popen(child.args, stdout=out, stderr=subprocess.STDOUT,
                                              env=env, start_new_session=True)
         child.restart_at = None
-        log.info("service started", extra={"service": child.service, "pid": child.process.pid})
+        log.info("service started", extra={"child": child.service, "pid": child.process.pid})
 
     def check(self) -> list[str]:
         """Restart services that exited (with backoff); returns messages about what happened."""
@@ -98,7 +98,7 @@ class Supervisor:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("service did not stop in time; killing it",
-                            extra={"service": child.service})
+                            extra={"child": child.service})
                 child.process.kill()
                 child.process.wait()
         if self.broker is not None:

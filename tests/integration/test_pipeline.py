@@ -15,7 +15,7 @@ from framewire.runtime import Publisher, StopSignal
 from framewire.services.ingest.service import Ingest
 from framewire.services.ingest.sources import CapturedImage
 from framewire.status import dead_letters, read_topic
-from tests.fixtures.images import bad_inputs, jpeg, synthetic_frame
+from tests.fixtures.images import ASTRONAUT_FACE, bad_inputs, jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 
 pytestmark = pytest.mark.integration
@@ -71,11 +71,6 @@ def test_face_photo_gives_a_face_box_within_15_px_of_the_true_box(site: Site):
     true_box = ASTRONAUT_FACE
     got = (faces[0].x1, faces[0].y1, faces[0].x2, faces[0].y2)
     assert max(abs(a - b) for a, b in zip(got, true_box, strict=True)) <= 15, got
-
-
-# The astronaut's face in skimage.data.astronaut() (512×512): cheek to cheek, fringe to chin,
-# read by eye off a 3× zoom with a 10 px ruler (not from any model's output).
-ASTRONAUT_FACE = (187.0, 72.0, 267.0, 173.0)
 
 
 def test_bad_inputs_are_dead_lettered_with_distinct_reasons_and_services_stay_alive(site: Site):

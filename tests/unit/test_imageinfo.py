@@ -7,7 +7,6 @@ import struct
 import cv2
 import numpy as np
 import pytest
-
 from framewire.errors import DataError
 from framewire.imageinfo import ImageInfo, sniff_image
 
@@ -47,7 +46,9 @@ def test_webp_samples_cover_both_the_vp8_and_vp8l_chunks() -> None:
 
 def test_extended_webp_size_is_read_from_the_vp8x_canvas() -> None:
     header = b"RIFF" + struct.pack("<I", 22) + b"WEBP" + b"VP8X" + struct.pack("<I", 10)
-    header += b"\x10\x00\x00\x00" + (4000 - 1).to_bytes(3, "little") + (3000 - 1).to_bytes(3, "little")
+    header += (
+        b"\x10\x00\x00\x00" + (4000 - 1).to_bytes(3, "little") + (3000 - 1).to_bytes(3, "little")
+    )
     assert sniff_image(header) == ImageInfo("webp", "image/webp", 4000, 3000)
 
 

@@ -62,12 +62,12 @@ def run(
     try:
         sup.start()
         console.print(f"services started; logs in {sup.logs}. Ctrl-C to stop.")
-        codec, started, last_stored = Codec(), time.monotonic(), 0
+        codec, started, last = Codec(), time.monotonic(), (time.monotonic(), 0)
         while not stop.wait(3.0):
             for event in sup.check():
                 console.print(f"[yellow]{event}[/]")
-            line, last_stored = _status_line(site_status(settings, codec), started, last_stored)
-            console.print(line)
+            line, last = _status_line(site_status(settings, codec), started, last)
+            console.print(line, soft_wrap=True)
     finally:
         console.print("stopping: services finish their batch, commit and leave their groups")
         sup.stop()
@@ -80,18 +80,21 @@ def _stop_on_signals():  # noqa: ANN202
     return StopSignal()
 
 
-def _status_line(statuses: list, started: float, last_stored: int) -> tuple[str, int]:
+def _status_line(statuses: list, started: float,
+                 last: tuple[float, int]) -> tuple[str, tuple[float, int]]:
+    """One line of live status; ``last`` is (when, stored) at the previous line, for the rate."""
     by = {s.service: s for s in statuses}
     frames_in = by["ingest"].total("records_out") if "ingest" in by else 0
     stored = by["storage"].total("records_out") if "storage" in by else 0
     dead = sum(s.total("dead_lettered") for s in statuses)
     lag = sum(s.lag or 0 for s in statuses)
     alive = sum(1 for s in statuses if s.alive)
-    fps = (stored - last_stored) / 3.0 if last_stored else 0.0
-    elapsed = int(time.monotonic() - started)
-    line = (f"[{elapsed:>4}s] services up {alive}/{len(statuses)} | frames in {frames_in} | "
-            f"stored {stored} ({fps:.1f}/s) | dead-lettered {dead} | lag {lag}")
-    return line, stored
+    now = time.monotonic()
+    fps = (stored - last[1]) / max(now - last[0], 1e-6)
+    line = (f"[{int(now - started):>4}s] services up {alive}/{len(statuses)} | "
+            f"frames in {frames_in} | stored {stored} ({fps:.1f}/s) | "
+            f"dead-lettered {dead} | lag {lag}")
+    return line, (now, stored)
 
 
 @app.command()
