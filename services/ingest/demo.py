@@ -16,6 +16,7 @@ from functools import cache
 import cv2
 import numpy as np
 import skimage.data
+
 from framewire.contracts import utcnow
 from framewire.services.ingest.sources import CapturedImage, Pacer, encode_jpeg
 
@@ -143,9 +144,12 @@ def demo_source(
     height: int = 540,
 ) -> Iterator[CapturedImage]:
     """JPEG frames of a DemoScene at ``fps`` until ``stop`` is set; source is ``demo``."""
-    scene = DemoScene(camera_id, width, height)
-    pacer = Pacer(fps)
-    stop = stop or threading.Event()
+    # Built here, not in the generator, so a bad size or fps fails at the call.
+    scene, pacer = DemoScene(camera_id, width, height), Pacer(fps)
+    return _demo_frames(scene, pacer, stop or threading.Event())
+
+
+def _demo_frames(scene: DemoScene, pacer: Pacer, stop: threading.Event) -> Iterator[CapturedImage]:
     i = 0
     while pacer.wait(stop):
         frame, _ = scene.render(i)

@@ -19,6 +19,7 @@ Locations:
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import threading
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
+
 from framewire.contracts import utcnow
 from framewire.errors import ConfigError
 from framewire.runtime import Backoff
@@ -56,6 +58,8 @@ OPEN_TIMEOUT_MS = 10_000
 # Longer than a typical camera's keyframe interval, so a slow start is not taken for a drop.
 READ_TIMEOUT_MS = 10_000
 HTTP_TIMEOUT_S = 10.0
+# A bound on one snapshot read, so a server that never ends its body cannot exhaust memory.
+SNAPSHOT_MAX_BYTES = 64 * 1024 * 1024
 
 _JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
 _OPTIONS_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -186,7 +190,7 @@ def _folder_images(
                 return
             yield CapturedImage(path.read_bytes(), utcnow(), str(path))
             pacer.emitted(pacer.clock())
-        if not loop:
+        if not loop or not files:
             return  # an empty folder with loop would otherwise spin
 
 
@@ -335,19 +339,20 @@ def _http_frames(url: str, fps: float | None, stop: threading.Event) -> Iterator
     while snapshot_pacer.wait(stop):
         try:
             with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
-                if response.headers.get_content_type().startswith("image/"):
-                    data = response.read()
-                else:
-                    data = None
-        except (urllib.error.URLError, OSError) as exc:
+                is_image = response.headers.get_content_type().startswith("image/")
+                data = response.read(SNAPSHOT_MAX_BYTES + 1) if is_image else None
+            if data is not None and len(data) > SNAPSHOT_MAX_BYTES:
+                raise ValueError(f"snapshot over {SNAPSHOT_MAX_BYTES} bytes")
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
             delay = backoff.next_delay()
             log.warning(
-                "camera URL unreachable; retrying",
+                "camera URL failed; retrying",
                 extra={
                     "source": source,
                     "error": str(exc),
                     "retry_in_s": round(delay, 2),
-                    "check": "the URL and that the camera answers from this host",
+                    "check": "the URL, that the camera answers from this host, and that it "
+                    "serves one image (or an MJPEG stream) per request",
                 },
             )
             stop.wait(delay)

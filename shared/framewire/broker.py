@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from framewire.config import TOPICS, Settings
 from framewire.errors import ConfigError, TransientError
+from framewire.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class EmbeddedBroker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self.log_path.open("ab")
         self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         log.info("embedded broker starting", extra={"pid": self.process.pid, "url": url})
         try:
             wait_for_broker({"bootstrap.servers": self.bootstrap_servers}, timeout_s,

@@ -31,13 +31,14 @@ _SCHEMA_LOCK = 0x46574952  # PostgreSQL advisory lock key held while creating ta
 # Messages of open failures that retrying cannot fix (SQLite and libpq wording).
 _WRONG_URL_SIGNS = (
     "unable to open",
-    "not a database",
     "does not exist",
     "authentication failed",
     "pg_hba.conf",
     "permission denied",
 )
-URL_EXAMPLES = "sqlite:///var/framewire/results.db or postgresql+psycopg://USER@HOST:5432/DBNAME"
+URL_EXAMPLES = (
+    "sqlite:////var/lib/framewire/results.db or postgresql+psycopg://USER@HOST:5432/DBNAME"
+)
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -122,6 +123,12 @@ detection_table = sa.Table(
 )
 
 
+# Result columns that hold an InferenceResult field of the same name.
+_COPIED_COLUMNS = tuple(
+    c.name for c in result_table.c if c.name not in ("stored_at", "detection_count")
+)
+
+
 @dataclass(slots=True)
 class StoredDetection:
     """One stored detection; box corners in original-frame pixels."""
@@ -202,8 +209,8 @@ class Database:
             .on_conflict_do_nothing(index_elements=["frame_id"])
             .returning(result_table.c.frame_id)
         )
+        rows = [_result_row(result, stored_at) for result in batch]
         with self._translate_errors("storing results"), self._engine.begin() as conn:
-            rows = [_result_row(result, stored_at) for result in batch]
             # RETURNING names only the rows this transaction inserted, also under races.
             inserted = set(conn.execute(insert_results, rows).scalars())
             new = [result for result in batch if result.frame_id in inserted]
@@ -354,13 +361,14 @@ def open_database(url: str) -> Database:
 
 
 def _sqlite_engine(url: URL) -> Engine:
-    if url.database in (None, "", ":memory:"):
+    database = url.database or ":memory:"
+    if database == ":memory:":
         # Every pooled connection to :memory: would be a new empty database: share one.
         engine = sa.create_engine(
             url, poolclass=StaticPool, connect_args={"check_same_thread": False}
         )
     else:
-        path = Path(url.database)  # type: ignore[arg-type]
+        path = Path(database)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -412,26 +420,8 @@ def _open_failure(err: DBAPIError, where: str) -> ConfigError | TransientError:
 
 
 def _result_row(result: InferenceResult, stored_at: datetime) -> dict[str, Any]:
-    return {
-        "frame_id": result.frame_id,
-        "camera_id": result.camera_id,
-        "seq": result.seq,
-        "captured_at": result.captured_at,
-        "ingested_at": result.ingested_at,
-        "preprocessed_at": result.preprocessed_at,
-        "inferred_at": result.inferred_at,
-        "stored_at": stored_at,
-        "orig_width": result.orig_width,
-        "orig_height": result.orig_height,
-        "model_name": result.model_name,
-        "model_version": result.model_version,
-        "provider": result.provider,
-        "image_uri": result.image_uri,
-        "too_dark": result.too_dark,
-        "blurred": result.blurred,
-        "frozen": result.frozen,
-        "detection_count": len(result.detections),
-    }
+    row = {name: getattr(result, name) for name in _COPIED_COLUMNS}
+    return {**row, "stored_at": stored_at, "detection_count": len(result.detections)}
 
 
 def _detection_fields(detection: Detection) -> dict[str, Any]:

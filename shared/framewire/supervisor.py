@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framewire.broker import EmbeddedBroker, client_config, ensure_topics, wait_for_broker
+from framewire.procutil import die_with_parent
 from framewire.config import Settings
 from framewire.runtime import Backoff
 
@@ -63,7 +64,8 @@ class Supervisor:
         env = dict(os.environ, FRAMEWIRE_HOME=str(self.home))
         with child.log_path.open("ab") as out:
             child.process = subprocess.Popen(child.args, stdout=out, stderr=subprocess.STDOUT,
-                                             env=env, start_new_session=True)
+                                             env=env, start_new_session=True,
+                                             preexec_fn=die_with_parent)
         child.restart_at = None
         log.info("service started", extra={"child": child.service, "pid": child.process.pid})
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
 from framewire import db as framewire_db
 from framewire.contracts import Detection, InferenceResult
 from framewire.db import Database, StoredDetection, open_database
@@ -269,7 +270,7 @@ def test_locked_sqlite_database_raises_transient_error(
 ) -> None:
     monkeypatch.setattr(framewire_db, "SQLITE_BUSY_TIMEOUT_MS", 50)
     with open_database(db_url) as database:
-        holder = sqlite3.connect(sa.make_url(db_url).database, isolation_level=None)
+        holder = sqlite3.connect(str(sa.make_url(db_url).database), isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")
         try:
             with pytest.raises(TransientError, match="locked"):

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 import pytest
+
 from framewire.services.ingest import sources
 from framewire.services.ingest.sources import open_source
-
 from tests.fixtures.cameras import FrameTap, MjpegCamera, RtspCamera
 
 pytestmark = pytest.mark.integration
@@ -62,8 +62,7 @@ def drop_log() -> Iterator[DropLog]:
 def test_rtsp_source_delivers_jpeg_frames_from_a_live_camera(
     rtsp_camera: RtspCamera, frame_tap: type[FrameTap]
 ) -> None:
-    stop = threading.Event()
-    tap = frame_tap(open_source(rtsp_camera.url, stop=stop), stop)
+    tap = frame_tap(lambda stop: open_source(rtsp_camera.url, stop=stop))
     frames = tap.take(5, FIRST_FRAMES_TIMEOUT_S)
     assert all(f.data[:2] == b"\xff\xd8" for f in frames)
     assert decoded(frames[-1].data).shape == (360, 640, 3)
@@ -73,12 +72,11 @@ def test_rtsp_source_delivers_jpeg_frames_from_a_live_camera(
 def test_rtsp_source_reconnects_after_server_restart(
     rtsp_camera: RtspCamera, frame_tap: type[FrameTap], drop_log: DropLog
 ) -> None:
-    stop = threading.Event()
-    tap = frame_tap(open_source(rtsp_camera.url, stop=stop), stop)
+    tap = frame_tap(lambda stop: open_source(rtsp_camera.url, stop=stop))
     tap.take(5, FIRST_FRAMES_TIMEOUT_S)
     rtsp_camera.kill_server()
     drop = drop_log.wait_for("camera stream dropped", 30)
-    assert drop.frames >= 5 and "check" in vars(drop)
+    assert vars(drop)["frames"] >= 5 and "check" in vars(drop)
     rtsp_camera.restart()
     tap.drain()  # whatever was read before the drop was noticed
     after = tap.take(5, FIRST_FRAMES_TIMEOUT_S)
@@ -89,10 +87,9 @@ def test_rtsp_source_keeps_retrying_until_the_camera_comes_up(
     rtsp_camera: RtspCamera, frame_tap: type[FrameTap], drop_log: DropLog
 ) -> None:
     rtsp_camera.kill_server()
-    stop = threading.Event()
-    tap = frame_tap(open_source(rtsp_camera.url, stop=stop), stop)
+    tap = frame_tap(lambda stop: open_source(rtsp_camera.url, stop=stop))
     failed = drop_log.wait_for("camera stream cannot be opened", 30)
-    assert failed.attempt >= 1 and "check" in vars(failed)
+    assert vars(failed)["attempt"] >= 1 and "check" in vars(failed)
     rtsp_camera.start()
     assert len(tap.take(3, FIRST_FRAMES_TIMEOUT_S)) == 3
 
@@ -100,8 +97,7 @@ def test_rtsp_source_keeps_retrying_until_the_camera_comes_up(
 def test_mjpeg_over_http_source_delivers_frames(
     mjpeg_camera: MjpegCamera, frame_tap: type[FrameTap]
 ) -> None:
-    stop = threading.Event()
-    tap = frame_tap(open_source(mjpeg_camera.stream_url, stop=stop), stop)
+    tap = frame_tap(lambda stop: open_source(mjpeg_camera.stream_url, stop=stop))
     frames = tap.take(5, FIRST_FRAMES_TIMEOUT_S)
     assert decoded(frames[-1].data).shape == (240, 320, 3)
     # The served frames differ from one to the next; re-encoding keeps them different.
@@ -111,8 +107,20 @@ def test_mjpeg_over_http_source_delivers_frames(
 def test_http_snapshot_url_is_polled_and_yields_the_served_bytes_unchanged(
     mjpeg_camera: MjpegCamera, frame_tap: type[FrameTap]
 ) -> None:
-    stop = threading.Event()
-    tap = frame_tap(open_source(mjpeg_camera.snapshot_url, fps=50, stop=stop), stop)
+    tap = frame_tap(lambda stop: open_source(mjpeg_camera.snapshot_url, fps=50, stop=stop))
     frames = tap.take(3, 30)
     assert all(f.data == mjpeg_camera.snapshot for f in frames)
     assert frames[0].source == mjpeg_camera.snapshot_url
+
+
+def test_http_snapshot_over_the_size_limit_is_skipped_with_a_warning(
+    mjpeg_camera: MjpegCamera,
+    frame_tap: type[FrameTap],
+    drop_log: DropLog,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sources, "SNAPSHOT_MAX_BYTES", len(mjpeg_camera.snapshot) - 1)
+    tap = frame_tap(lambda stop: open_source(mjpeg_camera.snapshot_url, fps=50, stop=stop))
+    failed = drop_log.wait_for("camera URL failed", 30)
+    assert "bytes" in vars(failed)["error"]
+    assert tap.drain() == 0

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+
 from framewire.services.ingest.demo import FACE_BOX, DemoScene, demo_source
 
 
@@ -113,5 +114,5 @@ def test_demo_source_yields_jpeg_frames_labelled_demo_until_stopped() -> None:
     assert list(frames) == []
     assert all(f.source == "demo" and f.data[:2] == b"\xff\xd8" for f in taken)
     decoded = cv2.imdecode(np.frombuffer(taken[0].data, np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.shape == (180, 320, 3)
+    assert decoded is not None and decoded.shape == (180, 320, 3)
     assert len({f.data for f in taken}) == 3

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from framewire.errors import ConfigError
 from framewire.runtime import Backoff
 from framewire.services.ingest import sources
@@ -22,8 +23,10 @@ from framewire.services.ingest.sources import (
     redact,
     rtsp_capture,
 )
-
 from tests.fixtures.images import jpeg, synthetic_frame
+
+# A regression here tends to turn a finite source into an endless one: fail fast, not in 300 s.
+pytestmark = pytest.mark.timeout(30)
 
 
 def write_png(path: Path, index: int) -> bytes:
@@ -35,7 +38,7 @@ def write_png(path: Path, index: int) -> bytes:
 
 def write_video(path: Path, fourcc: str, count: int) -> None:
     """``count`` frames of rising brightness, so their order can be read back."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), 10, (64, 48))
     assert writer.isOpened(), f"OpenCV cannot write {fourcc} to {path.suffix}"
     for i in range(count):
         writer.write(np.full((48, 64, 3), 20 + 40 * i, np.uint8))
@@ -43,7 +46,9 @@ def write_video(path: Path, fourcc: str, count: int) -> None:
 
 
 def brightness(image: CapturedImage) -> float:
-    return float(cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_GRAYSCALE).mean())
+    gray = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert gray is not None, "not a decodable image"
+    return float(gray.mean())
 
 
 def test_single_image_file_is_yielded_once_with_its_bytes_unchanged(tmp_path: Path) -> None:
@@ -169,7 +174,6 @@ def test_unpaced_source_never_waits() -> None:
     assert pacer.wait_time(0.0) == 0
 
 
-@pytest.mark.timeout(20)
 def test_stop_interrupts_the_wait_for_the_next_due_frame(tmp_path: Path) -> None:
     write_png(tmp_path / "a.png", 0)
     stop = threading.Event()
@@ -293,7 +297,8 @@ def test_stream_logs_each_drop_and_failed_open_with_what_to_check(
     assert [r.getMessage().split(";")[0] for r in warnings] == [
         "camera stream dropped", "camera stream cannot be opened or gave no frame",
     ]  # fmt: skip
-    assert all(r.source == "cam" and r.check and "retry_in_s" in vars(r) for r in warnings)
+    fields = [vars(r) for r in warnings]
+    assert all(f["source"] == "cam" and f["check"] and "retry_in_s" in f for f in fields)
 
 
 def test_paced_live_stream_drops_frames_that_are_not_yet_due(
