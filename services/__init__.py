@@ -7,19 +7,20 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from framewire.config import Settings
+    from framewire.config import CameraSettings, Settings
     from framewire.runtime import StopSignal
+    from framewire.services.ingest.service import SourceFactory
     from framewire.services.ingest.sources import CapturedImage
 
 SERVICES = ("ingest", "preprocess", "inference", "storage")
 
 
-def camera_sources(settings: Settings, demo: bool) -> dict:
+def camera_sources(settings: Settings, demo: bool) -> dict[str, SourceFactory]:
     """Source factories for the configured cameras, plus the demo cameras when ``demo``."""
     from framewire.services.ingest.demo import demo_source
     from framewire.services.ingest.sources import open_source
 
-    sources = {}
+    sources: dict[str, SourceFactory] = {}
     if demo:
         for i in range(settings.demo_cameras):
             camera_id = f"demo-{i + 1}"
@@ -31,7 +32,7 @@ def camera_sources(settings: Settings, demo: bool) -> dict:
             sources[camera_id] = make_demo
     for cam in settings.cameras:
 
-        def make(stop: threading.Event, c=cam) -> Iterator[CapturedImage]:  # noqa: ANN001
+        def make(stop: threading.Event, c: CameraSettings = cam) -> Iterator[CapturedImage]:
             return open_source(c.url, fps=c.fps, loop=c.loop, stop=stop)
 
         sources[cam.camera_id] = make

@@ -14,9 +14,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import yaml
-from framewire.errors import ConfigError
 from onnx.tools.update_model_dims import update_inputs_outputs_dims
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+
+from framewire.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from framewire.contracts import utcnow
 from framewire.errors import ConfigError
-from framewire.runtime import Backoff
+from framewire.retry import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from framewire.errors import DataError
 from framewire.imageinfo import sniff_image
 

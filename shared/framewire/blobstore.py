@@ -42,7 +42,9 @@ class BlobStore:
         """Read a blob back, verifying its digest when given."""
         parsed = urlparse(uri)
         if parsed.scheme != "file":
-            raise DataError("bad_blob_uri", f"blob URI {uri!r} is not a file:// URI this store reads")
+            raise DataError(
+                "bad_blob_uri", f"blob URI {uri!r} is not a file:// URI this store reads"
+            )
         try:
             data = Path(parsed.path).read_bytes()
         except FileNotFoundError:

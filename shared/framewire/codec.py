@@ -143,9 +143,13 @@ class RegistryCodec(Codec):
 
         self._client = SchemaRegistryClient({"url": url})
         self._ctx = lambda name: SerializationContext(name, MessageField.VALUE)
+        from confluent_kafka.schema_registry import record_subject_name_strategy
+
+        # subject = the record's full name, so one contract has one subject on every topic
         self._serializers = {
             name: AvroSerializer(self._client, json.dumps(_strip(v.parsed)),
-                                 conf={"auto.register.schemas": True})
+                                 conf={"auto.register.schemas": True,
+                                       "subject.name.strategy": record_subject_name_strategy})
             for name, v in self._latest.items()
         }
         self._deserializers = {
@@ -162,7 +166,9 @@ class RegistryCodec(Codec):
         try:
             return self._deserializers[full_name](payload, self._ctx(full_name))  # type: ignore[no-any-return]
         except Exception as exc:  # the registry client raises many types
-            raise DataError("undecodable", f"the {full_name} record could not be decoded: {exc!s}")
+            raise DataError(
+                "undecodable", f"the {full_name} record could not be decoded: {exc!s}"
+            ) from exc
 
 
 def _strip(parsed: Any) -> Any:

@@ -1,8 +1,8 @@
 """The one configuration object: environment (``FRAMEWIRE_*``), an optional YAML file, defaults.
 
 Nested fields use ``__`` in the environment: ``FRAMEWIRE_INFERENCE__BATCH_SIZE=8``.
-librdkafka properties pass through unchanged in ``kafka`` (``FRAMEWIRE_KAFKA='{"security.protocol": "SSL"}'``
-or the ``kafka:`` mapping in the YAML file).
+librdkafka properties pass through unchanged in ``kafka``
+(``FRAMEWIRE_KAFKA='{"security.protocol": "SSL"}'`` or the ``kafka:`` mapping in the YAML file).
 """
 
 from __future__ import annotations

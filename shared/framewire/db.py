@@ -129,20 +129,10 @@ _COPIED_COLUMNS = tuple(
 )
 
 
-@dataclass(slots=True)
-class StoredDetection:
-    """One stored detection; box corners in original-frame pixels."""
+# A stored detection is the contract's Detection; the old name stays for existing callers.
+StoredDetection = Detection
 
-    label: str
-    class_id: int
-    score: float
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-
-_DETECTION_FIELDS = tuple(f.name for f in fields(StoredDetection))
+_DETECTION_FIELDS = tuple(f.name for f in fields(Detection))
 
 
 @dataclass(slots=True)
@@ -167,7 +157,7 @@ class StoredResult:
     blurred: bool
     frozen: bool
     detection_count: int
-    detections: list[StoredDetection] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -244,7 +234,7 @@ class Database:
             stmt = stmt.where(result_table.c.captured_at >= since)
         with self._translate_errors("reading results"), self._engine.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
-            detections: dict[str, list[StoredDetection]] = {row["frame_id"]: [] for row in rows}
+            detections: dict[str, list[Detection]] = {row["frame_id"]: [] for row in rows}
             if detections:
                 detection_stmt = (
                     sa.select(detection_table)
@@ -253,7 +243,7 @@ class Database:
                 )
                 for d in conn.execute(detection_stmt).mappings():
                     detections[d["frame_id"]].append(
-                        StoredDetection(**{k: d[k] for k in _DETECTION_FIELDS})
+                        Detection(**{k: d[k] for k in _DETECTION_FIELDS})
                     )
         return [StoredResult(**row, detections=detections[row["frame_id"]]) for row in rows]
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from framewire.broker import client_config
-from framewire.codec import Codec
+from framewire.codec import Codec, make_codec
 from framewire.config import Settings
 from framewire.contracts import DeadLetter, ServiceHeartbeat
 from framewire.errors import DataError, TransientError
@@ -68,9 +68,10 @@ def read_topic(settings: Settings, topic: str, tail: int | None = None,
         while pending and time.monotonic() < deadline and time.monotonic() - last < idle_s * 4:
             for msg in consumer.consume(500, idle_s):
                 last = time.monotonic()
-                if msg.error() is None:
+                err = msg.error()
+                if err is None:
                     out.append(msg)
-                elif msg.error().code() == msg.error()._PARTITION_EOF:
+                elif err.code() == KafkaError._PARTITION_EOF:
                     pending.discard(msg.partition())
         return out
     finally:
@@ -125,7 +126,7 @@ def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceS
     """Per service: latest heartbeats of its processes and its consumer lag."""
     from framewire.services import SERVICES
 
-    codec = codec or Codec()
+    codec = codec or make_codec(settings.schema_registry_url)
     beats = heartbeats(settings, codec)
     produced: dict[str, int] = {}
     for beat in beats:
@@ -142,7 +143,7 @@ def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceS
 
 def dead_letters(settings: Settings, codec: Codec | None = None) -> list[tuple[Any, DeadLetter]]:
     """Every dead letter on the topic, oldest first, with its message (for offsets)."""
-    codec = codec or Codec()
+    codec = codec or make_codec(settings.schema_registry_url)
     out = []
     for msg in read_topic(settings, settings.topic("deadletter")):
         try:

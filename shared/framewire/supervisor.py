@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from framewire.broker import EmbeddedBroker, client_config, ensure_topics, wait_for_broker
-from framewire.procutil import die_with_parent
 from framewire.config import Settings
-from framewire.runtime import Backoff
+from framewire.procutil import die_with_parent
+from framewire.retry import Backoff
 
 log = logging.getLogger(__name__)
 

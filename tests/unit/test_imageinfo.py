@@ -7,6 +7,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
+
 from framewire.errors import DataError
 from framewire.imageinfo import ImageInfo, sniff_image
 

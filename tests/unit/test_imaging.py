@@ -7,6 +7,8 @@ import io
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
+
 from framewire.errors import DataError
 from framewire.services.preprocess import imaging
 from framewire.services.preprocess.imaging import (
@@ -19,8 +21,6 @@ from framewire.services.preprocess.imaging import (
     letterbox,
     unletterbox_boxes,
 )
-from PIL import Image
-
 from tests.fixtures.images import jpeg_claiming_size, synthetic_frame
 
 LIMIT = 40_000_000

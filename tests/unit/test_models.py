@@ -11,6 +11,9 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from onnx import TensorProto, helper
+from skimage import data as samples
+
 from framewire.errors import ConfigError
 from framewire.services.inference import models
 from framewire.services.inference.models import (
@@ -22,9 +25,6 @@ from framewire.services.inference.models import (
     nms,
 )
 from framewire.services.preprocess.imaging import letterbox, unletterbox_boxes
-from onnx import TensorProto, helper
-from skimage import data as samples
-
 from tests.fixtures.images import ASTRONAUT_FACE as FACE_BOX
 
 CPU = ["CPUExecutionProvider"]

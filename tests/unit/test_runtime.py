@@ -6,7 +6,8 @@ import pytest
 
 from framewire.config import load_settings
 from framewire.errors import DataError, TransientError
-from framewire.runtime import Backoff, Stage, map_records
+from framewire.retry import Backoff
+from framewire.runtime import Stage, map_records
 from framewire.runtime.loop import process_isolating
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from framewire.errors import ConfigError
-from framewire.runtime import Backoff
+from framewire.retry import Backoff
 from framewire.services.ingest import sources
 from framewire.services.ingest.sources import (
     CapturedImage,

@@ -32,7 +32,9 @@ def settings_for(service: str = "cli") -> Settings:
 @app.callback()
 def _global(
     home: Annotated[Path | None, typer.Option(help="State folder (FRAMEWIRE_HOME).")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML settings file (FRAMEWIRE_CONFIG).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML settings file (FRAMEWIRE_CONFIG).")
+    ] = None,
 ) -> None:
     if home is not None:
         os.environ["FRAMEWIRE_HOME"] = str(home)
@@ -50,7 +52,7 @@ def run(
 
     Example: framewire run --no-demo
     """
-    from framewire.codec import Codec
+    from framewire.codec import make_codec
     from framewire.status import site_status
     from framewire.supervisor import Supervisor
 
@@ -62,7 +64,8 @@ def run(
     try:
         sup.start()
         console.print(f"services started; logs in {sup.logs}. Ctrl-C to stop.")
-        codec, started, last = Codec(), time.monotonic(), (time.monotonic(), 0)
+        codec = make_codec(settings.schema_registry_url)
+        started, last = time.monotonic(), (time.monotonic(), 0)
         while not stop.wait(3.0):
             for event in sup.check():
                 console.print(f"[yellow]{event}[/]")
@@ -100,7 +103,9 @@ def _status_line(statuses: list, started: float,
 @app.command()
 def service(
     name: Annotated[str, typer.Argument(help="ingest, preprocess, inference or storage.")],
-    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="ingest: add demo cameras.")] = False,
+    demo: Annotated[
+        bool, typer.Option("--demo/--no-demo", help="ingest: add demo cameras.")
+    ] = False,
 ) -> None:
     """Run one service in the foreground (one more replica joins its consumer group).
 
@@ -115,7 +120,9 @@ def service(
 
 @app.command()
 def broker(
-    port: Annotated[int | None, typer.Option(help="Port (default: from bootstrap_servers).")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: from bootstrap_servers).")
+    ] = None,
 ) -> None:
     """Run the embedded Kafka-protocol broker alone, in the foreground, and create the topics.
 

@@ -15,7 +15,9 @@ from framewire.cli import app, console, settings_for
 def publish(
     camera: Annotated[str, typer.Option(help="Camera id (the Kafka key).")],
     path: Annotated[str, typer.Option(help="Image, folder, video file, rtsp:// or http:// URL.")],
-    fps: Annotated[float | None, typer.Option(help="Frames per second (default: as fast as read).")] = None,
+    fps: Annotated[
+        float | None, typer.Option(help="Frames per second (default: as fast as read).")
+    ] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Repeat a file or folder forever.")] = False,
 ) -> None:
     """Publish frames from PATH as camera CAMERA; streams run until Ctrl-C.

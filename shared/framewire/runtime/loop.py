@@ -9,7 +9,6 @@ transient failure (broker or database away) rewinds the batch and retries with b
 from __future__ import annotations
 
 import logging
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -20,6 +19,7 @@ from framewire.broker import client_config, consumer_defaults
 from framewire.config import Settings, StageSettings
 from framewire.contracts import Contract
 from framewire.errors import DataError, TransientError
+from framewire.retry import Backoff
 from framewire.runtime.publisher import Publisher, StopSignal
 
 log = logging.getLogger(__name__)
@@ -46,24 +46,8 @@ class Stage(ABC):
     def process(self, records: list[Any]) -> list[Outcome]:
         """One outcome per input record, in order: an output record, a DataError, or None."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: only stages that hold things override)
         """Release what the stage holds (sessions, connections)."""
-
-
-class Backoff:
-    """Exponential backoff with jitter for retrying transient failures."""
-
-    def __init__(self, first_s: float = 0.5, cap_s: float = 10.0) -> None:
-        self.first_s, self.cap_s = first_s, cap_s
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap_s, self.first_s * 2**self.attempt)
-        self.attempt += 1
-        return delay * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def map_records(fn: Callable[[Any], Outcome], records: list[Any]) -> list[Outcome]:

@@ -16,13 +16,14 @@ from confluent_kafka import KafkaError, Message, Producer
 from framewire import __version__
 from framewire.blobstore import BlobStore, inline_or_reference
 from framewire.broker import client_config
-from framewire.codec import Codec
+from framewire.codec import Codec, make_codec
 from framewire.config import Settings
 from framewire.contracts import Contract, DeadLetter, ServiceHeartbeat, utcnow
 from framewire.errors import DataError, TransientError
 
 log = logging.getLogger(__name__)
-Headers = list[tuple[str, bytes]]
+# As confluent-kafka gives them on a consumed message and takes them in produce().
+Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]]
 
 
 class StopSignal:
@@ -67,7 +68,7 @@ class Publisher:
     def __init__(self, settings: Settings, service: str, codec: Codec | None = None,
                  blobs: BlobStore | None = None) -> None:
         self.settings, self.service = settings, service
-        self.codec = codec or Codec()
+        self.codec = codec or make_codec(settings.schema_registry_url)
         self.blobs = blobs or BlobStore(settings.resolved_blob_dir)
         self.counters = Counters()
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
@@ -135,7 +136,8 @@ class Publisher:
     # -- dead letters --------------------------------------------------------------------
 
     def dead_letter(self, error: DataError, *, payload: bytes | None, key: bytes | None = None,
-                    source: tuple[str, int, int] | None = None, camera_id: str | None = None,
+                    source: tuple[str | None, int | None, int | None] | None = None,
+                    camera_id: str | None = None,
                     frame_id: str | None = None, headers: Headers | None = None) -> None:
         """Send a record that could not be processed to the dead-letter topic, with the reason."""
         inline, uri = payload, None
