@@ -56,7 +56,9 @@ def load_schema_versions(texts: dict[str, str] | None = None) -> list[SchemaVers
         match = _FILENAME.match(filename)
         if not match:
             raise ConfigError(f"schema file {filename!r} must be named Name.vN.avsc")
-        parsed = fastavro.parse_schema(json.loads(text), named_schemas={})
+        parsed: dict[str, Any] = fastavro.parse_schema(  # type: ignore[assignment]
+            json.loads(text), named_schemas={}
+        )
         versions.append(
             SchemaVersion(parsed["name"], int(match["version"]), parsed, schema_fingerprint(parsed))
         )

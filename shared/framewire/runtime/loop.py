@@ -185,14 +185,14 @@ class StageRunner:
                 decoded.append((msg, pub.codec.decode(msg.value(), stage.input_type)))
             except DataError as exc:
                 pub.dead_letter(exc, payload=msg.value(), key=msg.key(), headers=msg.headers(),
-                                source=(msg.topic(), msg.partition(), msg.offset()))
+                                source=position(msg))
         outcomes = process_isolating(stage, [record for _, record in decoded]) if decoded else []
         for (msg, record), outcome in zip(decoded, outcomes, strict=True):
             if isinstance(outcome, DataError):
                 pub.dead_letter(outcome, payload=msg.value(), key=msg.key(),
                                 headers=msg.headers(), camera_id=record.camera_id,
                                 frame_id=record.frame_id,
-                                source=(msg.topic(), msg.partition(), msg.offset()))
+                                source=position(msg))
             elif outcome is not None and stage.output_topic is not None:
                 pub.publish(stage.output_topic, outcome, key=record.camera_id,
                             headers=msg.headers())
@@ -202,11 +202,8 @@ class StageRunner:
         pub.flush(self.settings.shutdown_timeout_s)
 
     def _commit(self, messages: list[Message]) -> None:
-        ends: dict[tuple[str, int], int] = {}
-        for msg in messages:
-            key = (msg.topic(), msg.partition())
-            ends[key] = max(ends.get(key, 0), msg.offset() + 1)
-        offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
+        offsets = [TopicPartition(t, p, last + 1)
+                   for (t, p), (_, last) in offset_ranges(messages).items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
@@ -215,15 +212,29 @@ class StageRunner:
             log.warning("commit failed; records will be redelivered", extra={"error": str(exc)})
 
     def _rewind(self, messages: list[Message]) -> None:
-        starts: dict[tuple[str, int], int] = {}
-        for msg in messages:
-            key = (msg.topic(), msg.partition())
-            starts[key] = min(starts.get(key, msg.offset()), msg.offset())
-        for (topic, partition), offset in starts.items():
+        for (topic, partition), (first, _) in offset_ranges(messages).items():
             try:
-                self.consumer.seek(TopicPartition(topic, partition, offset))
+                self.consumer.seek(TopicPartition(topic, partition, first))
             except KafkaException as exc:
                 log.info("could not rewind a partition (revoked?)", extra={"error": str(exc)})
+
+
+def position(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError("a consumed message without topic, partition or offset")
+    return topic, partition, offset
+
+
+def offset_ranges(messages: list[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """First and last offset of the batch in each (topic, partition)."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for msg in messages:
+        topic, partition, offset = position(msg)
+        first, last = ranges.get((topic, partition), (offset, offset))
+        ranges[(topic, partition)] = (min(first, offset), max(last, offset))
+    return ranges
 
 
 def run_stage(stage: Stage, settings: Settings, stop: StopSignal | None = None) -> None:

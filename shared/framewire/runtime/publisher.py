@@ -109,7 +109,7 @@ class Publisher:
                 self._failures.append(f"{msg.topic()}: {err.str()}")
             return
         tp = f"{msg.topic()}:{msg.partition()}"
-        offset = msg.offset() + 1
+        offset = (msg.offset() or 0) + 1
         with self._lock:
             if offset > self._produced.get(tp, 0):
                 self._produced[tp] = offset
