@@ -1,17 +1,28 @@
-"""The ingest service: reads cameras and publishes validated frames to ``frames.raw``."""
+"""The ingest service: reads cameras and publishes validated frames to ``frames.raw``.
+
+Back-pressure: each camera's frames wait in a small bounded buffer; a sender publishes them
+while the pipeline keeps up. When it falls behind (preprocess lag over ``max_lag_frames``, or
+more than ``max_in_flight`` frames unacknowledged, e.g. while the broker is away) the buffers
+fill and the camera's policy applies: drop the oldest, drop the newest, or block the source.
+Every dropped frame is counted (heartbeat ``dropped``, ``framewire status``).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from framewire.blobstore import BlobStore
 from framewire.config import Settings
+from framewire.contracts import FrameCaptured
 from framewire.errors import DataError, TransientError
 from framewire.runtime import Publisher, StopSignal
+from framewire.services.ingest.backpressure import CameraBuffer, RateCap
 from framewire.services.ingest.capture import FrameIngestor
 from framewire.services.ingest.sources import CapturedImage
+from framewire.status import LagProbe
 
 log = logging.getLogger(__name__)
 SourceFactory = Callable[[threading.Event], Iterator[CapturedImage]]
@@ -30,39 +41,93 @@ class Ingest:
         self.ingestor = FrameIngestor(BlobStore(settings.resolved_blob_dir),
                                       settings.max_upload_bytes, settings.max_inline_bytes)
         self.lock = threading.Lock()
+        self.buffers: dict[str, CameraBuffer[FrameCaptured]] = {}
+        self.last_frame: dict[str, float] = {}
+        self.skipped = 0
+        self._lag_behind = False
+        self._monitor: threading.Thread | None = None
 
-    def offer(self, camera_id: str, image: CapturedImage) -> bool:
-        """Validate and publish one image; a bad one is dead-lettered. True when published."""
+    # -- one frame -----------------------------------------------------------------------
+
+    def capture(self, camera_id: str, image: CapturedImage) -> FrameCaptured | None:
+        """Validate an image into a record; a bad one is dead-lettered and None returned."""
         pub = self.publisher
         with self.lock:
             pub.counters.records_in += 1
+            self.last_frame[camera_id] = time.monotonic()
         try:
-            frame = self.ingestor.capture(camera_id, image)
+            return self.ingestor.capture(camera_id, image)
         except DataError as exc:
             with self.lock:
                 pub.dead_letter(exc, payload=image.data, key=camera_id.encode(),
                                 camera_id=camera_id, source=None)
-            return False
-        pub.publish("frames.raw", frame, key=camera_id)
+            return None
+
+    def send(self, frame: FrameCaptured) -> None:
+        """Publish a captured frame (acknowledged asynchronously; ``close`` waits for all)."""
+        pub = self.publisher
+        pub.publish("frames.raw", frame, key=frame.camera_id)
         with self.lock:
             pub.counters.records_out += 1
         pub.producer.poll(0)
-        return True
+
+    def offer(self, camera_id: str, image: CapturedImage) -> bool:
+        """Validate and publish one image now; True when published."""
+        frame = self.capture(camera_id, image)
+        if frame is not None:
+            self.send(frame)
+        return frame is not None
+
+    # -- back-pressure -------------------------------------------------------------------
+
+    def is_behind(self) -> bool:
+        """True while the pipeline cannot take more frames."""
+        in_flight = len(self.publisher.producer)
+        return in_flight > self.settings.ingest.max_in_flight or self._lag_behind
+
+    def _watch_lag(self) -> None:
+        probe = LagProbe(self.settings, "preprocess", timeout_s=2.0)
+        was_behind = False
+        try:
+            while not self.stop.wait(0.5):
+                lags = probe.partition_lags(self.publisher.produced_offsets())
+                lag = sum(lags.values()) if lags else 0
+                self._lag_behind = lag > self.settings.ingest.max_lag_frames
+                if self._lag_behind != was_behind:
+                    was_behind = self._lag_behind
+                    log.warning("pipeline behind: applying back-pressure" if was_behind
+                                else "pipeline caught up", extra={"preprocess_lag": lag})
+        finally:
+            probe.close()
+
+    def start_lag_watch(self) -> None:
+        self._monitor = threading.Thread(target=self._watch_lag, name="lag-watch", daemon=True)
+        self._monitor.start()
+
+    def wait_while_behind(self) -> None:
+        while self.is_behind() and not self.stop.is_set:
+            self.publisher.producer.poll(0.05)
 
     def pump(self, camera_id: str, frames: Iterator[CapturedImage]) -> int:
-        """Publish everything a source yields until it ends or a stop; returns frames offered."""
+        """Publish everything a finite source yields, waiting (never dropping) while behind."""
         count = 0
         for image in frames:
+            self.wait_while_behind()
             self.offer(camera_id, image)
             count += 1
             if self.stop.is_set:
                 break
         return count
 
+    # -- live cameras --------------------------------------------------------------------
+
     def run(self, sources: dict[str, SourceFactory]) -> None:
         """Run every camera in its own thread until stopped (or all sources end)."""
-        pub = self.publisher
-        pub.start_heartbeats()
+        pub, cfg = self.publisher, self.settings.ingest
+        self.buffers = {cam: CameraBuffer(cfg.buffer_frames, cfg.backpressure) for cam in sources}
+        self.last_frame = dict.fromkeys(sources, time.monotonic())
+        pub.start_heartbeats(self._update_health)
+        self.start_lag_watch()
         pub.counters.state = "running"
         pub.counters.partitions = sorted(sources)
         threads = []
@@ -71,23 +136,69 @@ class Ingest:
                                       name=f"camera-{camera_id}", daemon=True)
             thread.start()
             threads.append(thread)
-        log.info("ingest running", extra={"cameras": sorted(sources)})
+        log.info("ingest running", extra={"cameras": sorted(sources),
+                                          "backpressure": cfg.backpressure})
         try:
-            while any(t.is_alive() for t in threads) and not self.stop.wait(0.5):
-                pub.producer.poll(0)
+            while not self.stop.is_set:
+                if not self._send_buffered() and not any(t.is_alive() for t in threads):
+                    break
         finally:
             self.stop.set()
             for thread in threads:
                 thread.join(self.settings.shutdown_timeout_s)
+            self._send_buffered(drain=True)
             self.close()
 
+    def _send_buffered(self, drain: bool = False) -> bool:
+        """Publish one frame per camera if the pipeline keeps up; False when nothing waited."""
+        if not drain and self.is_behind():
+            self.publisher.producer.poll(0.05)
+            return True
+        sent = False
+        for buffer in self.buffers.values():
+            while (frame := buffer.take()) is not None:
+                self.send(frame)
+                sent = True
+                if not drain:
+                    break
+        if not sent:
+            self.publisher.producer.poll(0.02)
+        return sent or any(len(b) for b in self.buffers.values())
+
     def _camera(self, camera_id: str, factory: SourceFactory) -> None:
+        cap, buffer = RateCap(self.settings.ingest.max_fps), self.buffers[camera_id]
         try:
-            self.pump(camera_id, factory(self.stop.event))
+            for image in factory(self.stop.event):
+                if not cap.allow(time.monotonic()):
+                    with self.lock:
+                        self.skipped += 1
+                    continue
+                frame = self.capture(camera_id, image)
+                if frame is not None:
+                    buffer.put(frame, self.stop.event)
         except Exception:  # one broken camera must not take the others down
             log.exception("camera stopped with an error", extra={"camera_id": camera_id})
 
+    def _update_health(self) -> None:
+        """Before each heartbeat: count drops, find cameras that stopped delivering."""
+        counters, now = self.publisher.counters, time.monotonic()
+        counters.dropped = self.skipped + sum(b.dropped for b in self.buffers.values())
+        stalled = sorted(cam for cam in self.buffers
+                         if now - self.last_frame.get(cam, now) > self.settings.camera_stall_s)
+        for cam in set(stalled) - set(counters.stalled_cameras):
+            log.warning("camera stalled: no frame", extra={
+                "camera_id": cam, "for_s": round(now - self.last_frame[cam], 1),
+                "check": "camera power and network, the URL, credentials; ingest keeps "
+                         "reconnecting with backoff"})
+        for cam in set(counters.stalled_cameras) - set(stalled):
+            log.info("camera delivering again", extra={"camera_id": cam})
+        counters.stalled_cameras = stalled
+
     def close(self) -> None:
+        """Wait for every published frame to be acknowledged, then say goodbye."""
+        self.stop.set()
+        if self._monitor is not None:
+            self._monitor.join(5)
         pub = self.publisher
         try:
             pub.flush(self.settings.shutdown_timeout_s)

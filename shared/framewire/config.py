@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from framewire.contracts import CAMERA_ID_PATTERN
 from framewire.errors import ConfigError
 
 TOPICS = ("frames.raw", "frames.ready", "detections", "deadletter", "status")
@@ -46,10 +47,20 @@ class StorageSettings(StageSettings):
     batch_linger_ms: int = Field(100, ge=0, le=60_000)
 
 
+class IngestSettings(BaseModel):
+    """Per-camera pacing and what to do when the pipeline falls behind."""
+
+    max_fps: float | None = Field(None, gt=0, le=240, description="cap per camera; None = no cap")
+    backpressure: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
+    buffer_frames: int = Field(32, ge=1, le=100_000, description="frames held per camera")
+    max_lag_frames: int = Field(2000, ge=1, description="preprocess lag that counts as behind")
+    max_in_flight: int = Field(500, ge=1, description="unacknowledged frames that count as behind")
+
+
 class CameraSettings(BaseModel):
     """A camera ingest reads by itself (``framewire publish`` covers one-off sources)."""
 
-    camera_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    camera_id: str = Field(pattern=CAMERA_ID_PATTERN.pattern)
     url: str
     fps: float | None = Field(None, gt=0, le=240)
     loop: bool = False
@@ -82,6 +93,10 @@ class Settings(BaseSettings):
     demo_width: int = Field(960, ge=64, le=7680)
     demo_height: int = Field(540, ge=64, le=4320)
     cameras: list[CameraSettings] = Field(default_factory=list)
+    camera_stall_s: float = Field(10.0, gt=0, description="no frame for this long: stalled")
+    stall_s: float = Field(30.0, gt=0, description="lag with no commit for this long: stalled")
+    restart_count: int = Field(0, ge=0, description="set by the supervisor for its children")
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)

@@ -6,9 +6,30 @@ and back. Timestamps are timezone-aware UTC datetimes (Avro ``timestamp-micros``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
+
+from framewire.errors import DataError
+
+CAMERA_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def check_camera_id(camera_id: str, key: bytes | None) -> None:
+    """Reject a record whose camera id is malformed or differs from its Kafka key."""
+    if not CAMERA_ID_PATTERN.match(camera_id or ""):
+        raise DataError(
+            "unknown_camera",
+            f"camera id {camera_id!r} is empty or has characters other than letters, digits and "
+            "._:- (at most 128); fix the producer's camera id",
+        )
+    if key is not None and key != camera_id.encode():
+        raise DataError(
+            "unknown_camera",
+            f"record for camera {camera_id!r} arrived with key {key!r}; the key must be the "
+            "camera id so that a camera's frames stay on one partition, in order",
+        )
 
 
 def utcnow() -> datetime:
@@ -172,7 +193,12 @@ class ServiceHeartbeat(Contract):
     dead_lettered: int
     produced_offsets: dict[str, int]
     group: str | None = None
-    schema_version: int = 1
+    restarts: int = 0
+    dropped: int = 0
+    broker_ok: bool = True
+    stalled_cameras: list[str] = field(default_factory=list)
+    last_commit_at: datetime | None = None
+    schema_version: int = 2
 
 
 CONTRACTS: dict[str, type[Contract]] = {

@@ -94,32 +94,48 @@ def heartbeats(settings: Settings, codec: Codec, max_age_s: float = 30.0) -> lis
     return list(latest.values())
 
 
-def group_lag(settings: Settings, service: str, produced: dict[str, int],
-              timeout_s: float = 5.0) -> int | None:
-    """Records the service's group has not yet committed, over every partition of its topic.
+class LagProbe:
+    """Reads one service group's lag, per partition, with a consumer kept open between reads.
 
     End offsets are the larger of the broker's high watermark and what producers report as
     acknowledged: some brokers (the embedded Tansu) under-report the watermark for batches.
     """
-    topic = settings.topic(CONSUMES[service])
-    consumer = _reader(settings, settings.group(service))
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or not meta.partitions:
+
+    def __init__(self, settings: Settings, service: str, timeout_s: float = 5.0) -> None:
+        self.topic = settings.topic(CONSUMES[service])
+        self.timeout_s = timeout_s
+        self.consumer = _reader(settings, settings.group(service))
+
+    def partition_lags(self, produced: dict[str, int]) -> dict[int, int] | None:
+        """Uncommitted records per partition, or None when the broker does not answer."""
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(
+                self.topic)
+            if meta is None or not meta.partitions:
+                return None
+            parts = [TopicPartition(self.topic, p) for p in meta.partitions]
+            lags = {}
+            for tp in self.consumer.committed(parts, timeout=self.timeout_s):
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, tp.partition), self.timeout_s)
+                end = max(high, produced.get(f"{self.topic}:{tp.partition}", 0))
+                lags[tp.partition] = max(0, end - max(tp.offset, 0))
+            return lags
+        except KafkaException:
             return None
-        parts = [TopicPartition(topic, p) for p in meta.partitions]
-        committed = consumer.committed(parts, timeout=timeout_s)
-        lag = 0
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
-                                                     timeout_s)
-            end = max(high, produced.get(f"{topic}:{tp.partition}", 0))
-            lag += max(0, end - max(tp.offset, 0))
-        return lag
-    except KafkaException:
-        return None
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def group_lag(settings: Settings, service: str, produced: dict[str, int]) -> int | None:
+    """Records the service's group has not yet committed, over every partition of its topic."""
+    probe = LagProbe(settings, service)
+    try:
+        lags = probe.partition_lags(produced)
+        return None if lags is None else sum(lags.values())
     finally:
-        consumer.close()
+        probe.close()
 
 
 def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceStatus]:

@@ -35,7 +35,8 @@ class Child:
 class Supervisor:
     """Starts the broker (when embedded) and the services; restarts a crashed service."""
 
-    def __init__(self, settings: Settings, services: list[str], demo: bool = True) -> None:
+    def __init__(self, settings: Settings, services: list[str], demo: bool = True,
+                 replicas: dict[str, int] | None = None) -> None:
         self.settings = settings
         self.home = settings.home.resolve()
         self.logs = self.home / "logs"
@@ -45,7 +46,10 @@ class Supervisor:
             args = [sys.executable, "-m", "framewire.cli", "service", name]
             if name == "ingest" and demo:
                 args.append("--demo")
-            self.children.append(Child(name, args, self.logs / f"{name}.log"))
+            count = (replicas or {}).get(name, 1)
+            for i in range(count):
+                log_name = f"{name}.log" if count == 1 else f"{name}-{i + 1}.log"
+                self.children.append(Child(name, args, self.logs / log_name))
 
     def start(self) -> None:
         """Broker, topics, then every service."""
@@ -61,7 +65,8 @@ class Supervisor:
             self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
-        env = dict(os.environ, FRAMEWIRE_HOME=str(self.home))
+        env = dict(os.environ, FRAMEWIRE_HOME=str(self.home),
+                   FRAMEWIRE_RESTART_COUNT=str(child.restarts))
         with child.log_path.open("ab") as out:
             child.process = subprocess.Popen(child.args, stdout=out, stderr=subprocess.STDOUT,
                                              env=env, start_new_session=True,
@@ -73,6 +78,12 @@ class Supervisor:
         """Restart services that exited (with backoff); returns messages about what happened."""
         events = []
         now = time.monotonic()
+        broker = self.broker
+        if broker is not None and (broker.process is None or broker.process.poll() is not None):
+            events.append("the embedded broker exited; restarting it (its data was in memory: "
+                          "records not yet consumed are lost, see docs/operations.md)")
+            broker.start()
+            ensure_topics(self.settings)
         for child in self.children:
             proc = child.process
             if proc is not None and proc.poll() is None:

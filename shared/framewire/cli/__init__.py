@@ -47,17 +47,20 @@ def run(
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Start the demo cameras.")] = True,
     services: Annotated[str, typer.Option(help="Comma list of services to start.")] =
         "ingest,preprocess,inference,storage",
+    replicas: Annotated[str, typer.Option(
+        help="Processes per service, e.g. inference=2,preprocess=2 (default 1 each).")] = "",
 ) -> None:
     """Start the embedded broker, every service and the demo cameras; Ctrl-C stops all.
 
-    Example: framewire run --no-demo
+    Example: framewire run --replicas inference=2,preprocess=2
     """
     from framewire.codec import make_codec
     from framewire.status import site_status
     from framewire.supervisor import Supervisor
 
     settings = settings_for("run")
-    sup = Supervisor(settings, [s.strip() for s in services.split(",") if s.strip()], demo)
+    sup = Supervisor(settings, [s.strip() for s in services.split(",") if s.strip()], demo,
+                     parse_replicas(replicas))
     console.print(f"[bold]Framewire[/] home={settings.home.resolve()} "
                   f"broker={settings.bootstrap_servers} db={settings.resolved_database_url}")
     stop = _stop_on_signals()
@@ -75,6 +78,20 @@ def run(
         console.print("stopping: services finish their batch, commit and leave their groups")
         sup.stop()
         console.print("stopped")
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """``inference=2,preprocess=2`` → {"inference": 2, "preprocess": 2}."""
+    from framewire.services import SERVICES
+
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, number = part.partition("=")
+        if name not in SERVICES or not number.isdigit() or int(number) < 1:
+            raise ConfigError(f"--replicas {part!r}: write SERVICE=N with N ≥ 1 and SERVICE one "
+                              f"of {', '.join(SERVICES)}, e.g. inference=2")
+        counts[name] = int(number)
+    return counts
 
 
 def _stop_on_signals():  # noqa: ANN202

@@ -31,6 +31,7 @@ def publish(
     settings = settings_for("ingest")
     wait_for_broker(client_config(settings), 15.0)
     ingest = Ingest(settings)
+    ingest.start_lag_watch()
     frames = open_source(path, fps=fps, loop=loop, stop=ingest.stop.event)
     counters = ingest.publisher.counters
     done = threading.Event()

@@ -17,10 +17,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from framewire.broker import client_config, consumer_defaults
 from framewire.config import Settings, StageSettings
-from framewire.contracts import Contract
+from framewire.contracts import Contract, check_camera_id, utcnow
 from framewire.errors import DataError, TransientError
 from framewire.retry import Backoff
-from framewire.runtime.publisher import Publisher, StopSignal
+from framewire.runtime.publisher import Publisher, StopSignal, report_broker_error
 
 log = logging.getLogger(__name__)
 Outcome = Contract | DataError | None
@@ -111,7 +111,7 @@ class StageRunner:
         self.backoff = Backoff()
 
     def _on_error(self, err: KafkaError) -> None:
-        log.warning("broker connection problem", extra={"error": err.str()})
+        report_broker_error(err, self.publisher.counters, self.settings.bootstrap_servers)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         owned = set(self.publisher.counters.partitions)
@@ -182,7 +182,9 @@ class StageRunner:
         decoded: list[tuple[Message, Any]] = []
         for msg in messages:
             try:
-                decoded.append((msg, pub.codec.decode(msg.value(), stage.input_type)))
+                record: Any = pub.codec.decode(msg.value(), stage.input_type)
+                check_camera_id(record.camera_id, msg.key())
+                decoded.append((msg, record))
             except DataError as exc:
                 pub.dead_letter(exc, payload=msg.value(), key=msg.key(), headers=msg.headers(),
                                 source=position(msg))
@@ -206,6 +208,7 @@ class StageRunner:
                    for (t, p), (_, last) in offset_ranges(messages).items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.publisher.counters.last_commit_at = utcnow()
         except KafkaException as exc:
             # a rebalance took the partitions: the new owner re-reads these records, and the
             # edges (storage upsert by frame_id) make the repeat harmless

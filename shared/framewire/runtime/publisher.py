@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -60,6 +61,24 @@ class Counters:
     partitions: list[str] = field(default_factory=list)
     state: str = "starting"
     group: str | None = None
+    dropped: int = 0
+    broker_ok: bool = True
+    stalled_cameras: list[str] = field(default_factory=list)
+    last_commit_at: datetime | None = None
+
+
+def report_broker_error(err: KafkaError, counters: Counters, servers: str) -> None:
+    """Log a client error once per outage; librdkafka keeps reconnecting by itself."""
+    if err.code() == KafkaError._ALL_BROKERS_DOWN:
+        if counters.broker_ok:
+            counters.broker_ok = False
+            log.error("broker unreachable; retrying with backoff until it returns",
+                      extra={"servers": servers, "check": "is the broker running? "
+                             "FRAMEWIRE_BOOTSTRAP_SERVERS, listeners, network"})
+    elif err.fatal():
+        log.critical("fatal client error", extra={"error": err.str()})
+    else:
+        log.debug("broker connection problem", extra={"error": err.str()})
 
 
 class Publisher:
@@ -79,6 +98,8 @@ class Publisher:
             settings,
             **{"acks": "all", "enable.idempotence": True, "linger.ms": 5,
                "compression.type": "lz4", "message.max.bytes": 16 * 1024 * 1024,
+               # bound what waits in memory while the broker is away (librdkafka: 1 GiB)
+               "queue.buffering.max.kbytes": 256 * 1024,
                "client.id": f"framewire-{service}",
                "error_cb": self._on_error},
         ))
@@ -108,6 +129,10 @@ class Publisher:
             with self._lock:
                 self._failures.append(f"{msg.topic()}: {err.str()}")
             return
+        if not self.counters.broker_ok:
+            self.counters.broker_ok = True
+            log.warning("broker reachable again",
+                        extra={"servers": self.settings.bootstrap_servers})
         tp = f"{msg.topic()}:{msg.partition()}"
         offset = (msg.offset() or 0) + 1
         with self._lock:
@@ -115,7 +140,7 @@ class Publisher:
                 self._produced[tp] = offset
 
     def _on_error(self, err: KafkaError) -> None:
-        log.warning("broker connection problem", extra={"error": err.str()})
+        report_broker_error(err, self.counters, self.settings.bootstrap_servers)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged; TransientError if any was not."""
@@ -169,7 +194,9 @@ class Publisher:
             pid=os.getpid(), version=__version__, sent_at=utcnow(), state=c.state,
             partitions=list(c.partitions), records_in=c.records_in, records_out=c.records_out,
             dead_lettered=c.dead_lettered, produced_offsets=self.produced_offsets(),
-            group=c.group,
+            group=c.group, restarts=self.settings.restart_count, dropped=c.dropped,
+            broker_ok=c.broker_ok, stalled_cameras=list(c.stalled_cameras),
+            last_commit_at=c.last_commit_at,
         )
         self._produce(self.settings.topic("status"), self.codec.encode(beat),
                       self.service.encode(), None)
