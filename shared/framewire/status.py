@@ -22,15 +22,23 @@ CONSUMES = {"preprocess": "frames.raw", "inference": "frames.ready", "storage": 
 
 @dataclass
 class ServiceStatus:
-    """The latest heartbeats of one service's processes, and its group's lag."""
+    """The latest heartbeats of one service's processes, its group's lag, and what is wrong."""
 
     service: str
     instances: list[ServiceHeartbeat] = field(default_factory=list)
     lag: int | None = None
+    fresh_s: float = 6.0
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    problems: list[str] = field(default_factory=list)
+
+    def age_s(self, beat: ServiceHeartbeat) -> float:
+        return (self.now - beat.sent_at).total_seconds()
 
     @property
     def alive(self) -> list[ServiceHeartbeat]:
-        return [b for b in self.instances if b.state not in ("stopped",)]
+        """Processes that are running and sent a heartbeat recently."""
+        return [b for b in self.instances
+                if b.state != "stopped" and self.age_s(b) <= self.fresh_s]
 
     def total(self, counter: str) -> int:
         return sum(getattr(b, counter) for b in self.instances)
@@ -139,7 +147,7 @@ def group_lag(settings: Settings, service: str, produced: dict[str, int]) -> int
 
 
 def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceStatus]:
-    """Per service: latest heartbeats of its processes and its consumer lag."""
+    """Per service: latest heartbeats of its processes, its consumer lag, and its problems."""
     from framewire.services import SERVICES
 
     codec = codec or make_codec(settings.schema_registry_url)
@@ -148,13 +156,77 @@ def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceS
     for beat in beats:
         for tp, offset in beat.produced_offsets.items():
             produced[tp] = max(produced.get(tp, 0), offset)
+    fresh_s = max(3 * settings.heartbeat_interval_s, 5.0)
     result = []
     for service in SERVICES:
-        status = ServiceStatus(service, [b for b in beats if b.service == service])
+        status = ServiceStatus(service, [b for b in beats if b.service == service],
+                               fresh_s=fresh_s)
         if service in CONSUMES:
-            status.lag = group_lag(settings, service, produced)
+            probe = LagProbe(settings, service)
+            try:
+                lags = probe.partition_lags(produced)
+            finally:
+                probe.close()
+            status.lag = None if lags is None else sum(lags.values())
+            status.problems += stalled_partitions(status, lags or {}, settings)
+        status.problems += instance_problems(status)
         result.append(status)
     return result
+
+
+def instance_problems(status: ServiceStatus) -> list[str]:
+    """What the heartbeats of one service say is wrong, each with what to check."""
+    problems = []
+    for b in status.instances:
+        who = f"{status.service} pid {b.pid} on {b.host}"
+        if b.state != "stopped" and status.age_s(b) > status.fresh_s:
+            problems.append(f"{who}: no heartbeat for {status.age_s(b):.0f} s: the process died "
+                            "or hangs; check its log, `framewire run` restarts crashed services")
+            continue
+        if b.state == "stopped":
+            continue
+        if not b.broker_ok:
+            problems.append(f"{who}: broker unreachable; it retries by itself: check the broker "
+                            "and FRAMEWIRE_BOOTSTRAP_SERVERS")
+        for cam in b.stalled_cameras:
+            problems.append(f"{who}: camera {cam} stalled (no frame): check its power, network "
+                            "and URL; ingest keeps reconnecting")
+        if b.restarts:
+            problems.append(f"{who}: restarted {b.restarts} time(s) by the supervisor; "
+                            "read its log for the crash")
+        if b.dropped:
+            problems.append(f"{who}: {b.dropped} frame(s) dropped by back-pressure (pipeline "
+                            "behind, fps cap or broker away)")
+    return problems
+
+
+def stalled_partitions(status: ServiceStatus, lags: dict[int, int],
+                       settings: Settings) -> list[str]:
+    """Partitions with lag that nobody consumes, or whose consumer stopped committing."""
+    owners: dict[int, ServiceHeartbeat] = {}
+    for b in status.alive:
+        for tp in b.partitions:
+            owners[int(tp.rpartition(":")[2])] = b
+    problems = []
+    for partition, lag in sorted(lags.items()):
+        if lag <= 0:
+            continue
+        owner = owners.get(partition)
+        if owner is None:
+            if status.alive:  # with no replica at all, the service-level problem says it
+                problems.append(f"{status.service}: partition {partition} has lag {lag} and no "
+                                "live consumer owns it: a rebalance is pending or stuck")
+            continue
+        since = owner.last_commit_at
+        idle_s = (status.now - since).total_seconds() if since else None
+        if idle_s is not None and idle_s > settings.stall_s:
+            problems.append(f"{status.service}: partition {partition} has lag {lag} but pid "
+                            f"{owner.pid} has not committed for {idle_s:.0f} s: the stage is "
+                            "stuck; check its log, restart it with SIGTERM")
+    if lags and sum(lags.values()) > 0 and not status.alive:
+        problems.append(f"{status.service}: lag {sum(lags.values())} and no live process: "
+                        f"start one with `framewire service {status.service}`")
+    return problems
 
 
 def dead_letters(settings: Settings, codec: Codec | None = None) -> list[tuple[Any, DeadLetter]]:

@@ -130,3 +130,18 @@ def test_fingerprint_is_the_crc64_avro_of_the_canonical_form():
     from framewire.codec import schema_fingerprint
 
     assert schema_fingerprint("int") == 0x7275D51A3F395C8F
+
+
+def test_a_v1_heartbeat_from_an_older_service_reads_with_v2_defaults():
+    from framewire.codec import load_schema_versions
+
+    texts = schema_texts()
+    v1_only = {k: v for k, v in texts.items() if k != "ServiceHeartbeat.v2.avsc"}
+    old = Codec(load_schema_versions(v1_only))
+    beat = {"schema_version": 1, "service": "storage", "instance": "h:1", "host": "h", "pid": 1,
+            "version": "0.0.9", "sent_at": utcnow(), "state": "running", "group": None,
+            "partitions": [], "records_in": 1, "records_out": 1, "dead_lettered": 0,
+            "produced_offsets": {}}
+    decoded = Codec().decode(old.encode_dict(ServiceHeartbeat.SCHEMA, beat), ServiceHeartbeat)
+    assert decoded.restarts == 0 and decoded.broker_ok is True
+    assert decoded.stalled_cameras == [] and decoded.last_commit_at is None

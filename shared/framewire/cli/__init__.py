@@ -111,9 +111,12 @@ def _status_line(statuses: list, started: float,
     alive = sum(1 for s in statuses if s.alive)
     now = time.monotonic()
     fps = (stored - last[1]) / max(now - last[0], 1e-6)
+    dropped = sum(s.total("dropped") for s in statuses)
+    problems = sum(len(s.problems) for s in statuses)
     line = (f"[{int(now - started):>4}s] services up {alive}/{len(statuses)} | "
             f"frames in {frames_in} | stored {stored} ({fps:.1f}/s) | "
-            f"dead-lettered {dead} | lag {lag}")
+            f"dead-lettered {dead} | dropped {dropped} | lag {lag}"
+            + (f" | {problems} problem(s): `framewire status`" if problems else ""))
     return line, (now, stored)
 
 

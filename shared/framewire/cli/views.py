@@ -107,22 +107,60 @@ def status(
         _print_json([
             {"service": s.service, "alive": bool(s.alive), "lag": s.lag,
              "records_in": s.total("records_in"), "records_out": s.total("records_out"),
-             "dead_lettered": s.total("dead_lettered"),
+             "dead_lettered": s.total("dead_lettered"), "dropped": s.total("dropped"),
+             "problems": s.problems,
              "instances": [
                  {"instance": b.instance, "pid": b.pid, "host": b.host, "state": b.state,
                   "version": b.version, "partitions": b.partitions,
                   "seconds_since_heartbeat": round((now - b.sent_at).total_seconds(), 1),
                   "records_in": b.records_in, "records_out": b.records_out,
-                  "dead_lettered": b.dead_lettered}
+                  "dead_lettered": b.dead_lettered, "dropped": b.dropped,
+                  "restarts": b.restarts, "broker_ok": b.broker_ok,
+                  "stalled_cameras": b.stalled_cameras,
+                  "last_commit_at": b.last_commit_at}
                  for b in s.instances]}
             for s in statuses
         ])
         return
-    table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered", "lag")
+    table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered",
+                  "dropped", "lag")
     for s in statuses:
         pids = ",".join(str(b.pid) for b in s.alive) or "-"
         parts = sum(len(b.partitions) for b in s.alive)
         table.add_row(s.service, "yes" if s.alive else "[red]no[/]", pids, str(parts),
                       str(s.total("records_in")), str(s.total("records_out")),
-                      str(s.total("dead_lettered")), "-" if s.lag is None else str(s.lag))
+                      str(s.total("dead_lettered")), str(s.total("dropped")),
+                      "-" if s.lag is None else str(s.lag))
     console.print(table)
+    problems = [p for s in statuses for p in s.problems]
+    for problem in problems:
+        console.print(f"[yellow]! {problem}[/]")
+    if not problems:
+        console.print("no problems found")
+
+
+@deadletters_app.command("replay")
+def deadletters_replay(
+    reason: Annotated[str | None, typer.Option(
+        help="Only this reason code (e.g. corrupt_image) or a word of the reason.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only newer: 10m, 2h, 1d or an ISO time.")]
+        = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be replayed.")]
+        = False,
+) -> None:
+    """Re-publish dead letters to their source topic once the cause is fixed.
+
+    Replayed records keep their frame id, so a replay never duplicates stored results.
+    Example: framewire deadletters replay --reason broker_timeout --since 1h
+    """
+    from framewire.replay import parse_since, replay, select
+    from framewire.status import dead_letters
+
+    settings = settings_for()
+    chosen = select(dead_letters(settings), reason,
+                    parse_since(since) if since else None)
+    if dry_run or not chosen:
+        console.print(f"{len(chosen)} dead letter(s) match" + (" (dry run)" if dry_run else ""))
+        return
+    for what, count in replay(settings, chosen).items():
+        console.print(f"{count} {what}")

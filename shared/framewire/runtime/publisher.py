@@ -111,10 +111,12 @@ class Publisher:
     def publish(self, topic: str, record: Contract, key: str,
                 headers: Headers | None = None) -> None:
         """Queue a record for a logical topic (``frames.raw`` ...); acknowledged by ``flush``."""
-        self._produce(self.settings.topic(topic), self.codec.encode(record), key.encode(), headers)
+        self.produce_raw(self.settings.topic(topic), self.codec.encode(record), key.encode(),
+                         headers)
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None,
-                 headers: Headers | None) -> None:
+    def produce_raw(self, topic: str, value: bytes, key: bytes | None,
+                    headers: Headers | None) -> None:
+        """Queue already-encoded bytes for a full topic name (retrying while the queue is full)."""
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers,
@@ -178,7 +180,7 @@ class Publisher:
             source_offset=source[2] if source else None,
             camera_id=camera_id, frame_id=frame_id, key=key, payload=inline, payload_uri=uri,
         )
-        self._produce(self.settings.topic("deadletter"), self.codec.encode(letter),
+        self.produce_raw(self.settings.topic("deadletter"), self.codec.encode(letter),
                       key, headers)
         self.counters.dead_lettered += 1
         log.warning("dead-lettered", extra={"code": error.code, "reason": error.reason,
@@ -198,7 +200,7 @@ class Publisher:
             broker_ok=c.broker_ok, stalled_cameras=list(c.stalled_cameras),
             last_commit_at=c.last_commit_at,
         )
-        self._produce(self.settings.topic("status"), self.codec.encode(beat),
+        self.produce_raw(self.settings.topic("status"), self.codec.encode(beat),
                       self.service.encode(), None)
         self.producer.poll(0)
 

@@ -51,15 +51,18 @@ class RecordRouting:
 
 # Frame ids are fixed so a test can find each record's outcome (result row or dead letter).
 RECORDS: dict[str, RecordRouting] = {
-    "record_wrong_fingerprint": RecordRouting("cam-record-wrong-fingerprint",
-                                              "01BADWR0NGF1NGERPR1NT00000"),
+    "record_wrong_fingerprint": RecordRouting(
+        "cam-record-wrong-fingerprint", "01BADWR0NGF1NGERPR1NT00000"
+    ),
     "record_missing_field": RecordRouting("cam-record-missing-field"),
     "record_missing_field_truncated": RecordRouting("cam-record-missing-field-truncated"),
     "record_empty_camera": RecordRouting("", "01BADEMPTYCAMERA0000000000"),
     "record_camera_not_key": RecordRouting("cam-record-key", "01BADCAMERAN0TKEY000000000"),
-    "record_bad_traceparent": RecordRouting("cam-record-bad-traceparent",
-                                            "01BADTRACEPARENT0000000000",
-                                            {"traceparent": "not-a-traceparent"}),
+    "record_bad_traceparent": RecordRouting(
+        "cam-record-bad-traceparent",
+        "01BADTRACEPARENT0000000000",
+        {"traceparent": "not-a-traceparent"},
+    ),
 }
 # The camera id written inside each record, where it is not the key.
 _CAMERA_IN_RECORD = {"record_empty_camera": "", "record_camera_not_key": "cam-record-other"}
@@ -133,9 +136,15 @@ def image_cases() -> dict[str, bytes]:
 def _frame(name: str, routing: RecordRouting) -> FrameCaptured:
     return FrameCaptured(
         frame_id=routing.frame_id or "01BADUNDEC0DABLE0000000000",
-        camera_id=_CAMERA_IN_RECORD.get(name, routing.key), seq=0, captured_at=_CAPTURED_AT,
-        ingested_at=_CAPTURED_AT, source="tests/data/bad", content_type="image/jpeg",
-        width=160, height=120, image=jpeg(synthetic_frame(4, width=160, height=120)),
+        camera_id=_CAMERA_IN_RECORD.get(name, routing.key),
+        seq=0,
+        captured_at=_CAPTURED_AT,
+        ingested_at=_CAPTURED_AT,
+        source="tests/data/bad",
+        content_type="image/jpeg",
+        width=160,
+        height=120,
+        image=jpeg(synthetic_frame(4, width=160, height=120)),
     )
 
 
@@ -157,8 +166,9 @@ def _without_camera_id(frame: FrameCaptured, fingerprint: int | None) -> bytes:
     del data["camera_id"]
     body = io.BytesIO()
     fastavro.schemaless_writer(body, parsed, data)
-    header = struct.pack("<2sQ", MAGIC, schema_fingerprint(parsed) if fingerprint is None
-                         else fingerprint)
+    header = struct.pack(
+        "<2sQ", MAGIC, schema_fingerprint(parsed) if fingerprint is None else fingerprint
+    )
     return header + body.getvalue()
 
 
@@ -192,8 +202,13 @@ def generate(out_dir: Path) -> dict[str, Path]:
         written[name] = out_dir / f"{name}.record"
         written[name].write_bytes(data)
     manifest = {
-        name: {"file": written[name].name, "topic": "frames.raw", "key": r.key,
-               "headers": r.headers, "frame_id": r.frame_id}
+        name: {
+            "file": written[name].name,
+            "topic": "frames.raw",
+            "key": r.key,
+            "headers": r.headers,
+            "frame_id": r.frame_id,
+        }
         for name, r in RECORDS.items()
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,23 @@
+"""The chaos suite's closing note: one count line per scenario, printed at the end of the run."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos.ledger import Ledger
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    """Records a scenario's ``Tally``; the lines are repeated in the closing note."""
+    return Ledger()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not Ledger.tallies:
+        return
+    terminalreporter.section("chaos ledger")
+    terminalreporter.write_line(
+        "scenario | published | stored | dead-lettered | lost | duplicated | notes")
+    for tally in Ledger.tallies:
+        terminalreporter.write_line(tally.line())
