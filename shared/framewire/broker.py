@@ -29,18 +29,23 @@ log = logging.getLogger(__name__)
 EMBEDDED_CLIENT_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
 
 
-def client_config(settings: Settings, **extra: Any) -> dict[str, Any]:
-    """librdkafka properties for any client: servers, pass-through settings, then ``extra``."""
+def client_config(settings: Settings, defaults: dict[str, Any] | None = None,
+                  **fixed: Any) -> dict[str, Any]:
+    """librdkafka properties: servers, ``defaults``, the user's ``kafka`` settings, ``fixed``.
+
+    The user's settings override Framewire's defaults (tuning, TLS, SASL); ``fixed`` holds
+    what the code depends on (group ids, callbacks, manual commits).
+    """
     conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    conf.update(defaults or {})
     conf.update(settings.kafka)
-    conf.update(extra)
+    conf.update(fixed)
     return conf
 
 
 def consumer_defaults(settings: Settings) -> dict[str, Any]:
     """Group timing suited to the broker in use (the user's ``kafka`` settings still win)."""
-    defaults = dict(EMBEDDED_CLIENT_DEFAULTS) if settings.embedded_broker else {}
-    return {k: v for k, v in defaults.items() if k not in settings.kafka}
+    return dict(EMBEDDED_CLIENT_DEFAULTS) if settings.embedded_broker else {}
 
 
 def tansu_binary() -> str:

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=600)
     shutdown_timeout_s: float = Field(20.0, gt=0, le=600)
+    ack_timeout_s: float = Field(10.0, gt=0, le=600, description="wait for a batch's acks")
     demo_cameras: int = Field(2, ge=0, le=64)
     demo_fps: float = Field(5.0, gt=0, le=120)
     demo_width: int = Field(960, ge=64, le=7680)

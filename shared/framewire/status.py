@@ -45,10 +45,9 @@ class ServiceStatus:
 
 
 def _reader(settings: Settings, group: str | None = None) -> Consumer:
-    return Consumer(client_config(settings, **{
+    return Consumer(client_config(settings, {"auto.offset.reset": "earliest", "log_level": 0}, **{
         "group.id": group or f"framewire-reader-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False, "auto.offset.reset": "earliest",
-        "enable.partition.eof": True, "log_level": 0,
+        "enable.auto.commit": False, "enable.partition.eof": True,
     }))
 
 

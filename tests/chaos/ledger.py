@@ -31,7 +31,7 @@ from framewire.errors import TransientError
 from framewire.runtime import Publisher, StopSignal
 from framewire.services.ingest.service import Ingest
 from framewire.services.ingest.sources import CapturedImage
-from framewire.status import dead_letters, heartbeats, read_topic
+from framewire.status import dead_letters, read_topic
 from tests.fixtures.common import wait_until
 from tests.fixtures.images import jpeg, synthetic_frame
 
@@ -316,10 +316,17 @@ class SteadyIngest:
 
 
 def live_beats(settings: Settings, service: str, pids: Iterable[int]) -> list[ServiceHeartbeat]:
-    """The latest running heartbeat of each of ``pids`` for ``service``."""
-    wanted = set(pids)
-    return [b for b in heartbeats(settings, Codec(), max_age_s=10)
-            if b.service == service and b.pid in wanted and b.state == "running"]
+    """The latest running heartbeat of each of ``pids`` for ``service``.
+
+    Reads the status topic for at most a few seconds: with heartbeats arriving every 0.5 s
+    the reader never sees the partition's end and would otherwise wait its full timeout.
+    """
+    wanted, codec, latest = set(pids), Codec(), {}
+    for msg in read_topic(settings, settings.topic("status"), tail=400, idle_s=0.2, timeout_s=2.5):
+        beat = codec.decode(msg.value(), ServiceHeartbeat)
+        if beat.service == service and beat.pid in wanted:
+            latest[beat.pid] = beat
+    return [b for b in latest.values() if b.state == "running"]
 
 
 def wait_for_groups(settings: Settings, replicas: dict[str, list[int]], partitions: int,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -103,7 +102,9 @@ def produce_records(site: Site, records: dict[str, bytes]) -> None:
     topic = site.settings.topic("frames.raw")
     for name, value in records.items():
         routing = RECORDS[name]
-        headers = [(k, v.encode()) for k, v in routing.headers.items()]
+        headers: list[tuple[str, str | bytes | None]] = [
+            (k, v.encode()) for k, v in routing.headers.items()
+        ]
         producer.produce(topic, value=value, key=routing.key.encode(), headers=headers)
     assert producer.flush(30) == 0, "the broker did not acknowledge every record"
 
@@ -143,7 +144,7 @@ def outcome_table(outcomes: dict[str, Outcome]) -> str:
 def corpus(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CorpusRun]:
     """The whole corpus through one site; yields once every case has an outcome."""
     files = generate(tmp_path_factory.mktemp("bad-corpus"))
-    cases = {name: Path(path).read_bytes() for name, path in files.items()}
+    cases = {name: path.read_bytes() for name, path in files.items()}
     site = Site(broker, tmp_path_factory.mktemp("bad-corpus-site") / "home")
     site.create_topics()
     try:

@@ -13,7 +13,7 @@ from datetime import datetime
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -26,7 +26,7 @@ from tests.data.bad.generate import image_cases
 from tests.fixtures.images import jpeg, synthetic_frame
 
 MAX_PIXELS = 4_000_000
-# no example database: a failure found here becomes an explicit regression test below
+# no example database (it would litter the checkout): keep a failure found here as an @example
 FUZZ = settings(max_examples=200, deadline=None, database=None)
 CODEC = Codec()
 _HEADER_BYTES = 64
@@ -47,28 +47,44 @@ def _gif(img: np.ndarray) -> bytes:
 def _valid_frames() -> list[bytes]:
     now = utcnow()
     base = FrameCaptured(
-        frame_id="01JFUZZ0000000000000000000", camera_id="cam-fuzz", seq=7, captured_at=now,
-        ingested_at=now, source="fuzz", content_type="image/jpeg", width=64, height=48,
+        frame_id="01JFUZZ0000000000000000000",
+        camera_id="cam-fuzz",
+        seq=7,
+        captured_at=now,
+        ingested_at=now,
+        source="fuzz",
+        content_type="image/jpeg",
+        width=64,
+        height=48,
         image=b"\xff\xd8\xff" + bytes(range(40)),
     )
-    by_reference = FrameCaptured(**{
-        **base.to_avro(), "image": None, "image_uri": "file:///blobs/ab.bin",
-        "image_sha256": "ab" * 32, "camera_id": "caméra-ü", "seq": 2**40,
-    })
+    by_reference = FrameCaptured(
+        **{
+            **base.to_avro(),
+            "image": None,
+            "image_uri": "file:///blobs/ab.bin",
+            "image_sha256": "ab" * 32,
+            "camera_id": "caméra-ü",
+            "seq": 2**40,
+        }
+    )
     return [CODEC.encode(base), CODEC.encode(by_reference)]
 
 
 _SMALL = synthetic_frame(5, width=64, height=48)
 VALID_FRAMES = _valid_frames()
-VALID_IMAGES = [
-    jpeg(_SMALL),
-    _encoded(".png", _SMALL),
-    _encoded(".bmp", _SMALL),
-    _encoded(".webp", _SMALL),
-    _gif(_SMALL),
-    *(data for name, data in image_cases().items()
-      if name in ("one_pixel", "png_16bit", "cmyk_jpeg", "exif_rotated")),
-]
+VALID_IMAGES = {
+    "jpeg": jpeg(_SMALL),
+    "png": _encoded(".png", _SMALL),
+    "bmp": _encoded(".bmp", _SMALL),
+    "webp": _encoded(".webp", _SMALL),
+    "gif": _gif(_SMALL),
+    **{
+        name: data
+        for name, data in image_cases().items()
+        if name in ("one_pixel", "png_16bit", "cmyk_jpeg", "exif_rotated")
+    },
+}
 
 
 @st.composite
@@ -82,7 +98,7 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
             in_header = st.integers(0, min(len(data), _HEADER_BYTES) - 1)
             data[draw(st.one_of(in_header, anywhere))] ^= draw(st.integers(1, 255))
         elif edit == "truncate":
-            del data[draw(st.integers(0, len(data))):]
+            del data[draw(st.integers(0, len(data))) :]
         else:
             data += draw(st.binary(min_size=1, max_size=64))
     return bytes(data)
@@ -95,7 +111,7 @@ FRAME_BYTES = st.one_of(
     st.binary(max_size=512).map(lambda body: _REAL_HEADER + body),
     mutated(VALID_FRAMES),
 )
-IMAGE_BYTES = st.one_of(st.binary(max_size=2048), mutated(VALID_IMAGES))
+IMAGE_BYTES = st.one_of(st.binary(max_size=2048), mutated(list(VALID_IMAGES.values())))
 
 
 def check_frame_decode(data: bytes) -> None:
@@ -131,19 +147,47 @@ def check_decode(data: bytes) -> None:
     assert img.shape[0] * img.shape[1] <= MAX_PIXELS, img.shape
 
 
-@pytest.mark.parametrize("data", VALID_FRAMES + VALID_IMAGES[:1])
-def test_fuzz_seeds_are_what_they_claim(data: bytes):
-    # the mutations only test anything if they start from inputs that parse
-    if data in VALID_FRAMES:
-        assert isinstance(CODEC.decode(data, FrameCaptured), FrameCaptured)
-    for image in VALID_IMAGES:
-        assert decode_image(image, MAX_PIXELS).ndim == 3
+# The mutations only test anything if they start from inputs that parse.
+@pytest.mark.parametrize("data", VALID_FRAMES, ids=["inline", "by_reference"])
+def test_fuzz_seed_frames_decode(data: bytes):
+    assert isinstance(CODEC.decode(data, FrameCaptured), FrameCaptured)
+
+
+@pytest.mark.parametrize("name", list(VALID_IMAGES))
+def test_fuzz_seed_images_decode(name: str):
+    assert decode_image(VALID_IMAGES[name], MAX_PIXELS).shape[2] == 3
 
 
 @FUZZ
 @given(FRAME_BYTES)
+@example(b"")
+@example(MAGIC)
+@example(_REAL_HEADER)
+@example(_REAL_HEADER + b"\x02")
+@example(VALID_FRAMES[0][:-1])
 def test_frame_decode_returns_a_frame_or_raises_data_error(data: bytes):
     check_frame_decode(data)
+
+
+# each format's signature alone, and with its size fields but nothing after them
+HEADER_ONLY = [
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF89a",
+    b"RIFF\x00\x00\x00\x00WEBP",
+    b"RIFF\x00\x00\x00\x00WEBPVP8X" + bytes(12),
+    b"BM",
+    b"BM" + bytes(12) + b"\x0c\x00\x00\x00",
+    VALID_IMAGES["png"][:24],
+    VALID_IMAGES["gif"][:10],
+]
+
+
+@pytest.mark.parametrize("data", HEADER_ONLY)
+def test_image_header_without_pixels_is_refused_with_data_error(data: bytes):
+    check_sniff(data)
+    with pytest.raises(DataError):
+        decode_image(data, max_pixels=MAX_PIXELS)
 
 
 @FUZZ

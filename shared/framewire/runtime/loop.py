@@ -101,12 +101,15 @@ class StageRunner:
         self.stop = stop or StopSignal()
         self.publisher = publisher or Publisher(settings, stage.name)
         self.topic = settings.topic(stage.input_topic)
+        defaults = {**consumer_defaults(settings), "auto.offset.reset": "earliest",
+                    "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                    "fetch.max.bytes": 64 * 1024 * 1024,
+                    # notice a topic recreated after a broker outage within seconds
+                    "topic.metadata.refresh.interval.ms": 5000}
         self.consumer = Consumer(client_config(
-            settings, **consumer_defaults(settings),
+            settings, defaults,
             **{"group.id": settings.group(stage.name), "enable.auto.commit": False,
-               "auto.offset.reset": "earliest", "client.id": f"framewire-{stage.name}",
-               "max.partition.fetch.bytes": 16 * 1024 * 1024,
-               "fetch.max.bytes": 64 * 1024 * 1024, "error_cb": self._on_error},
+               "client.id": f"framewire-{stage.name}", "error_cb": self._on_error},
         ))
         self.backoff = Backoff()
 
@@ -201,7 +204,7 @@ class StageRunner:
                 pub.counters.records_out += 1
             elif outcome is None and stage.output_topic is None:
                 pub.counters.records_out += 1
-        pub.flush(self.settings.shutdown_timeout_s)
+        pub.flush(self.settings.ack_timeout_s)
 
     def _commit(self, messages: list[Message]) -> None:
         offsets = [TopicPartition(t, p, last + 1)

@@ -67,6 +67,13 @@ class Counters:
     last_commit_at: datetime | None = None
 
 
+# a broker that lost its state (the embedded one after a restart) rejects an idempotent
+# producer's id or sequence numbers: such a producer never recovers and must be replaced
+PRODUCER_STATE_LOST = {KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID,
+                       KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.INVALID_PRODUCER_EPOCH,
+                       KafkaError._FENCED}
+
+
 def report_broker_error(err: KafkaError, counters: Counters, servers: str) -> None:
     """Log a client error once per outage; librdkafka keeps reconnecting by itself."""
     if err.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -94,19 +101,24 @@ class Publisher:
         self._lock = threading.Lock()
         self._produced: dict[str, int] = {}
         self._failures: list[str] = []
-        self.producer = Producer(client_config(
-            settings,
-            **{"acks": "all", "enable.idempotence": True, "linger.ms": 5,
-               "compression.type": "lz4", "message.max.bytes": 16 * 1024 * 1024,
-               # bound what waits in memory while the broker is away (librdkafka: 1 GiB)
-               "queue.buffering.max.kbytes": 256 * 1024,
-               "client.id": f"framewire-{service}",
-               "error_cb": self._on_error},
-        ))
+        self.producer = self._new_producer()
+        self._reconnected = threading.Event()
+        self._stale_producer = False
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     # -- producing -----------------------------------------------------------------------
+
+    def _new_producer(self) -> Producer:
+        defaults = {
+            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            "compression.type": "lz4", "message.max.bytes": 16 * 1024 * 1024,
+            # bound what waits in memory while the broker is away (librdkafka: 1 GiB)
+            "queue.buffering.max.kbytes": 256 * 1024,
+        }
+        return Producer(client_config(self.settings, defaults,
+                                      **{"client.id": f"framewire-{self.service}",
+                                         "error_cb": self._on_error}))
 
     def publish(self, topic: str, record: Contract, key: str,
                 headers: Headers | None = None) -> None:
@@ -130,9 +142,12 @@ class Publisher:
         if err is not None:
             with self._lock:
                 self._failures.append(f"{msg.topic()}: {err.str()}")
+                if err.fatal() or err.code() in PRODUCER_STATE_LOST:
+                    self._stale_producer = True
             return
         if not self.counters.broker_ok:
             self.counters.broker_ok = True
+            self._reconnected.set()
             log.warning("broker reachable again",
                         extra={"servers": self.settings.bootstrap_servers})
         tp = f"{msg.topic()}:{msg.partition()}"
@@ -147,6 +162,8 @@ class Publisher:
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged; TransientError if any was not."""
         remaining = self.producer.flush(timeout_s)
+        if remaining or self._stale_producer:
+            self._replace_producer(remaining)
         with self._lock:
             failures, self._failures = self._failures, []
         if remaining or failures:
@@ -154,6 +171,20 @@ class Publisher:
                 f"{remaining} records unacknowledged after {timeout_s:.0f} s, "
                 f"{len(failures)} failed ({'; '.join(failures[:3])}); is the broker reachable?"
             )
+
+    def _replace_producer(self, remaining: int) -> None:
+        """Drop a producer whose records are not acknowledged and start a fresh one.
+
+        An idempotent producer whose broker came back empty (the embedded broker keeps no
+        data) waits forever for sequence numbers the new broker never saw. The caller retries
+        what was dropped (the runtime rewinds its batch), so nothing is lost by purging.
+        """
+        log.warning("producer stuck or fenced; replacing it",
+                    extra={"unacknowledged": remaining})
+        self._stale_producer = False
+        old, self.producer = self.producer, self._new_producer()
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.poll(0)
 
     def produced_offsets(self) -> dict[str, int]:
         """Highest acknowledged offset + 1 per ``topic:partition`` this process wrote."""
@@ -204,12 +235,25 @@ class Publisher:
                       self.service.encode(), None)
         self.producer.poll(0)
 
+    def _after_outage(self) -> None:
+        """The broker is back: it may be a new one (the embedded broker keeps no data), so
+        make sure every topic exists with its partitions before anyone auto-creates it."""
+        from framewire.broker import ensure_topics
+
+        self._reconnected.clear()
+        created = ensure_topics(self.settings)
+        if created:
+            log.warning("broker came back without our topics (it lost its data); recreated them",
+                        extra={"topics": created})
+
     def start_heartbeats(self, extra: Callable[[], None] | None = None) -> None:
         """Send a heartbeat every ``heartbeat_interval_s`` from a background thread."""
 
         def beat() -> None:
             while not self._heartbeat_stop.wait(self.settings.heartbeat_interval_s):
                 try:
+                    if self._reconnected.is_set():
+                        self._after_outage()
                     if extra:
                         extra()
                     self.heartbeat()

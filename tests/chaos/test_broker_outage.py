@@ -1,0 +1,110 @@
+"""The broker goes away mid-run and comes back: the services recover without a restart.
+
+The embedded broker (Tansu, memory storage) comes back empty: topics, records and committed
+offsets are gone. Frames that were still in its topics are lost with it (counted and reported,
+expected with memory storage); every frame published after it is back must be stored.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from framewire.broker import EmbeddedBroker, ensure_topics
+from tests.chaos.ledger import (
+    Ledger,
+    SteadyIngest,
+    Workload,
+    count,
+    unaccounted,
+    wait_until_accounted,
+)
+from tests.chaos.stack import LONG, STAGES, pids, start_stack, stored_count
+from tests.fixtures.common import free_port
+from tests.fixtures.kafka import Site, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Outage:
+    seconds: float
+    workload: Workload  # published before the outage, and again after it
+
+
+OUTAGES = [
+    pytest.param(Outage(8, Workload(cameras=6, frames_per_camera=15, fps_per_camera=6)),
+                 id="bounded"),
+    pytest.param(Outage(20, Workload(cameras=6, frames_per_camera=60, fps_per_camera=6)),
+                 id="long", marks=LONG),
+]
+
+
+@pytest.fixture
+def own_site(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, Site]]:
+    """A broker of this test's own (it will be stopped) and a site on it."""
+    broker = EmbeddedBroker("127.0.0.1", free_port(), tmp_path / "home" / "logs" / "broker.log")
+    broker.start()
+    site = Site(broker, tmp_path / "home")
+    site.create_topics()
+    try:
+        yield broker, site
+    finally:
+        site.stop()
+        broker.stop()
+
+
+def ride_out(site: Site, seconds: float) -> None:
+    """Keep the broker away for ``seconds``, failing at once if a service gives up and exits."""
+    hold = threading.Event()  # never set: waiting on it spaces the liveness checks
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        exited = [s for s in STAGES if not site.alive(s)]
+        assert not exited, f"{exited} exited while the broker was away; see {site.home}/logs"
+        hold.wait(min(0.5, left))
+
+
+@pytest.mark.parametrize("outage", OUTAGES)
+def test_services_recover_by_themselves_and_store_every_frame_published_after_the_broker_returns(
+        own_site: tuple[EmbeddedBroker, Site], ledger: Ledger, outage: Outage):
+    """Preprocess, inference and storage run; frames are published and, once some are stored,
+    the broker is stopped for the outage and started again, empty, on the same port. The test
+    recreates the topics as ``framewire run``'s supervisor does when it restarts the broker.
+    The services are not restarted: they must reconnect, rejoin their groups and process the
+    frames published after the broker is back (all of them stored, none twice)."""
+    broker, site = own_site
+    workload = outage.workload
+    start_stack(site)
+    service_pids = {s: pids(site, s) for s in STAGES}
+
+    before = SteadyIngest(site.settings, workload, camera_prefix="before").start().join(120)
+    assert len(before.acked) == workload.total
+    wait_until(lambda: stored_count(site) >= workload.total // 6, 120, "some results stored")
+    broker.stop()
+    stored_before_outage = stored_count(site)
+    ride_out(site, outage.seconds)
+    broker.start()
+    ensure_topics(site.settings)
+
+    after = SteadyIngest(site.settings, workload, camera_prefix="after").start().join(180)
+    assert len(after.acked) == workload.total and not after.unacknowledged
+    wait_until_accounted(site.settings, after.acked, 240,
+                         f"frames published after a {outage.seconds:.0f} s broker outage")
+    lost_with_broker = unaccounted(site.settings, before.acked)
+    tally = ledger.record(count(
+        f"broker down {outage.seconds:.0f} s, frames after recovery [{workload.total}]",
+        site.settings, after.acked,
+        [f"before the outage: published {workload.total}, stored before it "
+         f"{stored_before_outage}, lost with the broker {len(lost_with_broker)} "
+         "(memory storage)"]))
+
+    assert tally.lost == 0
+    assert tally.duplicated == 0
+    assert {s: pids(site, s) for s in STAGES} == service_pids, "a service exited or restarted"
+    logs = {s: (site.home / "logs" / f"{s}-0.log").read_text(errors="replace") for s in STAGES}
+    assert [s for s in STAGES if "broker unreachable" not in logs[s]] == []
