@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     demo_width: int = Field(960, ge=64, le=7680)
     demo_height: int = Field(540, ge=64, le=4320)
     cameras: list[CameraSettings] = Field(default_factory=list)
+    broker_memory_budget_mb: int = Field(
+        2048, ge=0, description="recycle the embedded broker above this RSS; 0 = never")
     camera_stall_s: float = Field(10.0, gt=0, description="no frame for this long: stalled")
     stall_s: float = Field(30.0, gt=0, description="lag with no commit for this long: stalled")
     restart_count: int = Field(0, ge=0, description="set by the supervisor for its children")

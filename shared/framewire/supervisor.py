@@ -78,6 +78,9 @@ class Supervisor:
         """Restart services that exited (with backoff); returns messages about what happened."""
         events = []
         now = time.monotonic()
+        if self.over_memory_budget() and self.recycle_broker():
+            events.append("embedded broker recycled to stay within its memory budget "
+                          "(drained first: nothing lost)")
         broker = self.broker
         if broker is not None and (broker.process is None or broker.process.poll() is not None):
             events.append("the embedded broker exited; restarting it (its data was in memory: "
@@ -98,13 +101,14 @@ class Supervisor:
                 self._spawn(child)
         return events
 
-    def stop(self) -> None:
-        """SIGTERM every service (they finish the batch, commit, leave), then the broker."""
-        for child in self.children:
+    def stop_services(self, children: list[Child] | None = None) -> None:
+        """SIGTERM services (they finish the batch, commit, leave) and wait for them."""
+        children = self.children if children is None else children
+        for child in children:
             if child.process and child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
-        for child in self.children:
+        for child in children:
             if child.process is None:
                 continue
             try:
@@ -114,5 +118,68 @@ class Supervisor:
                             extra={"child": child.service})
                 child.process.kill()
                 child.process.wait()
+
+    def stop(self) -> None:
+        """Stop every service, then the broker."""
+        self.stop_services()
         if self.broker is not None:
             self.broker.stop()
+
+    # -- keeping the embedded broker's memory within a budget -----------------------------
+
+    def broker_rss_mb(self) -> float | None:
+        """Resident memory of the embedded broker, in MiB (None when there is none)."""
+        proc = self.broker.process if self.broker else None
+        if proc is None or proc.poll() is not None:
+            return None
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return None
+
+    def over_memory_budget(self) -> bool:
+        budget = self.settings.broker_memory_budget_mb
+        rss = self.broker_rss_mb()
+        return bool(budget) and rss is not None and rss > budget
+
+    def recycle_broker(self, drain_timeout_s: float = 120.0) -> bool:
+        """Free the embedded broker's memory without losing a frame.
+
+        The embedded broker keeps every record in memory and never releases it. At a quiet
+        point we stop ingest (it flushes what it captured), wait until every group has
+        consumed everything (lag 0), stop the stages (they commit and leave), restart the
+        broker empty, recreate the topics and start everything again. Returns False (and
+        changes nothing but a short ingest pause) when the pipeline does not drain in time.
+        """
+        from framewire.status import site_status
+
+        ingest = [c for c in self.children if c.service == "ingest"]
+        stages = [c for c in self.children if c.service != "ingest"]
+        log.warning("broker over its memory budget: recycling it",
+                    extra={"rss_mb": self.broker_rss_mb(),
+                           "budget_mb": self.settings.broker_memory_budget_mb})
+        self.stop_services(ingest)
+        deadline = time.monotonic() + drain_timeout_s
+        while True:
+            statuses = [s for s in site_status(self.settings) if s.lag is not None]
+            if statuses and all(s.lag == 0 for s in statuses):
+                break
+            if time.monotonic() > deadline:
+                log.warning("pipeline did not drain; broker recycle postponed")
+                for child in ingest:
+                    self._spawn(child)
+                return False
+            time.sleep(0.5)
+        self.stop_services(stages)
+        assert self.broker is not None
+        self.broker.stop()
+        self.broker.start()
+        ensure_topics(self.settings)
+        for child in stages + ingest:
+            self._spawn(child)
+        log.warning("broker recycled", extra={"rss_mb": self.broker_rss_mb()})
+        return True
