@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+from opentelemetry import trace
 
 from framewire.blobstore import BlobStore, resolve_payload
 from framewire.config import Settings
 from framewire.contracts import Detection, FramePreprocessed, InferenceResult, utcnow
 from framewire.errors import DataError
+from framewire.metrics import service_metrics
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
 from framewire.services.inference.models import Detector, choose_providers, load_manifest
 from framewire.services.preprocess.imaging import Letterbox, decode_pixels, unletterbox_boxes
+
+tracer = trace.get_tracer(__name__)
 
 
 class InferenceStage(Stage):
@@ -29,6 +33,9 @@ class InferenceStage(Stage):
         self.detector = Detector(self.manifest, choose_providers(cfg.providers),
                                  cfg.intra_op_threads)
         self.blobs = BlobStore(settings.resolved_blob_dir)
+        service_metrics().model.info({"model": self.manifest.name,
+                                      "version": self.manifest.version,
+                                      "provider": self.detector.provider})
 
     def _pixels(self, frame: FramePreprocessed) -> np.ndarray:
         m = self.manifest
@@ -53,7 +60,13 @@ class InferenceStage(Stage):
                 outcomes[i] = exc
         if not images:
             return outcomes
-        for i, boxes in zip(ready, self.detector.detect(images), strict=True):
+        with tracer.start_as_current_span("model run", attributes={
+                "framewire.model_name": self.manifest.name,
+                "framewire.model_version": self.manifest.version,
+                "framewire.provider": self.detector.provider,
+                "framewire.batch_size": len(images)}):
+            found = self.detector.detect(images)
+        for i, boxes in zip(ready, found, strict=True):
             outcomes[i] = self._result(records[i], boxes)
         return outcomes
 

@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from opentelemetry.trace import SpanKind
+
 from framewire.blobstore import BlobStore
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured
@@ -23,6 +25,7 @@ from framewire.services.ingest.backpressure import CameraBuffer, RateCap
 from framewire.services.ingest.capture import FrameIngestor
 from framewire.services.ingest.sources import CapturedImage
 from framewire.status import LagProbe
+from framewire.telemetry import inject
 
 log = logging.getLogger(__name__)
 SourceFactory = Callable[[threading.Event], Iterator[CapturedImage]]
@@ -53,8 +56,9 @@ class Ingest:
         """Validate an image into a record; a bad one is dead-lettered and None returned."""
         pub = self.publisher
         with self.lock:
-            pub.counters.records_in += 1
+            pub.count_in()
             self.last_frame[camera_id] = time.monotonic()
+        pub.metrics.camera_frames.labels(camera_id).inc()
         try:
             return self.ingestor.capture(camera_id, image)
         except DataError as exc:
@@ -66,9 +70,18 @@ class Ingest:
     def send(self, frame: FrameCaptured) -> None:
         """Publish a captured frame (acknowledged asynchronously; ``close`` waits for all)."""
         pub = self.publisher
-        pub.publish("frames.raw", frame, key=frame.camera_id)
+        # the frame's trace starts here; every later service continues it from the headers
+        span = pub.telemetry.start("ingest frame", kind=SpanKind.PRODUCER, attributes={
+            "framewire.frame_id": frame.frame_id, "framewire.camera_id": frame.camera_id,
+            "framewire.seq": frame.seq, "framewire.source": frame.source,
+            "messaging.system": "kafka", "messaging.operation.type": "send",
+            "messaging.destination.name": self.settings.topic("frames.raw")})
+        try:
+            pub.publish("frames.raw", frame, key=frame.camera_id, headers=inject(span))
+        finally:
+            span.end()
         with self.lock:
-            pub.counters.records_out += 1
+            pub.count_out()
         pub.producer.poll(0)
 
     def offer(self, camera_id: str, image: CapturedImage) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from framewire.config import Settings
-from framewire.contracts import InferenceResult
+from framewire.contracts import InferenceResult, utcnow
 from framewire.db import open_database
+from framewire.metrics import service_metrics
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
 
@@ -20,9 +21,13 @@ class StorageStage(Stage):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.db = open_database(settings.resolved_database_url)
+        self.end_to_end = service_metrics().end_to_end_seconds
 
     def process(self, records: list[InferenceResult]) -> list[Outcome]:
         self.db.upsert_results(records)
+        stored_at = utcnow()
+        for record in records:
+            self.end_to_end.observe((stored_at - record.captured_at).total_seconds())
         return [None] * len(records)
 
     def close(self) -> None:

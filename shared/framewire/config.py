@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     cameras: list[CameraSettings] = Field(default_factory=list)
     broker_memory_budget_mb: int = Field(
         2048, ge=0, description="recycle the embedded broker above this RSS; 0 = never")
+    trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="0 = tracing off")
+    metrics_port: int | None = Field(
+        0, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port, None = off")
     camera_stall_s: float = Field(10.0, gt=0, description="no frame for this long: stalled")
     stall_s: float = Field(30.0, gt=0, description="lag with no commit for this long: stalled")
     restart_count: int = Field(0, ge=0, description="set by the supervisor for its children")

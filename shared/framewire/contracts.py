@@ -198,6 +198,7 @@ class ServiceHeartbeat(Contract):
     broker_ok: bool = True
     stalled_cameras: list[str] = field(default_factory=list)
     last_commit_at: datetime | None = None
+    metrics_port: int | None = None
     schema_version: int = 2
 
 

@@ -103,6 +103,23 @@ result_table = sa.Table(
     sa.Index("ix_results_captured_at", "captured_at"),
 )
 
+# The embedded span store: where traces go when no OTLP endpoint is configured.
+span_table = sa.Table(
+    "spans",
+    metadata,
+    sa.Column("span_id", sa.String(16), primary_key=True),
+    sa.Column("trace_id", sa.String(32), nullable=False, index=True),
+    sa.Column("parent_id", sa.String(16), nullable=True),
+    sa.Column("service", sa.String, nullable=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("start_ns", sa.BigInteger, nullable=False),
+    sa.Column("end_ns", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("frame_id", sa.String, nullable=True, index=True),
+    sa.Column("camera_id", sa.String, nullable=True),
+    sa.Column("attributes", sa.JSON, nullable=False),
+)
+
 detection_table = sa.Table(
     "detections",
     metadata,

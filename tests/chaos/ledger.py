@@ -121,12 +121,17 @@ def unaccounted(settings: Settings, published: Iterable[str]) -> set[str]:
 
 
 def wait_until_accounted(settings: Settings, published: Iterable[str], timeout_s: float,
-                         what: str) -> None:
-    """Wait until every published frame is stored or dead-lettered; name the missing if not."""
+                         what: str, guard: Callable[[], None] | None = None) -> None:
+    """Wait until every published frame is stored or dead-lettered; name the missing if not.
+
+    ``guard`` runs before each check and fails the wait at once (a service that exited).
+    """
     ids = set(published)
     missing: set[str] = set(ids)
 
     def accounted() -> bool:
+        if guard is not None:
+            guard()
         missing.intersection_update(unaccounted(settings, missing))
         return not missing
 
@@ -138,8 +143,11 @@ def wait_until_accounted(settings: Settings, published: Iterable[str], timeout_s
 
 
 def count(scenario: str, settings: Settings, published: Iterable[str],
-          notes: Iterable[str] = ()) -> Tally:
-    """Count ``published`` against the results table and the dead-letter topic."""
+          notes: Iterable[str] = (), others: Iterable[str] = ()) -> Tally:
+    """Count ``published`` against the results table and the dead-letter topic.
+
+    ``others``: frames of the scenario counted apart (their rows are not strangers).
+    """
     ids = set(published)
     rows = Counter(stored_frame_ids(settings))
     stored = ids & set(rows)
@@ -147,7 +155,7 @@ def count(scenario: str, settings: Settings, published: Iterable[str],
     tally = Tally(scenario, published=len(ids), stored=len(stored), dead_lettered=len(dead),
                   lost=len(ids - stored - dead),
                   duplicated=sum(1 for n in rows.values() if n > 1), notes=list(notes))
-    strangers = set(rows) - ids
+    strangers = set(rows) - ids - set(others)
     if strangers:
         tally.notes.append(f"{len(strangers)} rows for frames not counted as published")
     tally.notes.append(f"detections topic repeats {detections_repeats(settings)}")

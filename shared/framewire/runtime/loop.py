@@ -9,11 +9,14 @@ transient failure (broker or database away) rewinds the batch and retries with b
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind
 
 from framewire.broker import client_config, consumer_defaults
 from framewire.config import Settings, StageSettings
@@ -21,6 +24,8 @@ from framewire.contracts import Contract, check_camera_id, utcnow
 from framewire.errors import DataError, TransientError
 from framewire.retry import Backoff
 from framewire.runtime.publisher import Publisher, StopSignal, report_broker_error
+from framewire.status import LagProbe
+from framewire.telemetry import extract, inject
 
 log = logging.getLogger(__name__)
 Outcome = Contract | DataError | None
@@ -112,6 +117,8 @@ class StageRunner:
                "client.id": f"framewire-{stage.name}", "error_cb": self._on_error},
         ))
         self.backoff = Backoff()
+        self._lag_probe: LagProbe | None = None
+        self._lag_checked = 0.0
 
     def _on_error(self, err: KafkaError) -> None:
         report_broker_error(err, self.publisher.counters, self.settings.bootstrap_servers)
@@ -135,7 +142,7 @@ class StageRunner:
         counters.group = self.settings.group(self.stage.name)
         self.consumer.subscribe([self.topic], on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        self.publisher.start_heartbeats()
+        self.publisher.start_heartbeats(self._export_lag)
         counters.state = "running"
         log.info("stage running", extra={"topic": self.topic, "group": counters.group})
         batching = self.stage.batching
@@ -179,32 +186,90 @@ class StageRunner:
         self._commit(messages)
 
     def handle_batch(self, messages: list[Message]) -> None:
-        """Decode, process, produce and wait for acknowledgement of one batch."""
-        pub, stage = self.publisher, self.stage
-        pub.counters.records_in += len(messages)
-        decoded: list[tuple[Message, Any]] = []
-        for msg in messages:
+        """Decode, process, produce and wait for acknowledgement of one batch.
+
+        Each record gets a span continuing its frame's trace; the batch gets one span linked
+        to all of them, so micro-batching does not break traces.
+        """
+        pub, stage, tel = self.publisher, self.stage, self.publisher.telemetry
+        pub.count_in(len(messages))
+        pub.metrics.batch_size.labels(stage.name).observe(len(messages))
+        started = time.perf_counter()
+        parents = [extract(msg.headers()) for msg in messages]
+        batch_span = tel.start(f"{stage.name} batch", links=[
+            Link(trace.get_current_span(ctx).get_span_context()) for ctx in parents if ctx
+        ], attributes={"framewire.batch_size": len(messages), "messaging.system": "kafka",
+                       "messaging.consumer.group.name": self.settings.group(stage.name)})
+        decoded: list[tuple[Message, Any, Span]] = []
+        spans: list[Span] = []
+        for msg, parent in zip(messages, parents, strict=True):
+            span = tel.start(f"{stage.name} process", parent, SpanKind.CONSUMER,
+                             self._span_attributes(msg))
+            spans.append(span)
             try:
                 record: Any = pub.codec.decode(msg.value(), stage.input_type)
                 check_camera_id(record.camera_id, msg.key())
-                decoded.append((msg, record))
+                span.set_attributes({"framewire.frame_id": record.frame_id,
+                                     "framewire.camera_id": record.camera_id})
+                decoded.append((msg, record, span))
             except DataError as exc:
                 pub.dead_letter(exc, payload=msg.value(), key=msg.key(), headers=msg.headers(),
-                                source=position(msg))
-        outcomes = process_isolating(stage, [record for _, record in decoded]) if decoded else []
-        for (msg, record), outcome in zip(decoded, outcomes, strict=True):
-            if isinstance(outcome, DataError):
-                pub.dead_letter(outcome, payload=msg.value(), key=msg.key(),
-                                headers=msg.headers(), camera_id=record.camera_id,
-                                frame_id=record.frame_id,
-                                source=position(msg))
-            elif outcome is not None and stage.output_topic is not None:
-                pub.publish(stage.output_topic, outcome, key=record.camera_id,
-                            headers=msg.headers())
-                pub.counters.records_out += 1
-            elif outcome is None and stage.output_topic is None:
-                pub.counters.records_out += 1
-        pub.flush(self.settings.ack_timeout_s)
+                                source=position(msg), span=span)
+        try:
+            work_start = time.time_ns()
+            with trace.use_span(batch_span, end_on_exit=False):
+                outcomes = process_isolating(stage, [r for _, r, _ in decoded]) if decoded \
+                    else []
+            work_end = time.time_ns()
+            # the batch's work, shown in each frame's own trace as a child of its span
+            for _, _, span in decoded:
+                tel.start(f"{stage.name} work", trace.set_span_in_context(span),
+                          attributes={"framewire.batch_size": len(decoded)},
+                          start_time=work_start).end(end_time=work_end)
+            for (msg, record, span), outcome in zip(decoded, outcomes, strict=True):
+                if isinstance(outcome, DataError):
+                    pub.dead_letter(outcome, payload=msg.value(), key=msg.key(),
+                                    headers=msg.headers(), camera_id=record.camera_id,
+                                    frame_id=record.frame_id, source=position(msg), span=span)
+                elif outcome is not None and stage.output_topic is not None:
+                    pub.publish(stage.output_topic, outcome, key=record.camera_id,
+                                headers=inject(span, msg.headers()))
+                    pub.count_out()
+                elif outcome is None and stage.output_topic is None:
+                    pub.count_out()
+            pub.flush(self.settings.ack_timeout_s)
+            for _, _, span in decoded:
+                if stage.output_topic is not None:
+                    tel.start(f"{stage.name} produce", trace.set_span_in_context(span),
+                              SpanKind.PRODUCER, {"messaging.destination.name":
+                                                  self.settings.topic(stage.output_topic)},
+                              start_time=work_end).end()
+            pub.metrics.batch_seconds.labels(stage.name).observe(time.perf_counter() - started)
+        finally:
+            for span in spans:
+                span.end()
+            batch_span.end()
+
+    def _export_lag(self) -> None:
+        """Before each heartbeat: the group's lag per partition, as a metric."""
+        now = time.monotonic()
+        if now - self._lag_checked < 5.0:
+            return
+        self._lag_checked = now
+        if self._lag_probe is None:
+            self._lag_probe = LagProbe(self.settings, self.stage.name, timeout_s=2.0)
+        lags = self._lag_probe.partition_lags(self.publisher.produced_offsets())
+        for partition, lag in (lags or {}).items():
+            self.publisher.metrics.consumer_lag.labels(self.stage.name, str(partition)).set(lag)
+
+    def _span_attributes(self, msg: Message) -> dict[str, Any]:
+        """OpenTelemetry messaging semantic conventions for a consumed record."""
+        topic, partition, offset = position(msg)
+        return {"messaging.system": "kafka", "messaging.operation.type": "process",
+                "messaging.destination.name": topic,
+                "messaging.destination.partition.id": str(partition),
+                "messaging.kafka.offset": offset,
+                "messaging.consumer.group.name": self.settings.group(self.stage.name)}
 
     def _commit(self, messages: list[Message]) -> None:
         offsets = [TopicPartition(t, p, last + 1)

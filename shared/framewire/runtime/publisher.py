@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 
 from framewire import __version__
 from framewire.blobstore import BlobStore, inline_or_reference
@@ -21,6 +23,8 @@ from framewire.codec import Codec, make_codec
 from framewire.config import Settings
 from framewire.contracts import Contract, DeadLetter, ServiceHeartbeat, utcnow
 from framewire.errors import DataError, TransientError
+from framewire.metrics import service_metrics, start_metrics_server
+from framewire.telemetry import Telemetry, extract
 
 log = logging.getLogger(__name__)
 # As confluent-kafka gives them on a consumed message and takes them in produce().
@@ -97,6 +101,9 @@ class Publisher:
         self.codec = codec or make_codec(settings.schema_registry_url)
         self.blobs = blobs or BlobStore(settings.resolved_blob_dir)
         self.counters = Counters()
+        self.telemetry = Telemetry(service, settings)
+        self.metrics = service_metrics()
+        self.metrics_port: int | None = None
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.Lock()
         self._produced: dict[str, int] = {}
@@ -191,13 +198,26 @@ class Publisher:
         with self._lock:
             return dict(self._produced)
 
+    def count_in(self, n: int = 1) -> None:
+        """Records received (heartbeat counters and Prometheus)."""
+        self.counters.records_in += n
+        self.metrics.records_in.labels(self.service).inc(n)
+
+    def count_out(self, n: int = 1) -> None:
+        """Records produced, or stored by a sink."""
+        self.counters.records_out += n
+        self.metrics.records_out.labels(self.service).inc(n)
+
     # -- dead letters --------------------------------------------------------------------
 
     def dead_letter(self, error: DataError, *, payload: bytes | None, key: bytes | None = None,
                     source: tuple[str | None, int | None, int | None] | None = None,
-                    camera_id: str | None = None,
-                    frame_id: str | None = None, headers: Headers | None = None) -> None:
-        """Send a record that could not be processed to the dead-letter topic, with the reason."""
+                    camera_id: str | None = None, frame_id: str | None = None,
+                    headers: Headers | None = None, span: Span | None = None) -> None:
+        """Send a record that could not be processed to the dead-letter topic, with the reason.
+
+        The frame's trace ends in an error span with the reason (kept even when unsampled).
+        """
         inline, uri = payload, None
         if payload is not None:
             inline, uri, _ = inline_or_reference(payload, self.settings.max_inline_bytes,
@@ -211,9 +231,16 @@ class Publisher:
             source_offset=source[2] if source else None,
             camera_id=camera_id, frame_id=frame_id, key=key, payload=inline, payload_uri=uri,
         )
+        parent = trace.set_span_in_context(span) if span is not None else extract(headers)
+        if span is not None:
+            span.set_status(Status(StatusCode.ERROR, error.reason))
+        self.telemetry.record_dead_letter(parent, error.code, error.reason, {
+            "framewire.frame_id": frame_id or "", "framewire.camera_id": camera_id or "",
+            "messaging.destination.name": self.settings.topic("deadletter")})
         self.produce_raw(self.settings.topic("deadletter"), self.codec.encode(letter),
-                      key, headers)
+                         key, headers)
         self.counters.dead_lettered += 1
+        self.metrics.dead_lettered.labels(self.service, error.code).inc()
         log.warning("dead-lettered", extra={"code": error.code, "reason": error.reason,
                                             "camera_id": camera_id, "frame_id": frame_id})
 
@@ -229,8 +256,10 @@ class Publisher:
             dead_lettered=c.dead_lettered, produced_offsets=self.produced_offsets(),
             group=c.group, restarts=self.settings.restart_count, dropped=c.dropped,
             broker_ok=c.broker_ok, stalled_cameras=list(c.stalled_cameras),
-            last_commit_at=c.last_commit_at,
+            last_commit_at=c.last_commit_at, metrics_port=self.metrics_port,
         )
+        self.metrics.broker_up.labels(self.service).set(1 if c.broker_ok else 0)
+        self.metrics.dropped.labels(self.service).set(c.dropped)
         self.produce_raw(self.settings.topic("status"), self.codec.encode(beat),
                       self.service.encode(), None)
         self.producer.poll(0)
@@ -260,6 +289,7 @@ class Publisher:
                 except Exception:  # a failed heartbeat must never stop the service
                     log.exception("heartbeat failed")
 
+        self.metrics_port = start_metrics_server(self.settings.metrics_port)
         self.heartbeat()
         self._heartbeat = threading.Thread(target=beat, name="heartbeat", daemon=True)
         self._heartbeat.start()
@@ -275,3 +305,4 @@ class Publisher:
             self.flush(self.settings.shutdown_timeout_s)
         except TransientError as exc:
             log.error("records left unacknowledged at shutdown", extra={"error": str(exc)})
+        self.telemetry.shutdown()

@@ -1,0 +1,160 @@
+"""What the benchmark runs on: the machine's description, per-process CPU time, RAPL energy."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RAPL_ROOT = Path("/sys/class/powercap")
+NOT_READABLE = "not readable here"
+
+
+def cpu_seconds_from_stat(text: str, ticks_per_s: int) -> float:
+    """utime + stime of a process from the text of ``/proc/PID/stat``, in seconds."""
+    # comm (field 2) may hold spaces and parentheses: fields start after the last ')'
+    rest = text.rpartition(")")[2].split()
+    if len(rest) < 13:
+        raise ValueError(f"not a /proc/PID/stat line: {text[:80]!r}")
+    utime, stime = int(rest[11]), int(rest[12])
+    return (utime + stime) / ticks_per_s
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) a live process has used; None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return cpu_seconds_from_stat(text, os.sysconf("SC_CLK_TCK"))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity and cgroup quota), at least 1."""
+    cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+@dataclass
+class EnergyMeter:
+    """Package energy from RAPL (``/sys/class/powercap/intel-rapl:N/energy_uj``), if readable."""
+
+    root: Path = RAPL_ROOT
+
+    def zones(self) -> list[Path]:
+        """Top-level RAPL zones (packages), not their sub-zones (cores, dram)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("intel-rapl:*") if p.name.count(":") == 1)
+
+    def read_joules(self) -> dict[str, tuple[float, float]] | None:
+        """Per zone: (energy counter, counter range) in joules; None when unreadable."""
+        readings = {}
+        for zone in self.zones():
+            try:
+                energy = int((zone / "energy_uj").read_text()) / 1e6
+                top = int((zone / "max_energy_range_uj").read_text()) / 1e6
+            except (OSError, ValueError):
+                return None
+            readings[zone.name] = (energy, top)
+        return readings or None
+
+    @staticmethod
+    def joules_between(before: dict[str, tuple[float, float]] | None,
+                       after: dict[str, tuple[float, float]] | None) -> float | None:
+        """Joules used between two readings (counters wrap at their range)."""
+        if before is None or after is None:
+            return None
+        total = 0.0
+        for zone, (start, top) in before.items():
+            if zone not in after:
+                return None
+            end = after[zone][0]
+            total += end - start if end >= start else end + top - start
+        return total
+
+
+def machine_description(repo: Path) -> dict[str, Any]:
+    """CPU, cores, memory, OS, library versions and the code's commit."""
+    import cv2
+    import numpy
+    import onnxruntime
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "memory_gib": _memory_gib(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        "opencv": cv2.__version__,
+        "numpy": numpy.__version__,
+        "gpu": "none",
+        "rapl": "readable" if EnergyMeter().read_joules() is not None else NOT_READABLE,
+    }
+    info.update(_git_state(repo))
+    return info
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line for people: CPU, cores, memory, OS."""
+    return (f"{info.get('cpu', '?')}, {info.get('usable_cores', '?')} usable cores "
+            f"({info.get('logical_cpus', '?')} logical), {info.get('memory_gib', '?')} GiB, "
+            f"{info.get('os', '?')}, Python {info.get('python', '?')}, "
+            f"ONNX Runtime {info.get('onnxruntime', '?')}, OpenCV {info.get('opencv', '?')}, "
+            f"GPU {info.get('gpu', 'none')}")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git_state(repo: Path) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                                  timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}

@@ -1,0 +1,168 @@
+"""The benchmark's arithmetic and its result: rates, percentiles, ratios, targets, JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+# The issue's targets (informational pass/fail lines, never timed tests).
+THROUGHPUT_TARGET = 0.95  # Framewire frames/s over the bare loop's, full speed
+LATENCY_TARGET = 3.0  # p99 at 50 % load over the bare loop's per-frame time
+SCALE_OUT_TARGET = 1.8  # two inference replicas over one, inference-bound
+NAIVE_REFERENCE = 0.84  # the same stages written naively with Quix Streams, on this machine
+RESULT_VERSION = 1
+
+
+def rate_between(stamps: Sequence[float], start: float, end: float) -> tuple[float, int] | None:
+    """Frames/s from completion times (seconds) inside [start, end], and the frames counted.
+
+    Completions come in batches that share a time, so the rate is measured between the
+    first and the last distinct time inside the window, counting the frames after the first:
+    no partial batch at either edge. None with fewer than two distinct times.
+    """
+    inside = np.sort(np.asarray([s for s in stamps if start <= s <= end], dtype=np.float64))
+    if inside.size == 0:
+        return None
+    first, last = float(inside[0]), float(inside[-1])
+    if last <= first:
+        return None
+    frames = int(np.count_nonzero(inside > first))
+    return frames / (last - first), frames
+
+
+def percentiles_ms(latencies_s: Sequence[float],
+                   qs: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
+    """``{"p50_ms": ..., "p95_ms": ..., "p99_ms": ...}`` of latencies given in seconds."""
+    if len(latencies_s) == 0:
+        raise ValueError("no latencies: no frame was stored during the latency phase")
+    values = np.percentile(np.asarray(latencies_s, dtype=np.float64) * 1000.0, list(qs))
+    return {f"p{q:g}_ms": round(float(v), 2) for q, v in zip(qs, values, strict=True)}
+
+
+def per_thousand(amount: float, frames: int) -> float | None:
+    """``amount`` (CPU-seconds, joules) per 1,000 frames; None when no frame was counted."""
+    return None if frames <= 0 else round(amount * 1000.0 / frames, 3)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, None when either is missing or the denominator is not > 0."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return round(numerator / denominator, 3)
+
+
+@dataclass
+class Target:
+    """One of the issue's targets: what was measured, the limit, and whether it was met."""
+
+    name: str
+    value: float | None
+    limit: float
+    at_least: bool  # True: value must be >= limit; False: value must be <= limit
+
+    @property
+    def passed(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    def line(self) -> str:
+        """``PASS throughput framewire/bare 0.97 >= 0.95`` (or FAIL, or n/a)."""
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[self.passed]
+        sign = ">=" if self.at_least else "<="
+        shown = "not measured" if self.value is None else f"{self.value:.2f}"
+        return f"{verdict} {self.name}: {shown} (target {sign} {self.limit:g})"
+
+
+@dataclass
+class Latency:
+    """End-to-end latency (stored_at - captured_at) while fed at ``feed_fps``."""
+
+    feed_fps: float
+    frames: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+@dataclass
+class ScalePoint:
+    """Frames/s with ``replicas`` inference processes, inference-bound."""
+
+    replicas: int
+    fps: float
+    cpu_s_per_1000: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    """Everything one ``framewire bench`` measured."""
+
+    started_at: str
+    quick: bool
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    bare_fps: float
+    bare_frame_ms: float
+    bare_cpu_s_per_1000: float | None
+    bare_steps_ms: dict[str, float]
+    framewire_fps: float
+    latency: Latency
+    scale_out: list[ScalePoint]
+    cpu_s_per_1000: dict[str, float | None]
+    bytes_per_frame: dict[str, float]
+    joules_per_1000: dict[str, float | None]
+    energy_note: str
+    load_average: dict[str, list[float]]
+    duration_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def throughput_ratio(self) -> float | None:
+        return ratio(self.framewire_fps, self.bare_fps)
+
+    @property
+    def p99_over_bare(self) -> float | None:
+        return ratio(self.latency.p99_ms, self.bare_frame_ms)
+
+    @property
+    def scale_out_ratio(self) -> float | None:
+        """Frames/s with two inference replicas over one (None when not both measured)."""
+        by = {p.replicas: p.fps for p in self.scale_out}
+        return ratio(by.get(2), by.get(1))
+
+    def targets(self) -> list[Target]:
+        return [
+            Target("throughput framewire/bare", self.throughput_ratio, THROUGHPUT_TARGET, True),
+            Target("ahead of naive Quix Streams (framewire/bare)", self.throughput_ratio,
+                   NAIVE_REFERENCE, True),
+            Target("p99 latency at 50% load / bare per-frame time", self.p99_over_bare,
+                   LATENCY_TARGET, False),
+            Target("scale-out 2 vs 1 inference replicas", self.scale_out_ratio,
+                   SCALE_OUT_TARGET, True),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as one JSON object; the headline keys first."""
+        data = asdict(self)
+        head = {
+            "version": RESULT_VERSION,
+            "bare_fps": round(self.bare_fps, 2),
+            "framewire_fps": round(self.framewire_fps, 2),
+            "throughput_ratio": self.throughput_ratio,
+            "p50_ms": self.latency.p50_ms,
+            "p95_ms": self.latency.p95_ms,
+            "p99_ms": self.latency.p99_ms,
+            "bare_frame_ms": round(self.bare_frame_ms, 2),
+            "p99_over_bare": self.p99_over_bare,
+            "scale_out_ratio": self.scale_out_ratio,
+            "machine": data.pop("machine"),
+            "targets": [{"name": t.name, "value": t.value, "limit": t.limit,
+                         "at_least": t.at_least, "passed": t.passed} for t in self.targets()],
+        }
+        for key in ("bare_fps", "framewire_fps", "bare_frame_ms"):
+            data.pop(key)
+        return {**head, **data}

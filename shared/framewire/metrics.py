@@ -1,0 +1,67 @@
+"""Prometheus metrics of a service process, served on ``/metrics``.
+
+Names are stable: the Grafana dashboard and ``framewire status`` depend on them. Process CPU
+and memory (``process_cpu_seconds_total``, ``process_resident_memory_bytes``) come from
+prometheus-client's default collectors.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+log = logging.getLogger(__name__)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    records_in: Counter
+    records_out: Counter
+    dead_lettered: Counter
+    dropped: Gauge
+    batch_size: Histogram
+    batch_seconds: Histogram
+    end_to_end_seconds: Histogram
+    consumer_lag: Gauge
+    camera_frames: Counter
+    broker_up: Gauge
+    model: Info
+
+
+@functools.cache
+def service_metrics() -> ServiceMetrics:
+    """The process's metrics (registered once per process)."""
+    return ServiceMetrics(
+        records_in=Counter("framewire_records_in", "Records received", ["service"]),
+        records_out=Counter("framewire_records_out", "Records produced or stored", ["service"]),
+        dead_lettered=Counter("framewire_dead_lettered", "Records dead-lettered",
+                              ["service", "reason"]),
+        dropped=Gauge("framewire_frames_dropped", "Frames dropped by back-pressure or fps cap",
+                      ["service"]),
+        batch_size=Histogram("framewire_batch_size", "Records per micro-batch", ["service"],
+                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)),
+        batch_seconds=Histogram("framewire_stage_seconds", "Time to process one micro-batch",
+                                ["service"], buckets=_LATENCY_BUCKETS),
+        end_to_end_seconds=Histogram("framewire_end_to_end_seconds",
+                                     "Captured to stored, per frame", buckets=_LATENCY_BUCKETS),
+        consumer_lag=Gauge("framewire_consumer_lag", "Records not yet committed by the group",
+                           ["service", "partition"]),
+        camera_frames=Counter("framewire_camera_frames", "Frames captured per camera",
+                              ["camera"]),
+        broker_up=Gauge("framewire_broker_up", "1 while the broker answers", ["service"]),
+        model=Info("framewire_model", "Model and ONNX Runtime provider in use"),
+    )
+
+
+def start_metrics_server(port: int | None) -> int | None:
+    """Serve /metrics on ``port`` (0 = any free port); returns the port, None when off."""
+    if port is None:
+        return None
+    server, _thread = start_http_server(port, addr="0.0.0.0")
+    bound = int(server.server_address[1])
+    log.info("metrics served", extra={"url": f"http://127.0.0.1:{bound}/metrics"})
+    return bound
