@@ -9,6 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_COLOURS = {"DEBUG": "\033[2m", "WARNING": "\033[33m", "ERROR": "\033[31m",
+            "CRITICAL": "\033[1;31m"}
+_RESET = "\033[0m"
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,9 +43,12 @@ class ConsoleFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
+        extras = " ".join(f"{k}={v}" for k, v in vars(record).items()
+                          if k not in _STANDARD and v is not None)
         ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
-        line = f"{ts} {record.levelname:<7} {self.service:<10} {record.getMessage()} {extras}"
+        colour = _COLOURS.get(record.levelname, "")
+        level = f"{colour}{record.levelname:<7}{_RESET if colour else ''}"
+        line = f"{ts} {level} {self.service:<10} {record.getMessage()} \033[2m{extras}{_RESET}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line.rstrip()

@@ -117,20 +117,21 @@ def status(
                   "dead_lettered": b.dead_lettered, "dropped": b.dropped,
                   "restarts": b.restarts, "broker_ok": b.broker_ok,
                   "stalled_cameras": b.stalled_cameras,
-                  "last_commit_at": b.last_commit_at}
+                  "last_commit_at": b.last_commit_at, "metrics_port": b.metrics_port}
                  for b in s.instances]}
             for s in statuses
         ])
         return
     table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered",
-                  "dropped", "lag")
+                  "dropped", "lag", "metrics")
     for s in statuses:
         pids = ",".join(str(b.pid) for b in s.alive) or "-"
         parts = sum(len(b.partitions) for b in s.alive)
         table.add_row(s.service, "yes" if s.alive else "[red]no[/]", pids, str(parts),
                       str(s.total("records_in")), str(s.total("records_out")),
                       str(s.total("dead_lettered")), str(s.total("dropped")),
-                      "-" if s.lag is None else str(s.lag))
+                      "-" if s.lag is None else str(s.lag),
+                      ",".join(f":{b.metrics_port}" for b in s.alive if b.metrics_port) or "-")
     console.print(table)
     problems = [p for s in statuses for p in s.problems]
     for problem in problems:

@@ -241,8 +241,12 @@ class Publisher:
                          key, headers)
         self.counters.dead_lettered += 1
         self.metrics.dead_lettered.labels(self.service, error.code).inc()
-        log.warning("dead-lettered", extra={"code": error.code, "reason": error.reason,
-                                            "camera_id": camera_id, "frame_id": frame_id})
+        span_ctx = trace.get_current_span(parent).get_span_context() if parent else None
+        log.warning("dead-lettered", extra={
+            "code": error.code, "reason": error.reason, "camera_id": camera_id,
+            "frame_id": frame_id,
+            "trace_id": format(span_ctx.trace_id, "032x") if span_ctx else None,
+            "span_id": format(span_ctx.span_id, "016x") if span_ctx else None})
 
     # -- heartbeats ----------------------------------------------------------------------
 
