@@ -73,7 +73,8 @@ class Telemetry:
             self.provider.add_span_processor(processor)
             self.error_provider.add_span_processor(processor)
         # stage logic adds its own spans (model run...) through the global API
-        trace.set_tracer_provider(self.provider)
+        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            trace.set_tracer_provider(self.provider)
         self.tracer = self.provider.get_tracer("framewire")
         self.error_tracer = self.error_provider.get_tracer("framewire")
 
