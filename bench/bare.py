@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.inputs import read_frames
-from bench.machine import EnergyMeter
+from bench.machine import EnergyMeter, other_cores, system_busy_seconds
 
 
 @dataclass
@@ -44,6 +44,7 @@ class BareResult:
     cpu_s: float
     steps_ms: dict[str, float]
     joules: float | None
+    other_cores: float | None = None  # cores busy with other processes meanwhile (noise)
 
 
 def _worker(index: int, workers: int, files: dict[str, list[Path]], duration_s: float,
@@ -133,7 +134,7 @@ def run_bare(files: dict[str, list[Path]], workers: int, duration_s: float,
                     raise RuntimeError("a bare-loop worker died while starting; its error is "
                                        "printed above")
         meter = EnergyMeter()
-        energy0 = meter.read_joules()
+        energy0, busy0 = meter.read_joules(), system_busy_seconds()
         go.set()
         started = time.monotonic()
         while time.monotonic() - started < duration_s:
@@ -142,6 +143,7 @@ def run_bare(files: dict[str, list[Path]], workers: int, duration_s: float,
             time.sleep(0.25)
         reports = [out.get(timeout=duration_s + 120) for _ in procs]
         joules = meter.joules_between(energy0, meter.read_joules())
+        busy1, waited = system_busy_seconds(), time.monotonic() - started
     finally:
         for p in procs:
             p.join(10)
@@ -152,5 +154,7 @@ def run_bare(files: dict[str, list[Path]], workers: int, duration_s: float,
     frame_ms = sum((r.ended - r.started) * 1000 / max(r.frames, 1) for r in reports) / len(reports)
     steps_ms = {name: round(sum(r.steps_s[name] for r in reports) * 1000 / max(frames, 1), 2)
                 for name in reports[0].steps_s}
-    return BareResult(workers, frames, wall, frames / wall, frame_ms,
-                      sum(r.cpu_s for r in reports), steps_ms, joules)
+    cpu = sum(r.cpu_s for r in reports)
+    # the workers' CPU was counted over their window; the machine's over the parent's wait
+    return BareResult(workers, frames, wall, frames / wall, frame_ms, cpu, steps_ms, joules,
+                      other_cores(busy0, busy1, cpu, waited))

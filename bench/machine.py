@@ -32,6 +32,33 @@ def process_cpu_seconds(pid: int) -> float | None:
     return cpu_seconds_from_stat(text, os.sysconf("SC_CLK_TCK"))
 
 
+def busy_seconds_from_proc_stat(text: str, ticks_per_s: int) -> float:
+    """CPU-seconds all cores spent busy (user, nice, system, irq, softirq, steal) since boot."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (
+                int(x) for x in line.split()[1:9])
+            return (user + nice + system + irq + softirq + steal) / ticks_per_s
+    raise ValueError("no 'cpu ' line: not the text of /proc/stat")
+
+
+def system_busy_seconds() -> float | None:
+    """CPU-seconds the whole machine has been busy; None where /proc/stat is unreadable."""
+    try:
+        text = Path("/proc/stat").read_text()
+    except OSError:
+        return None
+    return busy_seconds_from_proc_stat(text, os.sysconf("SC_CLK_TCK"))
+
+
+def other_cores(busy_before: float | None, busy_after: float | None, ours_s: float,
+                wall_s: float) -> float | None:
+    """Cores kept busy by processes outside the benchmark during a window (noise)."""
+    if busy_before is None or busy_after is None or wall_s <= 0:
+        return None
+    return round(max(0.0, (busy_after - busy_before - ours_s) / wall_s), 2)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (affinity and cgroup quota), at least 1."""
     cores = len(os.sched_getaffinity(0))

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 # The issue's targets (informational pass/fail lines, never timed tests).
 THROUGHPUT_TARGET = 0.95  # Framewire frames/s over the bare loop's, full speed
@@ -33,13 +34,28 @@ def rate_between(stamps: Sequence[float], start: float, end: float) -> tuple[flo
     return frames / (last - first), frames
 
 
-def percentiles_ms(latencies_s: Sequence[float],
+def percentiles_ms(latencies_s: ArrayLike,
                    qs: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
     """``{"p50_ms": ..., "p95_ms": ..., "p99_ms": ...}`` of latencies given in seconds."""
-    if len(latencies_s) == 0:
+    seconds = np.asarray(latencies_s, dtype=np.float64)
+    if seconds.size == 0:
         raise ValueError("no latencies: no frame was stored during the latency phase")
-    values = np.percentile(np.asarray(latencies_s, dtype=np.float64) * 1000.0, list(qs))
+    values = np.percentile(seconds * 1000.0, list(qs))
     return {f"p{q:g}_ms": round(float(v), 2) for q, v in zip(qs, values, strict=True)}
+
+
+def hop_percentiles_ms(timelines: Sequence[Sequence[float]], names: Sequence[str],
+                       qs: Sequence[float] = (50, 99)) -> dict[str, dict[str, float]]:
+    """Percentiles of the time between consecutive timestamps of each frame's timeline.
+
+    ``names`` label the timestamps (captured_at, ingested_at...); a hop is named after the
+    timestamp it ends at, so "preprocessed_at" is the wait and work before preprocessing ended.
+    """
+    if not timelines:
+        return {}
+    times = np.asarray(timelines, dtype=np.float64)
+    return {names[i]: percentiles_ms(times[:, i] - times[:, i - 1], qs)
+            for i in range(1, len(names))}
 
 
 def per_thousand(amount: float, frames: int) -> float | None:
@@ -86,6 +102,7 @@ class Latency:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    hops_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +112,7 @@ class ScalePoint:
     replicas: int
     fps: float
     cpu_s_per_1000: dict[str, float | None] = field(default_factory=dict)
+    other_cores: float | None = None
 
 
 @dataclass
@@ -117,6 +135,8 @@ class BenchResult:
     joules_per_1000: dict[str, float | None]
     energy_note: str
     load_average: dict[str, list[float]]
+    # cores kept busy by processes outside the benchmark during each measured window
+    other_cores: dict[str, float | None] = field(default_factory=dict)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -125,8 +145,22 @@ class BenchResult:
         return ratio(self.framewire_fps, self.bare_fps)
 
     @property
+    def cpu_ratio(self) -> float | None:
+        """Bare CPU-seconds per frame over Framewire's (all services and the broker).
+
+        What framewire/bare frames/s would be on a CPU-bound machine with nothing else
+        running; far less disturbed by other processes than the frames/s themselves.
+        """
+        return ratio(self.bare_cpu_s_per_1000, self.cpu_s_per_1000.get("total"))
+
+    @property
     def p99_over_bare(self) -> float | None:
         return ratio(self.latency.p99_ms, self.bare_frame_ms)
+
+    @property
+    def latency_load(self) -> float | None:
+        """The latency phase's feed as a fraction of Framewire's own full speed."""
+        return ratio(self.latency.feed_fps, self.framewire_fps)
 
     @property
     def scale_out_ratio(self) -> float | None:
@@ -153,12 +187,14 @@ class BenchResult:
             "bare_fps": round(self.bare_fps, 2),
             "framewire_fps": round(self.framewire_fps, 2),
             "throughput_ratio": self.throughput_ratio,
+            "cpu_ratio": self.cpu_ratio,
             "p50_ms": self.latency.p50_ms,
             "p95_ms": self.latency.p95_ms,
             "p99_ms": self.latency.p99_ms,
             "bare_frame_ms": round(self.bare_frame_ms, 2),
             "p99_over_bare": self.p99_over_bare,
             "scale_out_ratio": self.scale_out_ratio,
+            "latency_load": self.latency_load,
             "machine": data.pop("machine"),
             "targets": [{"name": t.name, "value": t.value, "limit": t.limit,
                          "at_least": t.at_least, "passed": t.passed} for t in self.targets()],

@@ -45,7 +45,9 @@ class ServiceStatus:
 
 
 def _reader(settings: Settings, group: str | None = None) -> Consumer:
-    return Consumer(client_config(settings, {"auto.offset.reset": "earliest", "log_level": 0}, **{
+    # a short fetch wait, so that reading to the end of a busy topic (status) ends quickly
+    return Consumer(client_config(settings, {"auto.offset.reset": "earliest", "log_level": 0,
+                                             "fetch.wait.max.ms": 50}, **{
         "group.id": group or f"framewire-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "enable.partition.eof": True,
     }))

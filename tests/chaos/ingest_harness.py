@@ -23,7 +23,7 @@ from framewire.services.ingest.sources import CapturedImage, open_source
 from tests.chaos.ledger import FileJournal, journal_frames
 
 
-def journaled_source(camera: str, folder: str, fps: float, journal: FileJournal
+def journaled_source(camera: str, folder: str, fps: float | None, journal: FileJournal
                      ) -> SourceFactory:
     def factory(stop: threading.Event) -> Iterator[CapturedImage]:
         for image in open_source(folder, fps=fps, stop=stop):
@@ -36,7 +36,7 @@ def journaled_source(camera: str, folder: str, fps: float, journal: FileJournal
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--journal", type=Path, required=True)
-    parser.add_argument("--fps", type=float, required=True)
+    parser.add_argument("--fps", type=float, required=True, help="per camera; 0: as read")
     parser.add_argument("cameras", nargs="+", help="CAMERA=FOLDER")
     args = parser.parse_args()
     settings = load_settings()
@@ -47,7 +47,7 @@ def main() -> None:
     sources = {}
     for spec in args.cameras:
         camera, _, folder = spec.partition("=")
-        sources[camera] = journaled_source(camera, folder, args.fps, journal)
+        sources[camera] = journaled_source(camera, folder, args.fps or None, journal)
     Ingest(settings, publisher=publisher).run(sources)
 
 

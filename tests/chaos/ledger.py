@@ -25,13 +25,14 @@ from typing import Any
 
 from framewire.codec import Codec
 from framewire.config import Settings
-from framewire.contracts import FrameCaptured, InferenceResult, ServiceHeartbeat, utcnow
+from framewire.contracts import FrameCaptured, InferenceResult, utcnow
 from framewire.db import open_database
 from framewire.errors import TransientError
 from framewire.runtime import Publisher, StopSignal
 from framewire.services.ingest.service import Ingest
 from framewire.services.ingest.sources import CapturedImage
 from framewire.status import dead_letters, read_topic
+from tests.chaos.stack import group_positions
 from tests.fixtures.common import wait_until
 from tests.fixtures.images import jpeg, synthetic_frame
 
@@ -139,7 +140,8 @@ def wait_until_accounted(settings: Settings, published: Iterable[str], timeout_s
         wait_until(accounted, timeout_s, what, interval_s=0.5, ignoring=(TransientError,))
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {len(missing)} of {len(ids)} published frames neither "
-                             f"stored nor dead-lettered, e.g. {sorted(missing)[:5]}") from None
+                             f"stored nor dead-lettered, e.g. {sorted(missing)[:5]}; groups' "
+                             f"committed/end offsets: {group_positions(settings)}") from None
 
 
 def count(scenario: str, settings: Settings, published: Iterable[str],
@@ -318,37 +320,3 @@ class SteadyIngest:
         if self.error is not None:
             raise self.error
         return self.journal
-
-
-# -- the services' own view: heartbeats ---------------------------------------------------------
-
-
-def live_beats(settings: Settings, service: str, pids: Iterable[int]) -> list[ServiceHeartbeat]:
-    """The latest running heartbeat of each of ``pids`` for ``service``.
-
-    Reads the status topic for at most a few seconds: with heartbeats arriving every 0.5 s
-    the reader never sees the partition's end and would otherwise wait its full timeout.
-    """
-    wanted, codec, latest = set(pids), Codec(), {}
-    for msg in read_topic(settings, settings.topic("status"), tail=400, idle_s=0.2, timeout_s=2.5):
-        beat = codec.decode(msg.value(), ServiceHeartbeat)
-        if beat.service == service and beat.pid in wanted:
-            latest[beat.pid] = beat
-    return [b for b in latest.values() if b.state == "running"]
-
-
-def wait_for_groups(settings: Settings, replicas: dict[str, list[int]], partitions: int,
-                    timeout_s: float = 90) -> None:
-    """Wait until each service's replicas all run and share every partition of its topic."""
-
-    def settled() -> bool:
-        for service, pids in replicas.items():
-            beats = live_beats(settings, service, pids)
-            owned = [len(b.partitions) for b in beats]
-            if len(beats) != len(pids) or sum(owned) != partitions or 0 in owned:
-                return False
-        return True
-
-    wait_until(settled, timeout_s, f"replicas {({s: len(p) for s, p in replicas.items()})} "
-               f"to share {partitions} partitions each", interval_s=0.5,
-               ignoring=(TransientError,))

@@ -1,8 +1,9 @@
 """The broker goes away mid-run and comes back: the services recover without a restart.
 
-The embedded broker (Tansu, memory storage) comes back empty: topics, records and committed
-offsets are gone. Frames that were still in its topics are lost with it (counted and reported,
-expected with memory storage); every frame published after it is back must be stored.
+The embedded broker (Tansu, memory storage) comes back empty: topics, records, committed
+offsets and producer ids are gone. Frames that were still in its topics are lost with it
+(counted and reported, expected with memory storage); every frame published after it is back
+must be stored.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
-from framewire.broker import EmbeddedBroker, ensure_topics
+from framewire.broker import EmbeddedBroker, client_config
+from framewire.config import TOPICS, Settings
 from tests.chaos.ledger import (
     Ledger,
     SteadyIngest,
@@ -24,11 +28,11 @@ from tests.chaos.ledger import (
     unaccounted,
     wait_until_accounted,
 )
-from tests.chaos.stack import LONG, STAGES, pids, start_stack, stored_count
+from tests.chaos.stack import LONG, PARTITIONS, STAGES, pids, start_stack, stored_count
 from tests.fixtures.common import free_port
 from tests.fixtures.kafka import Site, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,25 @@ def own_site(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, Site]]:
         broker.stop()
 
 
+EXPECTED_PARTITIONS = {name: 1 if name == "status" else PARTITIONS for name in TOPICS}
+
+
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    """Partitions of each of the site's topics that exist on the broker now."""
+    topics = AdminClient(client_config(settings)).list_topics(timeout=5).topics
+    return {name: len(topics[settings.topic(name)].partitions) for name in TOPICS
+            if settings.topic(name) in topics}
+
+
+def crash(broker: EmbeddedBroker) -> None:
+    """SIGKILL the broker: gone at once, as in a crash (a SIGTERM lets Tansu serve on for
+    seconds while it shuts down, so the outage would start at no clear moment)."""
+    proc, broker.process = broker.process, None
+    assert proc is not None
+    proc.kill()
+    proc.wait()
+
+
 def assert_stages_alive(site: Site) -> None:
     exited = [s for s in STAGES if not site.alive(s)]
     assert not exited, f"{exited} exited; see {site.home}/logs"
@@ -79,11 +102,11 @@ def ride_out(site: Site, seconds: float) -> None:
 @pytest.mark.parametrize("outage", OUTAGES)
 def test_services_recover_by_themselves_and_store_every_frame_published_after_the_broker_returns(
         own_site: tuple[EmbeddedBroker, Site], ledger: Ledger, outage: Outage):
-    """Preprocess, inference and storage run; frames are published and, once some are stored,
-    the broker is stopped for the outage and started again, empty, on the same port. The test
-    recreates the topics as ``framewire run``'s supervisor does when it restarts the broker.
-    The services are not restarted: they must reconnect, rejoin their groups and process the
-    frames published after the broker is back (all of them stored, none twice)."""
+    """Preprocess, inference and storage run; a burst of frames is published and, once some are
+    stored, the broker is killed for the outage and started again, empty, on the same port. The test
+    does not recreate the topics: the services must (``framewire run``'s supervisor would too).
+    Nothing is restarted: the services must reconnect, recreate the topics, rejoin their groups
+    and process the frames published after the broker is back (all stored, none twice)."""
     broker, site = own_site
     start_stack(site)
     service_pids = {s: pids(site, s) for s in STAGES}
@@ -91,15 +114,16 @@ def test_services_recover_by_themselves_and_store_every_frame_published_after_th
     before = SteadyIngest(site.settings, outage.before, camera_prefix="before").start().join(120)
     assert len(before.acked) == outage.before.total
     wait_until(lambda: stored_count(site) >= outage.before.total // 6, 120, "some results stored")
-    broker.stop()
+    crash(broker)
     stored_before_outage = stored_count(site)
     ride_out(site, outage.seconds)
     broker.start()
-    ensure_topics(site.settings)
+    wait_until(lambda: topic_partitions(site.settings) == EXPECTED_PARTITIONS, 60,
+               "the services to recreate the topics the broker lost", ignoring=(KafkaException,))
 
     after = SteadyIngest(site.settings, outage.after, camera_prefix="after").start().join(180)
     assert len(after.acked) == outage.after.total and not after.unacknowledged
-    wait_until_accounted(site.settings, after.acked, 180,
+    wait_until_accounted(site.settings, after.acked, 120,
                          f"frames published after a {outage.seconds:.0f} s broker outage",
                          guard=lambda: assert_stages_alive(site))
     lost_with_broker = unaccounted(site.settings, before.acked)

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import pytest
@@ -22,14 +23,22 @@ from tests.chaos.ledger import (
     Workload,
     count,
     frames_on_topic,
-    live_beats,
     wait_until_accounted,
 )
-from tests.chaos.stack import LONG, STAGES, kill_9, pids, start_stack, stored_count
+from tests.chaos.stack import (
+    LONG,
+    STAGES,
+    kill_9,
+    live_beats,
+    pids,
+    start_stack,
+    stored_count,
+)
 from tests.fixtures.images import synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
+REPO = Path(__file__).resolve().parents[2]
 
 # Faster than two cores process (about 15 frames/s end to end): a backlog builds, so the killed
 # replica is busy with a batch it has not committed yet.
@@ -92,7 +101,7 @@ def test_kill_9_of_one_stage_replica_loses_and_duplicates_nothing(
     assert all(site.alive(s) for s in STAGES if s != service)
 
 
-def write_camera_folders(root, workload: Workload) -> dict[str, str]:
+def write_camera_folders(root: Path, workload: Workload) -> dict[str, str]:
     """One folder of numbered JPEGs per camera, as ``framewire publish --path`` reads them."""
     folders = {}
     for c in range(workload.cameras):
@@ -104,23 +113,25 @@ def write_camera_folders(root, workload: Workload) -> dict[str, str]:
     return folders
 
 
-def start_ingest(site: Site, journal, cameras: dict[str, str], fps: float) -> subprocess.Popen:
+def start_ingest(site: Site, journal: Path, cameras: dict[str, str],
+                 fps: float | None) -> subprocess.Popen[bytes]:
+    """An ingest process (``ingest_harness``) publishing ``cameras``, journaling to a file."""
     logs = site.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     out = (logs / f"ingest-{journal.stem}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "tests.chaos.ingest_harness", "--journal", str(journal),
-         "--fps", str(fps), *(f"{cam}={folder}" for cam, folder in cameras.items())],
+         "--fps", str(fps or 0), *(f"{cam}={folder}" for cam, folder in cameras.items())],
         # block rather than drop when behind: this test is about the kill, not back-pressure
         env={**os.environ, **site.env, "FRAMEWIRE_INGEST__BACKPRESSURE": "block"},
         stdout=out, stderr=subprocess.STDOUT,
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        cwd=REPO,  # where ``tests.chaos.ingest_harness`` imports from
     )
 
 
 @pytest.mark.parametrize("workload", INGEST_WORKLOADS)
 def test_kill_9_of_one_ingest_loses_only_frames_it_never_saw_acknowledged(
-        site: Site, ledger: Ledger, tmp_path, workload: Workload):
+        site: Site, ledger: Ledger, tmp_path: Path, workload: Workload):
     """Two ingest processes (the real ``Ingest`` with three folder cameras each) publish at a
     steady pace; one is killed with SIGKILL mid-stream.
 

@@ -31,15 +31,14 @@ from tests.chaos.ledger import (
     SteadyIngest,
     Workload,
     count,
-    wait_for_groups,
     wait_until_accounted,
 )
 from tests.chaos.netfault import QdiscUnavailable, VethLink
-from tests.chaos.stack import LONG, PARTITIONS, STAGES, pids
+from tests.chaos.stack import LONG, PARTITIONS, STAGES, pids, wait_for_groups
 from tests.fixtures.common import ensure_debian_packages, free_port
 from tests.fixtures.kafka import Site
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 FAULTS = [
     pytest.param("netem delay 100ms loss 5%", id="netem-delay-loss"),

@@ -118,10 +118,36 @@ class StageRunner:
         ))
         self.backoff = Backoff()
         self._lag_probe: LagProbe | None = None
+        self._outage = False
         self._lag_checked = 0.0
 
     def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._outage = True
         report_broker_error(err, self.publisher.counters, self.settings.bootstrap_servers)
+
+    def _resume_after_outage(self) -> bool:
+        """After an outage, re-join the group once the broker answers; True when resumed.
+
+        Positions held in memory may not exist on the broker that came back (the embedded
+        one keeps no data, and does not answer out-of-range for offsets past the end), so
+        they are dropped: re-subscribing takes positions from the group's committed offsets
+        (none on an empty broker: the earliest). Records read but not committed are read
+        again, which the edges make harmless.
+        """
+        try:
+            self.consumer.list_topics(self.topic, timeout=1.0)
+        except KafkaException:
+            return False
+        self._outage = False
+        log.warning("broker answers again: re-joining the group from committed offsets")
+        self.consumer.unsubscribe()
+        self._subscribe()
+        return True
+
+    def _subscribe(self) -> None:
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         owned = set(self.publisher.counters.partitions)
@@ -140,8 +166,7 @@ class StageRunner:
         """Consume until stopped, then finish the batch, commit and leave the group."""
         counters = self.publisher.counters
         counters.group = self.settings.group(self.stage.name)
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._subscribe()
         self.publisher.start_heartbeats(self._export_lag)
         counters.state = "running"
         log.info("stage running", extra={"topic": self.topic, "group": counters.group})
@@ -150,6 +175,11 @@ class StageRunner:
         try:
             while not self.stop.is_set:
                 messages = self._poll(batching.batch_size, timeout)
+                if self._outage:
+                    # what was read during an outage is read again after it, from commits
+                    if not self._resume_after_outage():
+                        self.stop.wait(self.backoff.next_delay())
+                    continue
                 if messages:
                     self._handle_with_retry(messages)
         finally:
@@ -179,7 +209,8 @@ class StageRunner:
             delay = self.backoff.next_delay()
             log.warning("transient failure; the batch will be retried",
                         extra={"error": str(exc), "retry_in_s": round(delay, 2)})
-            self._rewind(messages)
+            if not self._outage:  # after an outage positions come from the commits instead
+                self._rewind(messages)
             self.stop.wait(delay)
             return
         self.backoff.reset()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
@@ -111,14 +111,20 @@ class Publisher:
         self.producer = self._new_producer()
         self._reconnected = threading.Event()
         self._stale_producer = False
+        self._swap_lock = threading.Lock()
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     # -- producing -----------------------------------------------------------------------
 
     def _new_producer(self) -> Producer:
+        embedded = self.settings.embedded_broker
         defaults = {
-            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            # the embedded broker hands out producer ids from 1 again after a restart, which
+            # an idempotent producer takes as fatal; one request in flight keeps each
+            # camera's order instead (the edges dedupe retries by frame_id)
+            "acks": "all", "enable.idempotence": not embedded, "linger.ms": 5,
+            **({"max.in.flight.requests.per.connection": 1} if embedded else {}),
             "compression.type": "lz4", "message.max.bytes": 16 * 1024 * 1024,
             # bound what waits in memory while the broker is away (librdkafka: 1 GiB)
             "queue.buffering.max.kbytes": 256 * 1024,
@@ -144,6 +150,11 @@ class Publisher:
             except BufferError:
                 # local queue full: serve delivery reports to make room, then try again
                 self.producer.poll(0.1)
+            except KafkaException as exc:
+                if not exc.args[0].fatal():
+                    raise
+                # a fatal producer error (fenced...) never clears: start a fresh producer
+                self._replace_producer(len(self.producer))
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -186,10 +197,11 @@ class Publisher:
         data) waits forever for sequence numbers the new broker never saw. The caller retries
         what was dropped (the runtime rewinds its batch), so nothing is lost by purging.
         """
-        log.warning("producer stuck or fenced; replacing it",
-                    extra={"unacknowledged": remaining})
-        self._stale_producer = False
-        old, self.producer = self.producer, self._new_producer()
+        with self._swap_lock:  # the heartbeat thread produces too
+            log.warning("producer stuck or fenced; replacing it",
+                        extra={"unacknowledged": remaining})
+            self._stale_producer = False
+            old, self.producer = self.producer, self._new_producer()
         old.purge(in_queue=True, in_flight=True, blocking=False)
         old.poll(0)
 

@@ -1,0 +1,421 @@
+"""Framewire under measurement: the supervisor's stack in a temporary home, fed by ``feed``.
+
+Each site gets its own home (SQLite database, blobs, logs) and its settings through
+``FRAMEWIRE_*`` environment variables, which the supervisor's service processes inherit;
+whatever ``FRAMEWIRE_*`` the user set (pixel format, batch sizes...) applies too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.feed import Feeder, FeedPlan
+from bench.machine import EnergyMeter, other_cores, process_cpu_seconds, system_busy_seconds
+from bench.stats import per_thousand, rate_between
+
+Tick = Callable[[float], None]
+DATA_TOPICS = ("frames.raw", "frames.ready", "detections")
+# the times a stored result carries, in the order a frame passes them
+TIMELINE = ("captured_at", "ingested_at", "preprocessed_at", "inferred_at", "stored_at")
+# Enough queued frames to keep every stage busy, few enough that the broker's memory and the
+# drain at the end stay small (the default, 2000 frames, is sized for live cameras).
+BENCH_MAX_LAG_FRAMES = 240
+
+
+class StackFailed(RuntimeError):
+    """A service of the benchmarked stack died or never became ready."""
+
+
+def default_layout(cores: int, partitions: int = 12) -> dict[str, int]:
+    """Processes per service for ``cores`` cores: one inference replica per core.
+
+    Inference is about 2/3 of a frame's CPU time with the default model, so it gets a
+    single-threaded replica per core; one preprocess replica per four cores keeps up with
+    them (it measured ~3x faster per frame than inference); storage is one writer.
+    """
+    return {"preprocess": min(partitions, max(1, math.ceil(cores / 4))),
+            "inference": min(partitions, cores), "storage": 1}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def now_s() -> float:
+    """Wall-clock seconds (UTC epoch), comparable with the database's timestamps."""
+    return datetime.now(UTC).timestamp()
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (children started inside inherit them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def site_environment(home: Path, bootstrap: str, embedded: bool,
+                     prefix: str = "") -> dict[str, str]:
+    """The settings a benchmark site overrides; every other ``FRAMEWIRE_*`` is the user's."""
+    return {
+        "FRAMEWIRE_HOME": str(home),
+        "FRAMEWIRE_BOOTSTRAP_SERVERS": bootstrap,
+        "FRAMEWIRE_EMBEDDED_BROKER": "true" if embedded else "false",
+        "FRAMEWIRE_TOPIC_PREFIX": prefix,
+        "FRAMEWIRE_DATABASE_URL": f"sqlite:///{(home / 'framewire.db').resolve()}",
+        "FRAMEWIRE_BLOB_DIR": str(home / "blobs"),
+        "FRAMEWIRE_INGEST__MAX_LAG_FRAMES": str(BENCH_MAX_LAG_FRAMES),
+        # a recycle in the middle of a measurement would be measured too
+        "FRAMEWIRE_BROKER_MEMORY_BUDGET_MB": "0",
+    }
+
+
+@dataclass
+class Sample:
+    """CPU seconds per service, stored rows and energy at one moment."""
+
+    at: float
+    rows: int
+    cpu_s: dict[str, float]
+    energy: Any
+    busy_s: float | None = None  # the whole machine's busy CPU-seconds
+    bench_s: float = 0.0  # this (measuring) process's CPU-seconds
+
+
+def noise_cores(before: Sample, after: Sample) -> float | None:
+    """Cores used by processes other than the stack and the benchmark between two samples."""
+    ours = (sum(after.cpu_s.values()) - sum(before.cpu_s.values())
+            + after.bench_s - before.bench_s)
+    return other_cores(before.busy_s, after.busy_s, ours, after.at - before.at)
+
+
+@dataclass
+class FullSpeed:
+    """Framewire fed as fast as it takes frames."""
+
+    fps: float
+    frames: int
+    cpu_s_per_1000: dict[str, float | None]
+    joules_per_1000: float | None
+    bytes_per_frame: dict[str, float]
+    dead_lettered: int = 0
+    other_cores: float | None = None
+
+
+@dataclass
+class ScaleRun:
+    """Inference-bound frames/s with ``replicas`` inference processes, and the CPU cost."""
+
+    replicas: int
+    fps: float
+    cpu_s_per_1000: dict[str, float | None]
+    other_cores: float | None = None
+
+
+@dataclass
+class LatencyRun:
+    """Framewire fed at a fixed rate: per stored frame, stored_at - captured_at."""
+
+    feed_fps: float
+    timelines: list[tuple[float, ...]] = field(default_factory=list)
+
+    @property
+    def latencies_s(self) -> list[float]:
+        """stored_at - captured_at of each frame."""
+        return [t[-1] - t[0] for t in self.timelines]
+
+
+class BenchSite:
+    """One supervised Framewire stack (broker + services) in its own home."""
+
+    def __init__(self, home: Path, layout: dict[str, int], env: dict[str, str]) -> None:
+        from framewire.config import load_settings
+        from framewire.supervisor import Supervisor
+
+        self.home, self.layout, self.env = home, layout, env
+        with environment(env):
+            self.settings = load_settings()
+        self.supervisor = Supervisor(self.settings, list(layout), demo=False, replicas=layout)
+        self._db: Any = None
+
+    def start(self) -> None:
+        # tables first: processes that open one SQLite file at once race to create them
+        self.db.count_results()
+        with environment(self.env):
+            self.supervisor.start()
+
+    def stop(self) -> None:
+        with environment(self.env):
+            self.supervisor.stop()
+        if self._db is not None:
+            self._db.close()
+
+    @property
+    def db(self) -> Any:
+        if self._db is None:
+            from framewire.db import open_database
+
+            self._db = open_database(self.settings.resolved_database_url)
+        return self._db
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process ids by service (and the broker when this site runs it)."""
+        out: dict[str, list[int]] = {}
+        for child in self.supervisor.children:
+            if child.process is not None:
+                out.setdefault(child.service, []).append(child.process.pid)
+        broker = self.supervisor.broker
+        if broker is not None and broker.process is not None:
+            out["broker"] = [broker.process.pid]
+        return out
+
+    def check_alive(self) -> None:
+        for child in self.supervisor.children:
+            if child.process is None or child.process.poll() is not None:
+                raise StackFailed(f"{child.service} exited during the benchmark; see "
+                                  f"{child.log_path}")
+
+    def wait_ready(self, timeout_s: float = 90.0, tick: Tick | None = None) -> None:
+        """Until every replica is running with partitions assigned (group joins done)."""
+        from framewire.status import site_status
+
+        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            self.check_alive()
+            with environment(self.env):
+                statuses = {s.service: s for s in site_status(self.settings)}
+            if all(len([b for b in statuses[name].alive if b.partitions]) >= count
+                   for name, count in self.layout.items()):
+                return
+            if tick is not None:
+                tick(min(0.99, (time.monotonic() - started) / 20.0))
+            time.sleep(1.0)
+        raise StackFailed(f"the services did not all join their groups within {timeout_s:.0f} s;"
+                          f" see the logs in {self.home / 'logs'}")
+
+    def count(self) -> int:
+        return int(self.db.count_results())
+
+    def rows(self, since: float = 0.0) -> list[tuple[float, ...]]:
+        """Per result captured since ``since``: its ``TIMELINE`` times, in epoch seconds."""
+        import sqlalchemy as sa
+
+        from framewire.db import result_table
+
+        columns = [result_table.c[name] for name in TIMELINE]
+        stmt = sa.select(*columns).where(
+            result_table.c.captured_at >= datetime.fromtimestamp(since, UTC))
+        with self.db.engine.connect() as conn:
+            return [tuple(t.timestamp() for t in row) for row in conn.execute(stmt)]
+
+    def sample(self, extra_pids: dict[str, list[int]], meter: EnergyMeter) -> Sample:
+        cpu: dict[str, float] = {}
+        for service, pids in {**self.pids(), **extra_pids}.items():
+            cpu[service] = sum(process_cpu_seconds(pid) or 0.0 for pid in pids)
+        return Sample(now_s(), self.count(), cpu, meter.read_joules(), system_busy_seconds(),
+                      time.process_time())
+
+    def wait_stored(self, target: int, timeout_s: float, tick: Tick | None = None) -> int:
+        """Until ``target`` results are stored (the pipeline drained); the count reached."""
+        deadline = time.monotonic() + timeout_s
+        stored = self.count()
+        while stored < target and time.monotonic() < deadline:
+            self.check_alive()
+            if tick is not None:
+                tick(min(0.99, stored / max(target, 1)))
+            time.sleep(0.25)
+            stored = self.count()
+        return stored
+
+    def feeder(self, files: dict[str, list[Path]], rate_fps: float | None) -> Feeder:
+        with environment(self.env):
+            feeder = Feeder(FeedPlan(files, rate_fps, self.home / "logs" / "feed.log"))
+            feeder.start()
+        return feeder
+
+    def dead_lettered(self) -> int:
+        from framewire.status import read_topic
+
+        with environment(self.env):
+            return len(read_topic(self.settings, self.settings.topic("deadletter")))
+
+    def bytes_per_frame(self, tail: int = 8) -> dict[str, float]:
+        """Mean record size (key + value + headers, before compression) per data topic."""
+        from framewire.status import read_topic
+
+        sizes: dict[str, float] = {}
+        with environment(self.env):
+            for name in DATA_TOPICS:
+                messages = read_topic(self.settings, self.settings.topic(name), tail=tail)
+                if messages:
+                    sizes[name] = round(sum(_record_size(m) for m in messages) / len(messages))
+        sizes["total"] = sum(sizes.values())
+        return sizes
+
+
+def _record_size(msg: Any) -> int:
+    headers = msg.headers() or []
+    return (len(msg.value() or b"") + len(msg.key() or b"")
+            + sum(len(k) + len(v or b"") for k, v in headers))
+
+
+def cost(before: Sample, after: Sample) -> tuple[int, dict[str, float | None]]:
+    """Frames stored between two samples and each service's CPU-seconds per 1,000 of them."""
+    frames = after.rows - before.rows
+    per = {service: per_thousand(after.cpu_s.get(service, 0.0) - spent, frames)
+           for service, spent in before.cpu_s.items()}
+    per["total"] = per_thousand(sum(after.cpu_s.values()) - sum(before.cpu_s.values()), frames)
+    return frames, per
+
+
+def measure_latency(site: BenchSite, files: dict[str, list[Path]], rate_fps: float,
+                    seconds: float, warmup_s: float, tick: Tick | None = None) -> LatencyRun:
+    """Feed at ``rate_fps`` for warm-up + ``seconds``; latencies of frames after the warm-up."""
+    first = now_s() + warmup_s
+    already = site.count()
+    feeder = site.feeder(files, rate_fps)
+    started = time.monotonic()
+    while time.monotonic() - started < warmup_s + seconds:
+        site.check_alive()
+        if tick is not None:
+            tick(0.9 * (time.monotonic() - started) / (warmup_s + seconds))
+        time.sleep(0.25)
+    sent = feeder.stop()
+    site.wait_stored(already + sent, timeout_s=60.0)
+    if tick is not None:
+        tick(1.0)
+    return LatencyRun(rate_fps, site.rows(first))
+
+
+def measure_full_speed(site: BenchSite, files: dict[str, list[Path]], seconds: float,
+                       warmup_s: float, tick: Tick | None = None) -> FullSpeed:
+    """Feed as fast as Framewire takes frames; frames/s counted at storage after a warm-up."""
+    meter = EnergyMeter()
+    feeder = site.feeder(files, None)
+    started = time.monotonic()
+    extra = {"ingest": [feeder.pid]} if feeder.pid else {}
+    while time.monotonic() - started < warmup_s:
+        site.check_alive()
+        time.sleep(0.25)
+    before = site.sample(extra, meter)
+    while time.monotonic() - started < warmup_s + seconds:
+        site.check_alive()
+        if tick is not None:
+            tick(0.9 * (time.monotonic() - started) / (warmup_s + seconds))
+        time.sleep(0.25)
+    after = site.sample(extra, meter)
+    sizes = site.bytes_per_frame()
+    feeder.stop()
+    stamps = [t[-1] for t in site.rows(before.at - 3600)]
+    measured = rate_between(stamps, before.at, after.at)
+    frames, cpu = cost(before, after)
+    joules = meter.joules_between(before.energy, after.energy)
+    if tick is not None:
+        tick(1.0)
+    return FullSpeed(
+        fps=measured[0] if measured else 0.0, frames=frames, cpu_s_per_1000=cpu,
+        joules_per_1000=None if joules is None else per_thousand(joules, frames),
+        bytes_per_frame=sizes, dead_lettered=site.dead_lettered(),
+        other_cores=noise_cores(before, after),
+    )
+
+
+def prepared_frames(files: dict[str, list[Path]], settings: Any, per_camera: int = 2) -> list[Any]:
+    """FramePreprocessed records made by the preprocess stage's own code from cached frames."""
+    from framewire.blobstore import BlobStore
+    from framewire.contracts import utcnow
+    from framewire.services.ingest.capture import FrameIngestor
+    from framewire.services.ingest.sources import CapturedImage
+    from framewire.services.preprocess.stage import PreprocessStage
+
+    ingestor = FrameIngestor(BlobStore(settings.resolved_blob_dir), settings.max_upload_bytes,
+                             settings.max_inline_bytes)
+    stage = PreprocessStage(settings)
+    out = []
+    for camera, paths in sorted(files.items()):
+        for path in paths[:per_camera]:
+            captured = ingestor.capture(camera, CapturedImage(path.read_bytes(), utcnow(), "bench"))
+            out.append(stage.prepare(captured))
+    return out
+
+
+def preload_ready(settings: Any, frames: list[Any], count: int) -> None:
+    """Publish ``count`` copies of prepared frames (fresh frame ids) to ``frames.ready``."""
+    from ulid import ULID
+
+    from framewire.contracts import utcnow
+    from framewire.runtime import Publisher
+
+    # its client outlives close() until collected: keep librdkafka's disconnect lines quiet
+    quiet = settings.model_copy(update={"kafka": {**settings.kafka, "log_level": 0}})
+    publisher = Publisher(quiet, "bench")
+    try:
+        for n in range(count):
+            frame = replace(frames[n % len(frames)], frame_id=str(ULID()), captured_at=utcnow())
+            publisher.publish("frames.ready", frame, key=frame.camera_id)
+            if n % 256 == 0:
+                publisher.producer.poll(0)
+        publisher.flush(120.0)
+    finally:
+        publisher.close()
+
+
+def measure_inference_scale(home: Path, files: dict[str, list[Path]], replicas: list[int],
+                            seconds: float, warmup_s: float, frames_needed: Callable[[int], int],
+                            tick: Tick | None = None) -> list[ScaleRun]:
+    """Frames/s of 1, 2... inference replicas, inference-bound: ``frames.ready`` pre-filled.
+
+    Only inference and storage run (with the supervisor's embedded broker), and
+    ``frames.ready`` holds more frames than they can take in the window, so inference is the
+    bottleneck by construction.
+    """
+    results = []
+    prepared: list[Any] = []
+    for step, n in enumerate(replicas):
+        site_home = home / f"inference-{n}"
+        env = site_environment(site_home, f"127.0.0.1:{free_port()}", embedded=True)
+        site = BenchSite(site_home, {"inference": n, "storage": 1}, env)
+        site.start()
+        try:
+            with environment(env):
+                prepared = prepared or prepared_frames(files, site.settings)
+                preload_ready(site.settings, prepared, frames_needed(n))
+            part = (lambda f, s=step: tick((s + f) / len(replicas))) if tick else None
+            site.wait_ready(tick=part)
+            meter = EnergyMeter()
+            time.sleep(warmup_s)
+            before = site.sample({}, meter)
+            started = time.monotonic()
+            while time.monotonic() - started < seconds:
+                site.check_alive()
+                if part is not None:
+                    part(0.99 * (time.monotonic() - started) / seconds)
+                time.sleep(0.25)
+            after = site.sample({}, meter)
+            measured = rate_between([t[-1] for t in site.rows()], before.at, after.at)
+            _, cpu = cost(before, after)
+            results.append(ScaleRun(n, measured[0] if measured else 0.0, cpu,
+                                   noise_cores(before, after)))
+        finally:
+            site.stop()
+    return results

@@ -1,0 +1,75 @@
+"""``framewire bench``: Framewire against a bare loop on this machine (from a source checkout)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from framewire.cli import app, parse_replicas
+from framewire.errors import ConfigError
+
+# shared/framewire/cli/bench.py -> the repository root, where the bench/ package lives
+_REPO = Path(__file__).resolve().parents[3]
+
+
+def _bench_package() -> Path:
+    """Make the checkout's ``bench`` package importable; it is not part of the installed one."""
+    if not (_REPO / "bench" / "run.py").is_file():
+        raise ConfigError(
+            f"framewire bench needs the source checkout's bench/ folder, not found under "
+            f"{_REPO}; run it from a clone installed with `make install` (pip install -e .)"
+        )
+    if str(_REPO) not in sys.path:
+        sys.path.insert(0, str(_REPO))
+    return _REPO
+
+
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Short phases: finishes in under three minutes.")] = False,
+    json_out: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object on stdout (the table goes to stderr).")] = False,
+    replicas: Annotated[str, typer.Option(
+        help="Framewire's layout, e.g. preprocess=1,inference=2,storage=1 "
+             "(default: one inference replica per core, see docs/benchmarks.md).")] = "",
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Bare-loop worker processes (default: one per usable core).")] = None,
+    docs: Annotated[bool, typer.Option(
+        "--docs/--no-docs", help="Write the machine and table into docs/benchmarks.md.")] = True,
+) -> None:
+    """Measure Framewire against a bare loop on this machine: throughput, latency, scale-out.
+
+    Results go to bench/results/ (JSON and PNG) and docs/benchmarks.md, which explains them.
+
+    Example: framewire bench --quick
+
+    Example: FRAMEWIRE_PREPROCESS__PIXEL_FORMAT=bgr8 framewire bench --quick --json
+    """
+    repo = _bench_package()
+    from bench.report import draw_chart, print_table, update_docs, write_json
+    from bench.run import Options, run_benchmark
+
+    layout = parse_replicas(replicas)
+    if "ingest" in layout:
+        raise ConfigError("--replicas: the benchmark feeds the cameras itself; give "
+                          "preprocess, inference or storage")
+    progress_console = Console(stderr=True)
+    table_console = Console(stderr=True) if json_out else Console()
+    options = Options(quick=quick, workers=workers, layout=layout,
+                      docs=repo / "docs" / "benchmarks.md" if docs else None)
+    result, latencies_ms = run_benchmark(options, progress_console)
+    print_table(result, table_console)
+    saved = write_json(result, options.results_dir)
+    chart = draw_chart(result, latencies_ms, saved.with_suffix(".png"))
+    if options.docs is not None:
+        update_docs(result, options.docs)
+    progress_console.print(f"results: {saved}, chart: {chart}"
+                           + (f", table in {options.docs}" if options.docs else ""))
+    if json_out:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
