@@ -183,7 +183,7 @@ def draw_chart(result: BenchResult, latencies_ms: Sequence[float], path: Path) -
     for tick in np.linspace(0, hi, 6):
         x = int(lx0 + (lx1 - lx0) * tick / hi)
         cv2.line(img, (x, ly1), (x, ly1 + 5), _INK, 1)
-        _text(img, f"{tick:.0f} ms", (x - 15, ly1 + 20), 0.4)
+        _text(img, f"{tick:.0f} ms", (min(x - 15, _W - 60), ly1 + 20), 0.4)
     marks = [("p50", result.latency.p50_ms), ("p95", result.latency.p95_ms),
              ("p99", result.latency.p99_ms), ("target", limit)]
     for i, (name, value) in enumerate(marks):

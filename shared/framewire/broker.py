@@ -26,7 +26,10 @@ from framewire.procutil import die_with_parent
 log = logging.getLogger(__name__)
 
 # Tansu's group join takes about half of session.timeout.ms; these keep rebalances quick.
-EMBEDDED_CLIENT_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+EMBEDDED_CLIENT_DEFAULTS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+                            # Tansu answers a waiting fetch only when this runs out: at
+                            # librdkafka's 500 ms each hop added ~250 ms (docs/benchmarks.md)
+                            "fetch.wait.max.ms": 50}
 
 
 def client_config(settings: Settings, defaults: dict[str, Any] | None = None,

@@ -354,15 +354,23 @@ def open_database(url: str) -> Database:
             f"database url {where!r} uses {parsed.drivername!r}, which Framewire does not "
             f"support: use {URL_EXAMPLES}"
         )
-    try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Services starting together would race to create the same tables.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-            metadata.create_all(conn)
-    except DBAPIError as err:
-        engine.dispose()
-        raise _open_failure(err, where) from err
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Services starting together would race to create the same tables.
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": _SCHEMA_LOCK})
+                elif conn.dialect.name == "sqlite":
+                    # the same race on SQLite: take the write lock before checking the tables
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                metadata.create_all(conn)
+            break
+        except DBAPIError as err:
+            if "already exists" in str(err) and attempt < 2:
+                continue  # another process created it between our check and our create
+            engine.dispose()
+            raise _open_failure(err, where) from err
     log.info("database opened", extra={"url": where})
     return Database(engine)
 
