@@ -140,6 +140,7 @@ class StageRunner:
         except KafkaException:
             return False
         self._outage = False
+        self.backoff.reset()
         log.warning("broker answers again: re-joining the group from committed offsets")
         self.consumer.unsubscribe()
         self._subscribe()
@@ -187,7 +188,9 @@ class StageRunner:
             log.info("stage stopping: leaving the group")
             self.consumer.close()
             self.stage.close()
-            self.publisher.close()
+            self.publisher.close()  # joins the heartbeat thread, the lag probe's only user
+            if self._lag_probe is not None:
+                self._lag_probe.close()
             log.info("stage stopped", extra={"records_in": counters.records_in,
                                              "records_out": counters.records_out,
                                              "dead_lettered": counters.dead_lettered})
