@@ -2,11 +2,11 @@
 
 One single-threaded worker process per core (ONNX Runtime intra-op threads = 1, OpenCV
 threads = 1), each taking its share of the cached frames in turn: the preprocess stage's
-``prepare`` (decode, quality, frozen check, letterbox, pixels encoded as configured), the
-inference stage's ``process`` (pixels decoded, model, boxes back in frame pixels) one frame at
-a time, and the storage stage's ``process`` (the same rows in the same kind of database) in
-batches of ``storage.batch_size``. The stages' own code, with no broker, no Avro and no
-runtime loop in between.
+``examine`` (decode, letterbox, quality, frozen check), the inference stage's ``infer`` on the
+letterboxed image as it is in memory (model, boxes back in frame pixels) one frame at a time,
+and the storage stage's ``process`` (the same rows in the same kind of database) in batches of
+``storage.batch_size``. The stages' own code, with no broker, no Avro, no runtime loop and no
+encoding of the letterboxed frame for the wire in between.
 """
 
 from __future__ import annotations
@@ -81,9 +81,10 @@ def _worker(index: int, workers: int, files: dict[str, list[Path]], duration_s: 
         t0 = clock()
         captured = ingestor.capture(camera, CapturedImage(data, utcnow(), "bench"))
         t1 = clock()
-        ready_frame = preprocess.prepare(captured)
+        seen = preprocess.examine(captured)
+        ready_frame = preprocess.describe(captured, seen, "bgr8", None, None, None)
         t2 = clock()
-        (result,) = inference.process([ready_frame])
+        (result,) = inference.infer([ready_frame], [seen.boxed])
         t3 = clock()
         if not isinstance(result, InferenceResult):
             raise RuntimeError(f"the bare loop's inference failed on a frame: {result!r}")

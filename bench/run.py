@@ -174,10 +174,8 @@ def run_benchmark(options: Options, console: Console) -> tuple[BenchResult, list
     if busiest > BUSY_CORES:
         notes.append(f"other processes kept up to {busiest:.2f} cores busy during the "
                      "measurements: the numbers are noisy (see 'other processes' above)")
-    if pixel_format == "jpeg":
-        notes.append("the bare loop, like the pipeline, JPEG-encodes the letterboxed frame and "
-                     "decodes it again (pixel_format=jpeg); with FRAMEWIRE_PREPROCESS__PIXEL_"
-                     "FORMAT=bgr8 neither does")
+    notes.append(f"the letterboxed frame travels as pixel_format={pixel_format} in the "
+                 "pipeline; the bare loop hands it to the model in memory")
     if full.dead_lettered:
         notes.append(f"{full.dead_lettered} record(s) were dead-lettered: see the service logs")
     joules = {"bare": None if bare.joules is None else per_thousand(bare.joules, bare.frames),

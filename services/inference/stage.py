@@ -31,7 +31,7 @@ class InferenceStage(Stage):
         cfg = settings.inference
         self.manifest = load_manifest(cfg.model)
         self.detector = Detector(self.manifest, choose_providers(cfg.providers),
-                                 cfg.intra_op_threads)
+                                 cfg.intra_op_threads, cfg.model_batch)
         self.blobs = BlobStore(settings.resolved_blob_dir)
         service_metrics().model.info({"model": self.manifest.name,
                                       "version": self.manifest.version,
@@ -58,17 +58,23 @@ class InferenceStage(Stage):
                 ready.append(i)
             except DataError as exc:
                 outcomes[i] = exc
+        for i, result in zip(ready, self.infer([records[i] for i in ready], images),
+                             strict=True):
+            outcomes[i] = result
+        return outcomes
+
+    def infer(self, records: list[FramePreprocessed],
+              images: list[np.ndarray]) -> list[InferenceResult]:
+        """The model on the records' letterboxed images; one result per record."""
         if not images:
-            return outcomes
+            return []
         with tracer.start_as_current_span("model run", attributes={
                 "framewire.model_name": self.manifest.name,
                 "framewire.model_version": self.manifest.version,
                 "framewire.provider": self.detector.provider,
                 "framewire.batch_size": len(images)}):
             found = self.detector.detect(images)
-        for i, boxes in zip(ready, found, strict=True):
-            outcomes[i] = self._result(records[i], boxes)
-        return outcomes
+        return [self._result(frame, boxes) for frame, boxes in zip(records, found, strict=True)]
 
     def _result(self, frame: FramePreprocessed, boxes: np.ndarray) -> InferenceResult:
         lb = Letterbox(frame.scale, frame.pad_x, frame.pad_y, frame.input_width,

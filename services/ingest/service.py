@@ -1,8 +1,9 @@
 """The ingest service: reads cameras and publishes validated frames to ``frames.raw``.
 
 Back-pressure: each camera's frames wait in a small bounded buffer; a sender publishes them
-while the pipeline keeps up. When it falls behind (preprocess lag over ``max_lag_frames``, or
-more than ``max_in_flight`` frames unacknowledged, e.g. while the broker is away) the buffers
+while the pipeline keeps up. When it falls behind (more than ``max_lag_frames`` frames waiting
+in the whole pipeline: the lags of preprocess, inference and storage together; or more than
+``max_in_flight`` frames unacknowledged, e.g. while the broker is away) the buffers
 fill and the camera's policy applies: drop the oldest, drop the newest, or block the source.
 Every dropped frame is counted (heartbeat ``dropped``, ``framewire status``).
 """
@@ -24,10 +25,12 @@ from framewire.runtime import Publisher, StopSignal
 from framewire.services.ingest.backpressure import CameraBuffer, RateCap
 from framewire.services.ingest.capture import FrameIngestor
 from framewire.services.ingest.sources import CapturedImage
-from framewire.status import LagProbe
+from framewire.status import CONSUMES, LagProbe
 from framewire.telemetry import inject
 
 log = logging.getLogger(__name__)
+# the stages whose backlog counts as the pipeline falling behind, in order
+PIPELINE_STAGES = tuple(CONSUMES)
 SourceFactory = Callable[[threading.Event], Iterator[CapturedImage]]
 
 
@@ -47,7 +50,10 @@ class Ingest:
         self.buffers: dict[str, CameraBuffer[FrameCaptured]] = {}
         self.last_frame: dict[str, float] = {}
         self.skipped = 0
-        self._lag_behind = False
+        # the pipeline's lag at the last probe and how many frames had been sent then: frames
+        # sent since count as waiting too, so ingest stops at the limit between probes
+        self._lag_seen = 0
+        self._sent_at_probe = 0
         self._monitor: threading.Thread | None = None
 
     # -- one frame -----------------------------------------------------------------------
@@ -96,22 +102,51 @@ class Ingest:
     def is_behind(self) -> bool:
         """True while the pipeline cannot take more frames."""
         in_flight = len(self.publisher.producer)
-        return in_flight > self.settings.ingest.max_in_flight or self._lag_behind
+        return in_flight > self.settings.ingest.max_in_flight or \
+            self.lag_estimate() > self.settings.ingest.max_lag_frames
+
+    def lag_estimate(self) -> int:
+        """Frames waiting in the pipeline: the last probe's count plus those sent since."""
+        return self._lag_seen + self.publisher.counters.records_out - self._sent_at_probe
+
+    def pipeline_lag(self, probes: dict[str, LagProbe]) -> dict[str, int]:
+        """Frames waiting before each stage whose group has ever committed.
+
+        Back-pressure watches the whole pipeline, not only the first hop: a fast preprocess in
+        front of a slow inference would otherwise pile frames up in ``frames.ready`` without
+        limit while ingest saw no lag. A group that never committed is not counted (that
+        stage is not deployed here, or has not started). Later topics' ends come from the
+        broker's high watermark, which the embedded broker may under-report by up to one
+        producer batch per partition: close enough to decide "behind".
+        """
+        produced = self.publisher.produced_offsets()
+        lags = {}
+        for service, probe in probes.items():
+            found = probe.partition_lags(produced)
+            if found is not None and probe.committed_any:
+                lags[service] = sum(found.values())
+        return lags
 
     def _watch_lag(self) -> None:
-        probe = LagProbe(self.settings, "preprocess", timeout_s=2.0)
+        probes = {service: LagProbe(self.settings, service, timeout_s=2.0)
+                  for service in PIPELINE_STAGES}
         was_behind = False
         try:
             while not self.stop.wait(0.5):
-                lags = probe.partition_lags(self.publisher.produced_offsets())
-                lag = sum(lags.values()) if lags else 0
-                self._lag_behind = lag > self.settings.ingest.max_lag_frames
-                if self._lag_behind != was_behind:
-                    was_behind = self._lag_behind
+                sent = self.publisher.counters.records_out
+                lags = self.pipeline_lag(probes)
+                lag = sum(lags.values())
+                with self.lock:
+                    self._lag_seen, self._sent_at_probe = lag, sent
+                behind = lag > self.settings.ingest.max_lag_frames
+                if behind != was_behind:
+                    was_behind = behind
                     log.warning("pipeline behind: applying back-pressure" if was_behind
-                                else "pipeline caught up", extra={"preprocess_lag": lag})
+                                else "pipeline caught up",
+                                extra={"pipeline_lag": lag, "lag_by_stage": lags})
         finally:
-            probe.close()
+            for probe in probes.values():
+                probe.close()
 
     def start_lag_watch(self) -> None:
         self._monitor = threading.Thread(target=self._watch_lag, name="lag-watch", daemon=True)

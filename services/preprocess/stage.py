@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+
 from framewire.blobstore import BlobStore, inline_or_reference, resolve_payload
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured, FramePreprocessed, utcnow
@@ -10,11 +14,26 @@ from framewire.runtime.loop import Outcome
 from framewire.services.inference.models import load_manifest
 from framewire.services.preprocess.imaging import (
     FrozenDetector,
+    Letterbox,
+    Quality,
     assess_quality,
-    decode_image,
+    content,
+    decode_for_model,
     encode_jpeg,
     letterbox,
 )
+
+
+@dataclass(frozen=True)
+class Examined:
+    """A frame's pixel work before encoding: the letterboxed image and what was measured."""
+
+    boxed: np.ndarray
+    letterbox: Letterbox
+    width: int  # the original frame's
+    height: int
+    quality: Quality
+    frozen: bool
 
 
 class PreprocessStage(Stage):
@@ -35,26 +54,43 @@ class PreprocessStage(Stage):
     def process(self, records: list[FrameCaptured]) -> list[Outcome]:
         return map_records(self.prepare, records)
 
-    def prepare(self, frame: FrameCaptured) -> FramePreprocessed:
-        """One captured frame, decoded, checked and letterboxed."""
+    def examine(self, frame: FrameCaptured) -> Examined:
+        """Decode (only the pixels the model's size needs), letterbox, measure quality.
+
+        Quality and the frozen check look at the resized frame inside the letterbox: the
+        resolution the model sees, and a fixed cost whatever the camera's resolution.
+        """
         cfg = self.settings.preprocess
         data = resolve_payload(frame.image, frame.image_uri, frame.image_sha256, self.blobs)
-        image = decode_image(data, self.settings.max_pixels)
-        height, width = image.shape[:2]
-        quality = assess_quality(image, cfg.dark_threshold, cfg.blur_threshold)
-        frozen = self.frozen.is_frozen(frame.camera_id, image)
-        boxed, lb = letterbox(image, self.width, self.height)
-        pixels = encode_jpeg(boxed, cfg.jpeg_quality) if cfg.pixel_format == "jpeg" \
-            else boxed.tobytes()
+        image, width, height = decode_for_model(data, self.settings.max_pixels, self.width,
+                                                self.height)
+        boxed, lb = letterbox(image, self.width, self.height, source_size=(width, height))
+        seen = content(boxed, lb)
+        quality = assess_quality(seen, cfg.dark_threshold, cfg.blur_threshold)
+        frozen = self.frozen.is_frozen(frame.camera_id, seen)
+        return Examined(boxed, lb, width, height, quality, frozen)
+
+    def prepare(self, frame: FrameCaptured) -> FramePreprocessed:
+        """One captured frame, decoded, checked, letterboxed and encoded for the wire."""
+        cfg = self.settings.preprocess
+        seen = self.examine(frame)
+        pixels = encode_jpeg(seen.boxed, cfg.jpeg_quality) if cfg.pixel_format == "jpeg" \
+            else seen.boxed.tobytes()
         inline, uri, digest = inline_or_reference(pixels, self.settings.max_inline_bytes,
                                                   self.blobs)
+        return self.describe(frame, seen, cfg.pixel_format, inline, uri, digest)
+
+    def describe(self, frame: FrameCaptured, seen: Examined, pixel_format: str,
+                 pixels: bytes | None, uri: str | None, digest: str | None) -> FramePreprocessed:
+        """The frames.ready record of an examined frame, with its pixels as given."""
+        lb, quality = seen.letterbox, seen.quality
         return FramePreprocessed(
             frame_id=frame.frame_id, camera_id=frame.camera_id, seq=frame.seq,
             captured_at=frame.captured_at, ingested_at=frame.ingested_at,
-            preprocessed_at=utcnow(), orig_width=width, orig_height=height,
+            preprocessed_at=utcnow(), orig_width=seen.width, orig_height=seen.height,
             input_width=lb.input_width, input_height=lb.input_height, scale=lb.scale,
-            pad_x=lb.pad_x, pad_y=lb.pad_y, pixel_format=cfg.pixel_format,
+            pad_x=lb.pad_x, pad_y=lb.pad_y, pixel_format=pixel_format,
             brightness=quality.brightness, sharpness=quality.sharpness,
-            too_dark=quality.too_dark, blurred=quality.blurred, frozen=frozen,
-            pixels=inline, pixels_uri=uri, pixels_sha256=digest, image_uri=frame.image_uri,
+            too_dark=quality.too_dark, blurred=quality.blurred, frozen=seen.frozen,
+            pixels=pixels, pixels_uri=uri, pixels_sha256=digest, image_uri=frame.image_uri,
         )

@@ -24,8 +24,9 @@ TOPICS = ("frames.raw", "frames.ready", "detections", "deadletter", "status")
 class StageSettings(BaseModel):
     """Micro-batching of one Kafka-side service."""
 
-    batch_size: int = Field(16, ge=1, le=10_000)
-    batch_linger_ms: int = Field(50, ge=0, le=60_000)
+    batch_size: int = Field(16, ge=1, le=10_000, description="most records per micro-batch")
+    batch_linger_ms: int = Field(0, ge=0, le=60_000, description="after the first record, how "
+                                 "long to wait for more; 0 = take what is already fetched")
 
 
 class PreprocessSettings(StageSettings):
@@ -40,11 +41,14 @@ class InferenceSettings(StageSettings):
     model: str = "centerface"
     providers: str = "auto"
     intra_op_threads: int = Field(1, ge=0, le=256)
+    model_batch: int = Field(0, ge=0, le=256, description="frames per model run; 0 = auto: "
+                             "1 on the CPU provider, the whole micro-batch on a GPU")
 
 
 class StorageSettings(StageSettings):
     batch_size: int = Field(64, ge=1, le=10_000)
-    batch_linger_ms: int = Field(100, ge=0, le=60_000)
+    # one database transaction per batch: a short wait groups rows at low rates
+    batch_linger_ms: int = Field(20, ge=0, le=60_000)
 
 
 class IngestSettings(BaseModel):
@@ -53,7 +57,8 @@ class IngestSettings(BaseModel):
     max_fps: float | None = Field(None, gt=0, le=240, description="cap per camera; None = no cap")
     backpressure: Literal["drop_oldest", "drop_newest", "block"] = "drop_oldest"
     buffer_frames: int = Field(32, ge=1, le=100_000, description="frames held per camera")
-    max_lag_frames: int = Field(2000, ge=1, description="preprocess lag that counts as behind")
+    max_lag_frames: int = Field(2000, ge=1, description="frames waiting in the pipeline (lags "
+                                "of preprocess, inference and storage) that count as behind")
     max_in_flight: int = Field(500, ge=1, description="unacknowledged frames that count as behind")
 
 

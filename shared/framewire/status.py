@@ -114,6 +114,7 @@ class LagProbe:
         self.topic = settings.topic(CONSUMES[service])
         self.timeout_s = timeout_s
         self.consumer = _reader(settings, settings.group(service))
+        self.committed_any = False  # has the group ever committed on this topic
 
     def partition_lags(self, produced: dict[str, int]) -> dict[int, int] | None:
         """Uncommitted records per partition, or None when the broker does not answer."""
@@ -125,6 +126,7 @@ class LagProbe:
             parts = [TopicPartition(self.topic, p) for p in meta.partitions]
             lags = {}
             for tp in self.consumer.committed(parts, timeout=self.timeout_s):
+                self.committed_any = self.committed_any or tp.offset >= 0
                 _, high = self.consumer.get_watermark_offsets(
                     TopicPartition(self.topic, tp.partition), self.timeout_s)
                 end = max(high, produced.get(f"{self.topic}:{tp.partition}", 0))

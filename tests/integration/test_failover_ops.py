@@ -13,7 +13,7 @@ import pytest
 from framewire.db import open_database
 from framewire.runtime import StopSignal
 from framewire.services.ingest.service import Ingest
-from framewire.status import dead_letters, site_status
+from framewire.status import LagProbe, dead_letters, site_status
 from framewire.supervisor import Supervisor
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
@@ -128,3 +128,34 @@ def test_the_supervisor_restarts_a_killed_service_and_status_counts_the_restart(
     finally:
         for key in site.env:
             os.environ.pop(key, None)
+
+
+def test_back_pressure_counts_frames_waiting_before_inference_not_only_preprocess(site: Site):
+    # inference runs once (so its group has committed), then stops: frames pile up after a
+    # preprocess that keeps up, which ingest must see as the pipeline falling behind
+    site.env["FRAMEWIRE_INGEST__MAX_LAG_FRAMES"] = "3"
+    site.start("preprocess", "inference")
+    publish(site, [("cam-bp", jpeg(synthetic_frame(i))) for i in range(2)])
+    wait_until(lambda: service_lag(site, "inference") == 0 and service_lag(site, "preprocess")
+               == 0, 120, "both stages to commit the first frames")
+    for proc in site.procs.pop("inference"):
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    for i in range(2, 7):  # one at a time: the embedded broker's high watermark is exact for
+        # single-record batches (it under-reports a batch as its first record)
+        publish(site, [("cam-bp", jpeg(synthetic_frame(i)))])
+        wait_until(lambda: service_lag(site, "preprocess") == 0, 60, "preprocess to catch up")
+    ingest = Ingest(site.settings, stop=StopSignal(install=False))
+    probes = {name: LagProbe(site.settings, name) for name in STAGES}
+    try:
+        lags = wait_until(lambda: (lag := ingest.pipeline_lag(probes)).get("inference") and lag,
+                          60, "the inference lag to show")
+        # storage never ran here, so its (never committed) group does not count
+        assert lags == {"preprocess": 0, "inference": 5}
+        ingest.start_lag_watch()
+        wait_until(ingest.is_behind, 30, "ingest to apply back-pressure")
+    finally:
+        for probe in probes.values():
+            probe.close()
+        ingest.stop.set()
+        ingest.close()

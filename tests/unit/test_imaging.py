@@ -15,6 +15,8 @@ from framewire.services.preprocess.imaging import (
     FrozenDetector,
     Letterbox,
     assess_quality,
+    content,
+    decode_for_model,
     decode_image,
     decode_pixels,
     encode_jpeg,
@@ -120,6 +122,66 @@ def test_image_exactly_at_the_pixel_limit_is_accepted() -> None:
     assert decode_image(png(np.zeros((10, 10, 3), np.uint8)), max_pixels=100).shape == (10, 10, 3)
 
 
+# --- decode_for_model: only the pixels the letterbox needs --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [
+        ((1280, 720), (640, 360)),  # exactly the letterbox's width at 1/2
+        ((1920, 1080), (960, 540)),  # 1/4 would be 480 wide, too small for 640
+        ((3840, 2160), (960, 540)),  # 1/4
+        ((640, 384), (640, 384)),  # already the input size: no reduction
+    ],
+)
+def test_large_jpegs_decode_reduced_but_keep_their_original_size(
+    size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    w, h = size
+    img, orig_w, orig_h = decode_for_model(encode_jpeg(synthetic_frame(0, width=w, height=h)),
+                                           LIMIT, 640, 384)
+    assert (img.shape[1], img.shape[0], orig_w, orig_h) == (*decoded, w, h)
+
+
+def test_png_is_decoded_whole() -> None:
+    img, orig_w, orig_h = decode_for_model(png(np.zeros((720, 1280, 3), np.uint8)), LIMIT,
+                                           640, 384)
+    assert (img.shape, orig_w, orig_h) == ((720, 1280, 3), 1280, 720)
+
+
+def test_reduced_decode_of_an_exif_rotated_jpeg_reports_the_turned_size() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1080, 1920, 3), np.uint8)).save(buf, "JPEG", exif=exif)
+    img, orig_w, orig_h = decode_for_model(buf.getvalue(), LIMIT, 640, 384)
+    assert (orig_w, orig_h) == (1080, 1920)
+    assert img.shape[0] > img.shape[1] >= 216  # portrait, at least the letterboxed width
+
+
+def test_reduced_decode_still_refuses_oversized_and_corrupt_images() -> None:
+    good = encode_jpeg(synthetic_frame(1, width=1920, height=1080))
+    with pytest.raises(DataError) as big:
+        decode_for_model(jpeg_claiming_size(60000, 60000), LIMIT, 640, 384)
+    with pytest.raises(DataError) as cut:
+        decode_for_model(good[: len(good) // 3], LIMIT, 640, 384)
+    assert (big.value.code, cut.value.code) == ("too_many_pixels", "corrupt_image")
+
+
+def test_box_found_in_a_reduced_decode_maps_back_to_the_original_frame() -> None:
+    src_w, src_h = 1920, 1080
+    img = np.zeros((src_h, src_w, 3), np.uint8)
+    drawn = (401, 333, 1237, 861)
+    cv2.rectangle(img, drawn[:2], (drawn[2] - 1, drawn[3] - 1), (255, 255, 255), -1)
+    small, orig_w, orig_h = decode_for_model(encode_jpeg(img, 95), LIMIT, 640, 384)
+    assert small.shape[1] < src_w
+    boxed, lb = letterbox(small, 640, 384, fill=0, source_size=(orig_w, orig_h))
+    ys, xs = np.nonzero(boxed[..., 0] > 127)
+    found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 0.9, 0]], np.float32)
+    mapped = unletterbox_boxes(found, lb, orig_w, orig_h)
+    assert np.abs(mapped[0, :4] - drawn).max() <= 1.5 / lb.scale
+
+
 # --- letterbox ---------------------------------------------------------------------------
 
 
@@ -138,9 +200,11 @@ def test_letterbox_keeps_aspect_ratio_and_centres_the_image(
     img = np.full((src_h, src_w, 3), 200, np.uint8)
     boxed, lb = letterbox(img, 640, 384)
     assert boxed.shape == (384, 640, 3)
-    assert lb == Letterbox(pytest.approx(scale), pad_x, pad_y, 640, 384)
+    assert (lb.scale, lb.pad_x, lb.pad_y, lb.input_width, lb.input_height) == (
+        pytest.approx(scale), pad_x, pad_y, 640, 384)
     inner = boxed[int(pad_y) : 384 - int(pad_y), int(pad_x) : 640 - int(pad_x)]
     assert np.all(inner == 200)
+    assert content(boxed, lb).shape == inner.shape
     assert np.all(boxed[: int(pad_y)] == 114) and np.all(boxed[:, : int(pad_x)] == 114)
 
 

@@ -309,6 +309,23 @@ def test_centerface_batch_gives_each_image_its_own_result(centerface: Detector) 
     np.testing.assert_allclose(found[1], alone, atol=1e-2)
 
 
+def test_cpu_runs_one_frame_per_session_run_unless_told_and_results_agree(
+    centerface: Detector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = [samples.astronaut(), samples.coffee(), samples.astronaut()]
+    batched = Detector(load_manifest("centerface"), CPU, run_batch=3)
+    runs: list[int] = []
+    for detector in (centerface, batched):
+        session = detector._session
+        real_run = session.run
+        monkeypatch.setattr(session, "run", lambda names, feed, real=real_run:
+                            runs.append(len(next(iter(feed.values())))) or real(names, feed))
+    one_by_one, together = faces(centerface, photos), faces(batched, photos)
+    assert (centerface.run_batch, batched.run_batch, runs) == (1, 3, [1, 1, 1, 3])
+    for a, b in zip(one_by_one, together, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-2)
+
+
 def test_detector_logs_the_provider_it_runs_on(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger=models.__name__):
         detector = Detector(load_manifest("centerface"), CPU)

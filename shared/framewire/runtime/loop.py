@@ -28,6 +28,8 @@ from framewire.status import LagProbe
 from framewire.telemetry import extract, inject
 
 log = logging.getLogger(__name__)
+# How long a poll blocks when there is nothing to do: the stop signal is checked this often.
+IDLE_POLL_S = 0.25
 Outcome = Contract | DataError | None
 
 
@@ -172,10 +174,10 @@ class StageRunner:
         counters.state = "running"
         log.info("stage running", extra={"topic": self.topic, "group": counters.group})
         batching = self.stage.batching
-        timeout = max(batching.batch_linger_ms / 1000.0, 0.001)
+        linger = batching.batch_linger_ms / 1000.0
         try:
             while not self.stop.is_set:
-                messages = self._poll(batching.batch_size, timeout)
+                messages = self._poll(batching.batch_size, linger)
                 if self._outage:
                     # what was read during an outage is read again after it, from commits
                     if not self._resume_after_outage():
@@ -195,9 +197,17 @@ class StageRunner:
                                              "records_out": counters.records_out,
                                              "dead_lettered": counters.dead_lettered})
 
-    def _poll(self, count: int, timeout: float) -> list[Message]:
+    def _poll(self, count: int, linger: float) -> list[Message]:
+        """The next micro-batch: wait for one record, then take what else is already here.
+
+        Waiting ``linger`` seconds for more only when asked to: a batch that waits to fill
+        adds its wait to every frame's latency, and a backlog fills batches anyway.
+        """
+        got = self.consumer.consume(1, IDLE_POLL_S)
+        if got and count > 1:
+            got += self.consumer.consume(count - 1, linger)
         good = []
-        for msg in self.consumer.consume(count, timeout):
+        for msg in got:
             err = msg.error()
             if err is None:
                 good.append(msg)
