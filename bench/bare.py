@@ -52,7 +52,10 @@ def _worker(index: int, workers: int, files: dict[str, list[Path]], duration_s: 
     """One bare worker process: warm up, wait for the start signal, loop for ``duration_s``."""
     import cv2
 
+    from framewire.procutil import keep_freed_memory
+
     cv2.setNumThreads(1)
+    keep_freed_memory()  # as every service does at start
     from framewire.blobstore import BlobStore
     from framewire.config import load_settings
     from framewire.contracts import InferenceResult, utcnow

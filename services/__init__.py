@@ -42,7 +42,10 @@ def camera_sources(settings: Settings, demo: bool) -> dict[str, SourceFactory]:
 def run_service(name: str, settings: Settings, stop: StopSignal | None = None,
                 demo: bool = False) -> None:
     """Run one service in this process until SIGTERM/SIGINT."""
+    from framewire.procutil import keep_freed_memory
     from framewire.runtime import run_stage
+
+    keep_freed_memory()
 
     if name == "ingest":
         from framewire.services.ingest.service import Ingest

@@ -48,7 +48,7 @@ class InferenceSettings(StageSettings):
 class StorageSettings(StageSettings):
     batch_size: int = Field(64, ge=1, le=10_000)
     # one database transaction per batch: a short wait groups rows at low rates
-    batch_linger_ms: int = Field(20, ge=0, le=60_000)
+    batch_linger_ms: int = Field(5, ge=0, le=60_000)
 
 
 class IngestSettings(BaseModel):

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from framewire.broker import client_config
 from framewire.codec import Codec, make_codec
@@ -104,35 +105,52 @@ def heartbeats(settings: Settings, codec: Codec, max_age_s: float = 30.0) -> lis
 
 
 class LagProbe:
-    """Reads one service group's lag, per partition, with a consumer kept open between reads.
+    """Reads one service group's lag, per partition, with clients kept open between reads.
 
-    End offsets are the larger of the broker's high watermark and what producers report as
-    acknowledged: some brokers (the embedded Tansu) under-report the watermark for batches.
+    Two requests per read (committed offsets, end offsets of every partition at once); the
+    topic's partitions are looked up again every ``PARTITIONS_TTL_S``. End offsets are the
+    larger of the broker's and what producers report as acknowledged: some brokers (the
+    embedded Tansu) under-report the end of a partition by up to one producer batch.
     """
+
+    PARTITIONS_TTL_S = 30.0
 
     def __init__(self, settings: Settings, service: str, timeout_s: float = 5.0) -> None:
         self.topic = settings.topic(CONSUMES[service])
         self.timeout_s = timeout_s
         self.consumer = _reader(settings, settings.group(service))
+        self.admin = AdminClient(client_config(settings, {"log_level": 0}))
         self.committed_any = False  # has the group ever committed on this topic
+        self._partitions: list[TopicPartition] = []
+        self._listed_at = 0.0
+
+    def _topic_partitions(self) -> list[TopicPartition]:
+        if not self._partitions or time.monotonic() - self._listed_at > self.PARTITIONS_TTL_S:
+            meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(
+                self.topic)
+            found = sorted(meta.partitions) if meta is not None and meta.error is None else []
+            self._partitions = [TopicPartition(self.topic, p) for p in found]
+            self._listed_at = time.monotonic()
+        return self._partitions
 
     def partition_lags(self, produced: dict[str, int]) -> dict[int, int] | None:
         """Uncommitted records per partition, or None when the broker does not answer."""
         try:
-            meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(
-                self.topic)
-            if meta is None or not meta.partitions:
+            parts = self._topic_partitions()
+            if not parts:
                 return None
-            parts = [TopicPartition(self.topic, p) for p in meta.partitions]
+            ends = {tp.partition: future for tp, future in self.admin.list_offsets(
+                {tp: OffsetSpec.latest() for tp in parts}, request_timeout=self.timeout_s).items()}
+            committed = self.consumer.committed(parts, timeout=self.timeout_s)
             lags = {}
-            for tp in self.consumer.committed(parts, timeout=self.timeout_s):
+            for tp in committed:
                 self.committed_any = self.committed_any or tp.offset >= 0
-                _, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, tp.partition), self.timeout_s)
+                high = ends[tp.partition].result().offset
                 end = max(high, produced.get(f"{self.topic}:{tp.partition}", 0))
                 lags[tp.partition] = max(0, end - max(tp.offset, 0))
             return lags
         except KafkaException:
+            self._partitions = []  # look again: the topic may have been recreated
             return None
 
     def close(self) -> None:
