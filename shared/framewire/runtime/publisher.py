@@ -123,15 +123,23 @@ class Publisher:
             # the embedded broker hands out producer ids from 1 again after a restart, which
             # an idempotent producer takes as fatal; one request in flight keeps each
             # camera's order instead (the edges dedupe retries by frame_id)
-            "acks": "all", "enable.idempotence": not embedded, "linger.ms": 5,
+            # stages flush after every batch and ingest sends frame by frame: a linger would
+            # only add its length to each frame's latency (librdkafka's default is 5 ms)
+            "acks": "all", "enable.idempotence": not embedded, "linger.ms": 1,
             **({"max.in.flight.requests.per.connection": 1} if embedded else {}),
-            "compression.type": "lz4", "message.max.bytes": 16 * 1024 * 1024,
+            # JPEG payloads do not compress: lz4 on them cost ~1.3 CPU-ms per frame across the
+            # services and broker for nothing (docs/benchmarks.md); raw pixels do compress
+            "compression.type": "lz4" if self._carries_raw_pixels() else "none",
+            "message.max.bytes": 16 * 1024 * 1024,
             # bound what waits in memory while the broker is away (librdkafka: 1 GiB)
             "queue.buffering.max.kbytes": 256 * 1024,
         }
         return Producer(client_config(self.settings, defaults,
                                       **{"client.id": f"framewire-{self.service}",
                                          "error_cb": self._on_error}))
+
+    def _carries_raw_pixels(self) -> bool:
+        return self.service == "preprocess" and self.settings.preprocess.pixel_format == "bgr8"
 
     def publish(self, topic: str, record: Contract, key: str,
                 headers: Headers | None = None) -> None:
