@@ -199,7 +199,8 @@ class ServiceHeartbeat(Contract):
     stalled_cameras: list[str] = field(default_factory=list)
     last_commit_at: datetime | None = None
     metrics_port: int | None = None
-    schema_version: int = 2
+    cpu_s_per_1000_frames: float | None = None
+    schema_version: int = 3
 
 
 CONTRACTS: dict[str, type[Contract]] = {

@@ -7,6 +7,7 @@ prometheus-client's default collectors.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class ServiceMetrics:
     consumer_lag: Gauge
     camera_frames: Counter
     broker_up: Gauge
+    cpu_per_1000: Gauge
     model: Info
 
 
@@ -53,6 +55,9 @@ def service_metrics() -> ServiceMetrics:
         camera_frames=Counter("framewire_camera_frames", "Frames captured per camera",
                               ["camera"]),
         broker_up=Gauge("framewire_broker_up", "1 while the broker answers", ["service"]),
+        cpu_per_1000=Gauge("framewire_cpu_seconds_per_1000_frames",
+                           "Process CPU-seconds per 1,000 records put out, over the last minute",
+                           ["service"]),
         model=Info("framewire_model", "Model and ONNX Runtime provider in use"),
     )
 
@@ -65,3 +70,26 @@ def start_metrics_server(port: int | None) -> int | None:
     bound = int(server.server_address[1])
     log.info("metrics served", extra={"url": f"http://127.0.0.1:{bound}/metrics"})
     return bound
+
+
+class CpuPerFrame:
+    """CPU-seconds per 1,000 records put out, over a sliding window of recent samples.
+
+    The cost figure of ``framewire status`` and ``framewire_cpu_seconds_per_1000_frames``:
+    the same measure as ``make bench``'s, for one live process. Start-up (model loading)
+    falls out of the window after ``window_s``.
+    """
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self._samples: collections.deque[tuple[float, float, int]] = collections.deque()
+
+    def sample(self, now_s: float, cpu_s: float, records_out: int) -> float | None:
+        """Add a sample; the cost over the window, or None while no record was put out."""
+        self._samples.append((now_s, cpu_s, records_out))
+        while len(self._samples) > 2 and now_s - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+        _, cpu0, out0 = self._samples[0]
+        if records_out <= out0:
+            return None
+        return (cpu_s - cpu0) * 1000.0 / (records_out - out0)

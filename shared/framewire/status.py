@@ -44,6 +44,13 @@ class ServiceStatus:
     def total(self, counter: str) -> int:
         return sum(getattr(b, counter) for b in self.instances)
 
+    @property
+    def cpu_per_1000_frames(self) -> float | None:
+        """The service's recent CPU-seconds per 1,000 frames (mean over its live processes)."""
+        costs = [b.cpu_s_per_1000_frames for b in self.alive
+                 if b.cpu_s_per_1000_frames is not None]
+        return round(sum(costs) / len(costs), 3) if costs else None
+
 
 def _reader(settings: Settings, group: str | None = None) -> Consumer:
     # a short fetch wait, so that reading to the end of a busy topic (status) ends quickly

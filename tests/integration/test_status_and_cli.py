@@ -123,3 +123,21 @@ def test_a_bad_config_fails_at_start_with_what_to_fix(site: Site):
     assert out.returncode == 2
     assert "storage.batch_size" in out.stderr
     assert "FRAMEWIRE_STORAGE__BATCH_SIZE" in out.stderr
+
+
+def test_status_shows_each_stage_cpu_cost_per_1000_frames(site: Site):
+    site.start(*STAGES)
+    publish(site, [("cam-cost", jpeg(synthetic_frame(i))) for i in range(6)])
+    wait_until(lambda: stored_count(site) == 6, 120, "6 stored")
+
+    def costs():
+        out = cli(site, "status", "--json")
+        assert out.returncode == 0, out.stderr
+        found = {s["service"]: s["cpu_s_per_1000_frames"] for s in json.loads(out.stdout)}
+        return found if all(found[n] is not None for n in STAGES) else None
+
+    found = wait_until(costs, 60, "a cost in every stage's heartbeat")
+    # decoding and running the model costs CPU: more than nothing, less than a core-second
+    # per frame on any machine that runs this suite
+    assert all(0 < found[n] < 1000 for n in STAGES)
+    assert found["inference"] > found["storage"]

@@ -136,7 +136,8 @@ def test_a_v1_heartbeat_from_an_older_service_reads_with_v2_defaults():
     from framewire.codec import load_schema_versions
 
     texts = schema_texts()
-    v1_only = {k: v for k, v in texts.items() if k != "ServiceHeartbeat.v2.avsc"}
+    v1_only = {k: v for k, v in texts.items()
+               if not k.startswith("ServiceHeartbeat.") or k == "ServiceHeartbeat.v1.avsc"}
     old = Codec(load_schema_versions(v1_only))
     beat = {"schema_version": 1, "service": "storage", "instance": "h:1", "host": "h", "pid": 1,
             "version": "0.0.9", "sent_at": utcnow(), "state": "running", "group": None,
@@ -145,3 +146,19 @@ def test_a_v1_heartbeat_from_an_older_service_reads_with_v2_defaults():
     decoded = Codec().decode(old.encode_dict(ServiceHeartbeat.SCHEMA, beat), ServiceHeartbeat)
     assert decoded.restarts == 0 and decoded.broker_ok is True
     assert decoded.stalled_cameras == [] and decoded.last_commit_at is None
+    assert decoded.cpu_s_per_1000_frames is None
+
+
+def test_a_v3_heartbeat_carries_its_cpu_cost_and_v2_readers_skip_it():
+    from framewire.codec import load_schema_versions
+
+    texts = schema_texts()
+    beat = ServiceHeartbeat(service="inference", instance="h:2", host="h", pid=2,
+                            version="0.1.0", sent_at=utcnow(), state="running", partitions=[],
+                            records_in=10, records_out=10, dead_lettered=0,
+                            produced_offsets={}, cpu_s_per_1000_frames=34.5)
+    data = Codec().encode(beat)
+    assert Codec().decode(data, ServiceHeartbeat).cpu_s_per_1000_frames == 34.5
+    # a v2-era status reader that was told about v3 reads the fields it knows
+    v2_reader = Codec(load_schema_versions(texts))
+    assert v2_reader.decode(data, ServiceHeartbeat).records_out == 10

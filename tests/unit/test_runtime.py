@@ -73,3 +73,17 @@ def test_backoff_grows_exponentially_up_to_the_cap_and_resets():
     assert delays[-1] >= 4.0
     b.reset()
     assert b.next_delay() <= 1.2
+
+
+def test_cpu_cost_per_1000_frames_is_measured_over_the_recent_window():
+    from framewire.metrics import CpuPerFrame
+
+    cost = CpuPerFrame(window_s=60.0)
+    assert cost.sample(0.0, 5.0, 0) is None  # start-up: 5 s of CPU, nothing out yet
+    assert cost.sample(10.0, 5.0, 0) is None
+    assert cost.sample(20.0, 6.0, 100) == pytest.approx(10.0)  # 1 s over 100 records
+    # once the start-up samples are a window old, only the work since t=20 counts:
+    # 2 CPU-s over 300 records
+    cost.sample(70.0, 7.0, 200)
+    cost.sample(80.0, 7.5, 300)
+    assert cost.sample(90.0, 8.0, 400) == pytest.approx(2.0 * 1000 / 300)

@@ -108,7 +108,7 @@ def status(
             {"service": s.service, "alive": bool(s.alive), "lag": s.lag,
              "records_in": s.total("records_in"), "records_out": s.total("records_out"),
              "dead_lettered": s.total("dead_lettered"), "dropped": s.total("dropped"),
-             "problems": s.problems,
+             "cpu_s_per_1000_frames": s.cpu_per_1000_frames, "problems": s.problems,
              "instances": [
                  {"instance": b.instance, "pid": b.pid, "host": b.host, "state": b.state,
                   "version": b.version, "partitions": b.partitions,
@@ -117,13 +117,14 @@ def status(
                   "dead_lettered": b.dead_lettered, "dropped": b.dropped,
                   "restarts": b.restarts, "broker_ok": b.broker_ok,
                   "stalled_cameras": b.stalled_cameras,
-                  "last_commit_at": b.last_commit_at, "metrics_port": b.metrics_port}
+                  "last_commit_at": b.last_commit_at, "metrics_port": b.metrics_port,
+                  "cpu_s_per_1000_frames": b.cpu_s_per_1000_frames}
                  for b in s.instances]}
             for s in statuses
         ])
         return
     table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered",
-                  "dropped", "lag", "metrics")
+                  "dropped", "lag", "CPU-s/1k frames", "metrics")
     for s in statuses:
         pids = ",".join(str(b.pid) for b in s.alive) or "-"
         parts = sum(len(b.partitions) for b in s.alive)
@@ -131,6 +132,7 @@ def status(
                       str(s.total("records_in")), str(s.total("records_out")),
                       str(s.total("dead_lettered")), str(s.total("dropped")),
                       "-" if s.lag is None else str(s.lag),
+                      "-" if s.cpu_per_1000_frames is None else f"{s.cpu_per_1000_frames:.1f}",
                       ",".join(f":{b.metrics_port}" for b in s.alive if b.metrics_port) or "-")
     console.print(table)
     problems = [p for s in statuses for p in s.problems]

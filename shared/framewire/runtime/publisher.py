@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ from framewire.codec import Codec, make_codec
 from framewire.config import Settings
 from framewire.contracts import Contract, DeadLetter, ServiceHeartbeat, utcnow
 from framewire.errors import DataError, TransientError
-from framewire.metrics import service_metrics, start_metrics_server
+from framewire.metrics import CpuPerFrame, service_metrics, start_metrics_server
 from framewire.telemetry import Telemetry, extract
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Publisher:
         self.counters = Counters()
         self.telemetry = Telemetry(service, settings)
         self.metrics = service_metrics()
+        self._cpu_per_frame = CpuPerFrame()
         self.metrics_port: int | None = None
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.Lock()
@@ -273,6 +275,9 @@ class Publisher:
     def heartbeat(self) -> None:
         """Publish this process's status once."""
         c = self.counters
+        cost = self._cpu_per_frame.sample(time.monotonic(), time.process_time(), c.records_out)
+        if cost is not None:
+            self.metrics.cpu_per_1000.labels(self.service).set(cost)
         beat = ServiceHeartbeat(
             service=self.service, instance=self.instance, host=socket.gethostname(),
             pid=os.getpid(), version=__version__, sent_at=utcnow(), state=c.state,
@@ -281,6 +286,7 @@ class Publisher:
             group=c.group, restarts=self.settings.restart_count, dropped=c.dropped,
             broker_ok=c.broker_ok, stalled_cameras=list(c.stalled_cameras),
             last_commit_at=c.last_commit_at, metrics_port=self.metrics_port,
+            cpu_s_per_1000_frames=None if cost is None else round(cost, 3),
         )
         self.metrics.broker_up.labels(self.service).set(1 if c.broker_ok else 0)
         self.metrics.dropped.labels(self.service).set(c.dropped)
