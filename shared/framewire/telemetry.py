@@ -125,7 +125,7 @@ def make_exporter(settings: Settings) -> SpanExporter | None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
-    return DatabaseSpanExporter(settings.resolved_database_url)
+    return DatabaseSpanExporter(settings.resolved_span_database_url)
 
 
 def inject(span: Span, headers: Any = None) -> Headers:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def frame_spans(site: Site, frame_id: str) -> list:
-    db = open_database(site.settings.resolved_database_url)
+    db = open_database(site.settings.resolved_span_database_url)
     try:
         return trace_of_frame(db, frame_id)
     finally:
@@ -69,7 +69,7 @@ def test_a_dead_lettered_frame_trace_ends_in_an_error_span_with_the_reason(site:
     publish(site, [("cam-bomb", jpeg_claiming_size(60000, 60000))])
 
     def error_spans():
-        db = open_database(site.settings.resolved_database_url)
+        db = open_database(site.settings.resolved_span_database_url)
         try:
             import sqlalchemy as sa
 

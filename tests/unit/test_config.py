@@ -24,6 +24,12 @@ def test_defaults_put_state_under_dot_framewire():
     assert s.topic("frames.raw") == "frames.raw"
 
 
+def test_spans_get_their_own_sqlite_file_but_share_a_server_database(monkeypatch):
+    assert load_settings().resolved_span_database_url.endswith(".framewire/framewire-spans.db")
+    monkeypatch.setenv("FRAMEWIRE_DATABASE_URL", "postgresql+psycopg://fw@db:5432/fw")
+    assert load_settings().resolved_span_database_url == "postgresql+psycopg://fw@db:5432/fw"
+
+
 def test_nested_environment_variables_override_defaults(monkeypatch):
     monkeypatch.setenv("FRAMEWIRE_INFERENCE__BATCH_SIZE", "4")
     monkeypatch.setenv("FRAMEWIRE_TOPIC_PREFIX", "site1.")

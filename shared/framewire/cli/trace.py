@@ -48,7 +48,7 @@ def trace_command(
     from framewire.spanstore import slowest_frames, trace_of_frame
 
     settings = settings_for()
-    db = open_database(settings.resolved_database_url)
+    db = open_database(settings.resolved_span_database_url)
     try:
         if slowest is not None:
             frames = slowest_frames(db, slowest, parse_since(since))
