@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(2.0, gt=0, le=600)
     shutdown_timeout_s: float = Field(20.0, gt=0, le=600)
     ack_timeout_s: float = Field(10.0, gt=0, le=600, description="wait for a batch's acks")
+    commit_interval_ms: int = Field(
+        100, ge=0, le=60_000, description="commit consumed offsets at most this often while "
+        "busy (at once when idle); a crash replays at most this much")
     demo_cameras: int = Field(2, ge=0, le=64)
     demo_fps: float = Field(5.0, gt=0, le=120)
     demo_width: int = Field(960, ge=64, le=7680)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,9 +50,10 @@ def _row(span: ReadableSpan) -> dict[str, Any]:
         "status": "error" if status == StatusCode.ERROR else "ok",
         "frame_id": attrs.get("framewire.frame_id"),
         "camera_id": attrs.get("framewire.camera_id"),
-        "attributes": json.loads(json.dumps(
-            {**attrs, **({"status.description": span.status.description}
-                         if span.status.description else {})}, default=str)),
+        # attribute values are primitives or tuples of them (OpenTelemetry's rule)
+        "attributes": {**{k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()},
+                       **({"status.description": span.status.description}
+                          if span.status.description else {})},
     }
 
 

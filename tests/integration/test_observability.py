@@ -57,6 +57,8 @@ def test_one_frame_makes_one_trace_with_correctly_parented_spans_from_all_four_s
         assert by_name[name].frame_id == frame_id
         assert by_name[name].camera_id == "cam-tr"
     assert by_name["inference work"].parent_id == by_name["inference process"].span_id
+    # a batch of one frame: the model's own span is in the frame's trace, under its work
+    assert by_name["model run"].parent_id == by_name["inference work"].span_id
     consumed = by_name["inference process"].attributes
     assert consumed["messaging.system"] == "kafka"
     assert consumed["messaging.destination.name"] == site.settings.topic("frames.ready")

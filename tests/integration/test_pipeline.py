@@ -122,3 +122,33 @@ def test_storage_writes_to_postgresql(broker, tmp_path, postgres_db_url):
         assert stored_count(site) == 5
     finally:
         site.stop()
+
+
+def test_a_publisher_never_auto_creates_a_topic_and_its_heartbeats_make_missing_ones(
+        broker, tmp_path):
+    """A broker that lost its topics (the embedded one after a crash) would make any topic a
+    producer writes to with 4 partitions: records must wait for ensure_topics instead."""
+    from confluent_kafka.admin import AdminClient
+
+    from framewire.config import TOPICS
+    from framewire.runtime import Publisher
+
+    fresh = Site(broker, tmp_path / "home", partitions=3)  # no create_topics: none exist
+    settings = fresh.settings
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    pub = Publisher(settings, "preprocess")
+    try:
+        pub.produce_raw(settings.topic("frames.ready"), b"x", b"cam", None)
+        pub.producer.flush(3)
+        assert settings.topic("frames.ready") not in admin.list_topics(timeout=5).topics
+        pub.counters.broker_ok = False  # what the client reports while the broker is away
+        pub.start_heartbeats()
+        wait_until(lambda: all(settings.topic(t) in admin.list_topics(timeout=5).topics
+                               for t in TOPICS), 30, "the heartbeat thread to create topics")
+        parts = {t: len(admin.list_topics(timeout=5).topics[settings.topic(t)].partitions)
+                 for t in TOPICS}
+        assert parts == {t: 1 if t == "status" else 3 for t in TOPICS}
+        assert pub.counters.broker_ok
+        pub.flush(10)  # the waiting record is delivered once its topic exists
+    finally:
+        pub.close()

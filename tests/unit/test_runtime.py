@@ -87,3 +87,80 @@ def test_cpu_cost_per_1000_frames_is_measured_over_the_recent_window():
     cost.sample(70.0, 7.0, 200)
     cost.sample(80.0, 7.5, 300)
     assert cost.sample(90.0, 8.0, 400) == pytest.approx(2.0 * 1000 / 300)
+
+
+class RecordingConsumer:
+    """Stands in for the consumer's commit and seek: what the loop asked for, in order."""
+
+    def __init__(self):
+        self.commits, self.seeks = [], []
+
+    def commit(self, offsets, asynchronous):
+        self.commits.append(({(o.topic, o.partition): o.offset for o in offsets}, asynchronous))
+
+    def seek(self, tp):
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    from framewire.runtime.loop import StageRunner
+    from framewire.runtime.publisher import StopSignal
+
+    monkeypatch.setenv("FRAMEWIRE_HOME", str(tmp_path))
+    settings = load_settings(bootstrap_servers="127.0.0.1:9", commit_interval_ms=60_000)
+    run = StageRunner(Doubler(), settings, StopSignal(install=False))
+    run.consumer.close()
+    run.consumer = RecordingConsumer()
+    run.publisher.serve_acknowledgements = lambda wait_s=0.0: None
+    run.stop.wait = lambda timeout: False  # no backoff sleep in a unit test
+    yield run
+    run.publisher.producer.purge()
+
+
+def in_flight(run, offsets, pending=0, failures=()):
+    from framewire.runtime.loop import InFlight
+
+    batch = InFlight(offsets)
+    batch.delivery.pending, batch.delivery.failures = pending, list(failures)
+    run._in_flight.append(batch)
+    return batch
+
+
+def test_offsets_are_committed_only_up_to_the_first_batch_still_awaiting_acks(runner):
+    first = in_flight(runner, {("t", 0): (0, 4)}, pending=1)
+    in_flight(runner, {("t", 1): (0, 2)})
+    in_flight(runner, {("t", 0): (5, 9)})
+    runner._settle(idle=True)
+    assert runner.consumer.commits == []  # the oldest batch is not acknowledged yet
+    first.delivery.pending = 0
+    runner._settle(idle=True)
+    assert runner.consumer.commits == [({("t", 0): 10, ("t", 1): 3}, True)]
+    assert not runner._in_flight
+
+
+def test_a_busy_loop_commits_at_most_once_per_commit_interval(runner):
+    in_flight(runner, {("t", 0): (0, 0)})
+    runner._settle(idle=False)
+    assert len(runner.consumer.commits) == 1  # the first commit is due at once
+    in_flight(runner, {("t", 0): (1, 1)})
+    runner._settle(idle=False)
+    assert len(runner.consumer.commits) == 1  # within the interval: kept for later
+    runner._settle(idle=True)  # idle: committed at once
+    assert runner.consumer.commits[-1] == ({("t", 0): 2}, True)
+
+
+def test_a_failed_acknowledgement_rewinds_that_batch_and_every_later_one(runner):
+    in_flight(runner, {("t", 0): (0, 4)})
+    in_flight(runner, {("t", 0): (5, 6), ("t", 2): (7, 7)}, failures=["t: timed out"])
+    in_flight(runner, {("t", 0): (7, 9), ("t", 1): (3, 3)})
+    runner._settle(idle=True)
+    assert runner.consumer.commits == [({("t", 0): 5}, True)]  # only what precedes the failure
+    assert sorted(runner.consumer.seeks) == [("t", 0, 5), ("t", 1, 3), ("t", 2, 7)]
+    assert not runner._in_flight
+
+
+def test_stopping_waits_for_acks_and_commits_synchronously(runner):
+    in_flight(runner, {("t", 0): (0, 4)})
+    runner._drain(timeout_s=1.0)
+    assert runner.consumer.commits == [({("t", 0): 5}, False)]

@@ -1,9 +1,16 @@
 """The consume → decode → process batch → encode → produce → commit loop every stage runs in.
 
-Guarantees: offsets are committed only after every record produced from the batch (results and
-dead letters) is acknowledged, so a crash redelivers rather than loses; a record that cannot be
-decoded or processed goes to the dead-letter topic with its reason and the loop goes on; a
-transient failure (broker or database away) rewinds the batch and retries with backoff.
+Guarantees: offsets are committed only after every record produced from the batch and from
+every batch before it (results and dead letters) is acknowledged, so a crash redelivers rather
+than loses; a record that cannot be decoded or processed goes to the dead-letter topic with its
+reason and the loop goes on; a transient failure (broker or database away) rewinds and retries
+with backoff.
+
+The loop does not wait for a batch's acknowledgements before taking the next batch: batches
+whose outputs are in flight queue up in order, and the offsets of the acknowledged front of
+that queue are committed (asynchronously) at most every ``commit_interval_ms``, and at once
+when the loop is idle, loses partitions or stops. A crash replays at most what was handled
+since the last commit; the edges (storage upserts by frame id) make the repeat harmless.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -23,14 +32,26 @@ from framewire.config import Settings, StageSettings
 from framewire.contracts import Contract, check_camera_id, utcnow
 from framewire.errors import DataError, TransientError
 from framewire.retry import Backoff
-from framewire.runtime.publisher import Publisher, StopSignal, report_broker_error
+from framewire.runtime.publisher import Delivery, Publisher, StopSignal, report_broker_error
 from framewire.status import LagProbe
 from framewire.telemetry import extract, inject
 
 log = logging.getLogger(__name__)
 # How long a poll blocks when there is nothing to do: the stop signal is checked this often.
 IDLE_POLL_S = 0.25
+# How long an idle loop waits for the acknowledgements of batches in flight, each round.
+IDLE_ACK_WAIT_S = 0.05
 Outcome = Contract | DataError | None
+OffsetRanges = dict[tuple[str, int], tuple[int, int]]
+
+
+@dataclass
+class InFlight:
+    """A handled batch: its offsets and the acknowledgements its outputs still await."""
+
+    offsets: OffsetRanges
+    delivery: Delivery = field(default_factory=Delivery)
+    since: float = field(default_factory=time.monotonic)
 
 
 class Stage(ABC):
@@ -116,9 +137,13 @@ class StageRunner:
         self.consumer = Consumer(client_config(
             settings, defaults,
             **{"group.id": settings.group(stage.name), "enable.auto.commit": False,
-               "client.id": f"framewire-{stage.name}", "error_cb": self._on_error},
+               "client.id": f"framewire-{stage.name}", "error_cb": self._on_error,
+               "on_commit": self._on_commit},
         ))
         self.backoff = Backoff()
+        self._in_flight: deque[InFlight] = deque()
+        self._committable: dict[tuple[str, int], int] = {}
+        self._committed_at = 0.0
         self._lag_probe: LagProbe | None = None
         self._outage = False
         self._lag_checked = 0.0
@@ -159,6 +184,8 @@ class StageRunner:
         log.info("partitions assigned", extra={"partitions": [p.partition for p in partitions]})
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # the new owner starts from the commits: make them as recent as the acks allow
+        self._drain(self.settings.ack_timeout_s)
         gone = {f"{p.topic}:{p.partition}" for p in partitions}
         self.publisher.counters.partitions = [
             p for p in self.publisher.counters.partitions if p not in gone
@@ -180,14 +207,19 @@ class StageRunner:
                 messages = self._poll(batching.batch_size, linger)
                 if self._outage:
                     # what was read during an outage is read again after it, from commits
+                    self._in_flight.clear()
+                    self._committable.clear()
                     if not self._resume_after_outage():
                         self.stop.wait(self.backoff.next_delay())
                     continue
                 if messages:
                     self._handle_with_retry(messages)
+                self._settle(idle=not messages)
         finally:
             counters.state = "stopping"
             log.info("stage stopping: leaving the group")
+            if not self._outage:
+                self._drain(self.settings.shutdown_timeout_s)
             self.consumer.close()
             self.stage.close()
             self.publisher.close()  # joins the heartbeat thread, the lag probe's only user
@@ -203,7 +235,7 @@ class StageRunner:
         Waiting ``linger`` seconds for more only when asked to: a batch that waits to fill
         adds its wait to every frame's latency, and a backlog fills batches anyway.
         """
-        got = self.consumer.consume(1, IDLE_POLL_S)
+        got = self.consumer.consume(1, IDLE_ACK_WAIT_S if self._in_flight else IDLE_POLL_S)
         if got and count > 1:
             got += self.consumer.consume(count - 1, linger)
         good = []
@@ -216,38 +248,88 @@ class StageRunner:
         return good
 
     def _handle_with_retry(self, messages: list[Message]) -> None:
+        batch = InFlight(offset_ranges(messages))
         try:
-            self.handle_batch(messages)
+            self.handle_batch(messages, batch.delivery)
         except TransientError as exc:
-            delay = self.backoff.next_delay()
-            log.warning("transient failure; the batch will be retried",
-                        extra={"error": str(exc), "retry_in_s": round(delay, 2)})
-            if not self._outage:  # after an outage positions come from the commits instead
-                self._rewind(messages)
-            self.stop.wait(delay)
+            # outputs already produced from this batch are produced again on the retry
+            self._retry_later(str(exc), [batch])
             return
         self.backoff.reset()
-        self._commit(messages)
+        self._in_flight.append(batch)
 
-    def handle_batch(self, messages: list[Message]) -> None:
-        """Decode, process, produce and wait for acknowledgement of one batch.
+    def _retry_later(self, error: str, batches: list[InFlight]) -> None:
+        """Rewind to the first record of ``batches`` and wait before reading them again."""
+        delay = self.backoff.next_delay()
+        log.warning("transient failure; the batch will be retried",
+                    extra={"error": error, "retry_in_s": round(delay, 2)})
+        if not self._outage:  # after an outage positions come from the commits instead
+            firsts: dict[tuple[str, int], int] = {}
+            for batch in batches:
+                for tp, (first, _) in batch.offsets.items():
+                    firsts[tp] = min(first, firsts.get(tp, first))
+            self._rewind(firsts)
+        self.stop.wait(delay)
 
-        Each record gets a span continuing its frame's trace; the batch gets one span linked
-        to all of them, so micro-batching does not break traces.
+    def _settle(self, idle: bool, commit: bool = True) -> None:
+        """Retire acknowledged batches in order and commit their offsets when due.
+
+        A batch with a failed or overdue acknowledgement sends it and every later batch back
+        to be read again. Idle, the loop waits briefly for acknowledgements and commits at once.
+        """
+        pub = self.publisher
+        pub.serve_acknowledgements(IDLE_ACK_WAIT_S if idle and self._in_flight else 0.0)
+        now = time.monotonic()
+        while self._in_flight:
+            head = self._in_flight[0]
+            overdue = head.delivery.pending and now - head.since > self.settings.ack_timeout_s
+            if head.delivery.failures or overdue:
+                if overdue:
+                    pub.abandon_unacknowledged()
+                failed = list(self._in_flight)
+                self._in_flight.clear()
+                reason = "; ".join(head.delivery.failures[:3]) or (
+                    f"{head.delivery.pending} records unacknowledged after "
+                    f"{self.settings.ack_timeout_s:.0f} s; is the broker reachable?")
+                self._retry_later(reason, failed)
+                break
+            if head.delivery.pending:
+                break
+            self._in_flight.popleft()
+            for tp, (_, last) in head.offsets.items():
+                self._committable[tp] = last + 1
+        interval = self.settings.commit_interval_ms / 1000.0
+        if commit and self._committable and (idle or now - self._committed_at >= interval):
+            self._commit(asynchronous=True)
+
+    def _drain(self, timeout_s: float) -> None:
+        """Wait for every batch in flight, then commit synchronously (revoke, stop)."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and time.monotonic() < deadline:
+            self._settle(idle=True, commit=False)
+        if self._in_flight:
+            log.warning("batches left unacknowledged; their records will be read again",
+                        extra={"batches": len(self._in_flight)})
+            self._in_flight.clear()
+        if self._committable:
+            self._commit(asynchronous=False)
+
+    def handle_batch(self, messages: list[Message], delivery: Delivery | None = None) -> None:
+        """Decode, process and produce one batch; ``delivery`` counts its acknowledgements.
+
+        Each record gets a span continuing its frame's trace, and a child span for the stage's
+        work on it. The work of a batch of several records runs in one more span, linked to all
+        of them, so micro-batching does not break traces; a batch of one runs in its record's
+        work span, so the stage's own spans (model run...) sit in the frame's trace.
         """
         pub, stage, tel = self.publisher, self.stage, self.publisher.telemetry
         pub.count_in(len(messages))
         pub.metrics.batch_size.labels(stage.name).observe(len(messages))
         started = time.perf_counter()
-        parents = [extract(msg.headers()) for msg in messages]
-        batch_span = tel.start(f"{stage.name} batch", links=[
-            Link(trace.get_current_span(ctx).get_span_context()) for ctx in parents if ctx
-        ], attributes={"framewire.batch_size": len(messages), "messaging.system": "kafka",
-                       "messaging.consumer.group.name": self.settings.group(stage.name)})
         decoded: list[tuple[Message, Any, Span]] = []
         spans: list[Span] = []
-        for msg, parent in zip(messages, parents, strict=True):
-            span = tel.start(f"{stage.name} process", parent, SpanKind.CONSUMER,
+        for msg in messages:
+            span = tel.start(f"{stage.name} process", extract(msg.headers()), SpanKind.CONSUMER,
                              self._span_attributes(msg))
             spans.append(span)
             try:
@@ -258,41 +340,54 @@ class StageRunner:
                 decoded.append((msg, record, span))
             except DataError as exc:
                 pub.dead_letter(exc, payload=msg.value(), key=msg.key(), headers=msg.headers(),
-                                source=position(msg), span=span)
+                                source=position(msg), span=span, delivery=delivery)
+        work_start = time.time_ns()
+        work_attributes = {"framewire.batch_size": len(decoded)}
+        if not decoded:  # all dead-lettered
+            for span in spans:
+                span.end()
+            if delivery is None:
+                pub.flush(self.settings.ack_timeout_s)
+            return
+        if len(decoded) == 1:
+            work_span = tel.start(f"{stage.name} work", trace.set_span_in_context(decoded[0][2]),
+                                  attributes=work_attributes, start_time=work_start)
+        else:
+            work_span = tel.start(f"{stage.name} batch", links=[
+                Link(span.get_span_context()) for _, _, span in decoded
+            ], attributes={**work_attributes, "messaging.system": "kafka",
+                           "messaging.consumer.group.name": self.settings.group(stage.name)},
+                start_time=work_start)
+        spans.append(work_span)
         try:
-            work_start = time.time_ns()
-            with trace.use_span(batch_span, end_on_exit=False):
-                outcomes = process_isolating(stage, [r for _, r, _ in decoded]) if decoded \
-                    else []
+            with trace.use_span(work_span, end_on_exit=False):
+                outcomes = process_isolating(stage, [r for _, r, _ in decoded])
             work_end = time.time_ns()
-            # the batch's work, shown in each frame's own trace as a child of its span
-            for _, _, span in decoded:
-                tel.start(f"{stage.name} work", trace.set_span_in_context(span),
-                          attributes={"framewire.batch_size": len(decoded)},
-                          start_time=work_start).end(end_time=work_end)
+            work_span.end(end_time=work_end)
+            if len(decoded) > 1:  # the batch's work, shown in each frame's own trace too
+                for _, _, span in decoded:
+                    tel.start(f"{stage.name} work", trace.set_span_in_context(span),
+                              attributes=work_attributes,
+                              start_time=work_start).end(end_time=work_end)
             for (msg, record, span), outcome in zip(decoded, outcomes, strict=True):
                 if isinstance(outcome, DataError):
                     pub.dead_letter(outcome, payload=msg.value(), key=msg.key(),
                                     headers=msg.headers(), camera_id=record.camera_id,
-                                    frame_id=record.frame_id, source=position(msg), span=span)
+                                    frame_id=record.frame_id, source=position(msg), span=span,
+                                    delivery=delivery)
                 elif outcome is not None and stage.output_topic is not None:
                     pub.publish(stage.output_topic, outcome, key=record.camera_id,
-                                headers=inject(span, msg.headers()))
+                                headers=inject(span, msg.headers()), delivery=delivery)
                     pub.count_out()
                 elif outcome is None and stage.output_topic is None:
                     pub.count_out()
-            pub.flush(self.settings.ack_timeout_s)
-            for _, _, span in decoded:
-                if stage.output_topic is not None:
-                    tel.start(f"{stage.name} produce", trace.set_span_in_context(span),
-                              SpanKind.PRODUCER, {"messaging.destination.name":
-                                                  self.settings.topic(stage.output_topic)},
-                              start_time=work_end).end()
+            if delivery is None:  # called on its own: wait here for the acknowledgements
+                pub.flush(self.settings.ack_timeout_s)
             pub.metrics.batch_seconds.labels(stage.name).observe(time.perf_counter() - started)
         finally:
             for span in spans:
-                span.end()
-            batch_span.end()
+                if span.is_recording():  # not ended yet
+                    span.end()
 
     def _export_lag(self) -> None:
         """Before each heartbeat: the group's lag per partition, as a metric."""
@@ -315,19 +410,30 @@ class StageRunner:
                 "messaging.kafka.offset": offset,
                 "messaging.consumer.group.name": self.settings.group(self.stage.name)}
 
-    def _commit(self, messages: list[Message]) -> None:
-        offsets = [TopicPartition(t, p, last + 1)
-                   for (t, p), (_, last) in offset_ranges(messages).items()]
+    def _commit(self, asynchronous: bool) -> None:
+        """Commit the offsets of every acknowledged batch not committed yet."""
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._committable.items()]
+        self._committable = {}
+        self._committed_at = time.monotonic()
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-            self.publisher.counters.last_commit_at = utcnow()
+            if asynchronous:  # the result arrives in _on_commit, served by a later poll
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+                self._on_commit(None, offsets)
         except KafkaException as exc:
+            self._on_commit(exc.args[0], offsets)
+
+    def _on_commit(self, err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        if err is None:
+            self.publisher.counters.last_commit_at = utcnow()
+        elif err.code() != KafkaError._NO_OFFSET:
             # a rebalance took the partitions: the new owner re-reads these records, and the
             # edges (storage upsert by frame_id) make the repeat harmless
-            log.warning("commit failed; records will be redelivered", extra={"error": str(exc)})
+            log.warning("commit failed; records will be redelivered", extra={"error": err.str()})
 
-    def _rewind(self, messages: list[Message]) -> None:
-        for (topic, partition), (first, _) in offset_ranges(messages).items():
+    def _rewind(self, firsts: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), first in firsts.items():
             try:
                 self.consumer.seek(TopicPartition(topic, partition, first))
             except KafkaException as exc:
@@ -342,9 +448,9 @@ def position(msg: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
-def offset_ranges(messages: list[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+def offset_ranges(messages: list[Message]) -> OffsetRanges:
     """First and last offset of the batch in each (topic, partition)."""
-    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    ranges: OffsetRanges = {}
     for msg in messages:
         topic, partition, offset = position(msg)
         first, last = ranges.get((topic, partition), (offset, offset))

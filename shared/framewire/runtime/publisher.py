@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -70,6 +71,21 @@ class Counters:
     broker_ok: bool = True
     stalled_cameras: list[str] = field(default_factory=list)
     last_commit_at: datetime | None = None
+
+
+class Delivery:
+    """The acknowledgements still awaited for the records produced from one batch."""
+
+    __slots__ = ("pending", "failures")
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.failures: list[str] = []
+
+    @property
+    def acknowledged(self) -> bool:
+        """Every record was acknowledged (none failed, none awaited)."""
+        return self.pending == 0 and not self.failures
 
 
 # a broker that lost its state (the embedded one after a restart) rejects an idempotent
@@ -133,6 +149,9 @@ class Publisher:
             # services and broker for nothing (docs/benchmarks.md); raw pixels do compress
             "compression.type": "lz4" if self._carries_raw_pixels() else "none",
             "message.max.bytes": 16 * 1024 * 1024,
+            # topics are made with their partition counts by ensure_topics, never on the fly
+            # (the embedded broker would make any missing topic with 4 partitions)
+            "allow.auto.create.topics": False,
             # bound what waits in memory while the broker is away (librdkafka: 1 GiB)
             "queue.buffering.max.kbytes": 256 * 1024,
         }
@@ -144,18 +163,26 @@ class Publisher:
         return self.service == "preprocess" and self.settings.preprocess.pixel_format == "bgr8"
 
     def publish(self, topic: str, record: Contract, key: str,
-                headers: Headers | None = None) -> None:
-        """Queue a record for a logical topic (``frames.raw`` ...); acknowledged by ``flush``."""
+                headers: Headers | None = None, delivery: Delivery | None = None) -> None:
+        """Queue a record for a logical topic (``frames.raw`` ...).
+
+        Its acknowledgement is awaited by ``flush``, or counted in ``delivery`` when given.
+        """
         self.produce_raw(self.settings.topic(topic), self.codec.encode(record), key.encode(),
-                         headers)
+                         headers, delivery)
 
     def produce_raw(self, topic: str, value: bytes, key: bytes | None,
-                    headers: Headers | None) -> None:
+                    headers: Headers | None, delivery: Delivery | None = None) -> None:
         """Queue already-encoded bytes for a full topic name (retrying while the queue is full)."""
+        on_delivery = self._on_delivery if delivery is None else partial(
+            self._on_delivery, delivery=delivery)
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=self._on_delivery)
+                                      on_delivery=on_delivery)
+                if delivery is not None:
+                    with self._lock:
+                        delivery.pending += 1
                 return
             except BufferError:
                 # local queue full: serve delivery reports to make room, then try again
@@ -166,10 +193,17 @@ class Publisher:
                 # a fatal producer error (fenced...) never clears: start a fresh producer
                 self._replace_producer(len(self.producer))
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message,
+                     delivery: Delivery | None = None) -> None:
+        if delivery is not None:
+            with self._lock:
+                delivery.pending -= 1
+                if err is not None:
+                    delivery.failures.append(f"{msg.topic()}: {err.str()}")
         if err is not None:
             with self._lock:
-                self._failures.append(f"{msg.topic()}: {err.str()}")
+                if delivery is None:
+                    self._failures.append(f"{msg.topic()}: {err.str()}")
                 if err.fatal() or err.code() in PRODUCER_STATE_LOST:
                     self._stale_producer = True
             return
@@ -199,6 +233,20 @@ class Publisher:
                 f"{remaining} records unacknowledged after {timeout_s:.0f} s, "
                 f"{len(failures)} failed ({'; '.join(failures[:3])}); is the broker reachable?"
             )
+
+    def serve_acknowledgements(self, wait_s: float = 0.0) -> None:
+        """Run delivery callbacks that are due (waiting up to ``wait_s`` for outstanding ones);
+        a producer that can never recover is replaced, failing what it still held."""
+        if wait_s > 0 and len(self.producer):
+            self.producer.flush(wait_s)
+        else:
+            self.producer.poll(0)
+        if self._stale_producer:
+            self._replace_producer(len(self.producer))
+
+    def abandon_unacknowledged(self) -> None:
+        """Give up on records the broker did not acknowledge in time (the caller re-sends)."""
+        self._replace_producer(len(self.producer))
 
     def _replace_producer(self, remaining: int) -> None:
         """Drop a producer whose records are not acknowledged and start a fresh one.
@@ -235,7 +283,8 @@ class Publisher:
     def dead_letter(self, error: DataError, *, payload: bytes | None, key: bytes | None = None,
                     source: tuple[str | None, int | None, int | None] | None = None,
                     camera_id: str | None = None, frame_id: str | None = None,
-                    headers: Headers | None = None, span: Span | None = None) -> None:
+                    headers: Headers | None = None, span: Span | None = None,
+                    delivery: Delivery | None = None) -> None:
         """Send a record that could not be processed to the dead-letter topic, with the reason.
 
         The frame's trace ends in an error span with the reason (kept even when unsampled).
@@ -260,7 +309,7 @@ class Publisher:
             "framewire.frame_id": frame_id or "", "framewire.camera_id": camera_id or "",
             "messaging.destination.name": self.settings.topic("deadletter")})
         self.produce_raw(self.settings.topic("deadletter"), self.codec.encode(letter),
-                         key, headers)
+                         key, headers, delivery)
         self.counters.dead_lettered += 1
         self.metrics.dead_lettered.labels(self.service, error.code).inc()
         span_ctx = trace.get_current_span(parent).get_span_context() if parent else None
@@ -295,12 +344,22 @@ class Publisher:
         self.producer.poll(0)
 
     def _after_outage(self) -> None:
-        """The broker is back: it may be a new one (the embedded broker keeps no data), so
-        make sure every topic exists with its partitions before anyone auto-creates it."""
+        """While the broker is away, or once a delivery shows it back: when it answers, make
+        sure every topic exists with its partitions (it may be a new, empty one: the embedded
+        broker keeps no data). Producers never auto-create topics (Tansu would make 4
+        partitions), so records for a missing topic wait until this has run."""
         from framewire.broker import ensure_topics
 
+        try:
+            created = ensure_topics(self.settings, timeout_s=min(5.0, self.settings.ack_timeout_s))
+        except (TransientError, KafkaException) as exc:
+            log.debug("broker still away", extra={"error": str(exc)})
+            return
         self._reconnected.clear()
-        created = ensure_topics(self.settings)
+        if not self.counters.broker_ok:
+            self.counters.broker_ok = True
+            log.warning("broker reachable again",
+                        extra={"servers": self.settings.bootstrap_servers})
         if created:
             log.warning("broker came back without our topics (it lost its data); recreated them",
                         extra={"topics": created})
@@ -311,7 +370,7 @@ class Publisher:
         def beat() -> None:
             while not self._heartbeat_stop.wait(self.settings.heartbeat_interval_s):
                 try:
-                    if self._reconnected.is_set():
+                    if self._reconnected.is_set() or not self.counters.broker_ok:
                         self._after_outage()
                     if extra:
                         extra()
@@ -320,6 +379,7 @@ class Publisher:
                     log.exception("heartbeat failed")
 
         self.metrics_port = start_metrics_server(self.settings.metrics_port)
+        self._reconnected.set()  # a service started alone makes the topics it finds missing
         self.heartbeat()
         self._heartbeat = threading.Thread(target=beat, name="heartbeat", daemon=True)
         self._heartbeat.start()
