@@ -46,9 +46,9 @@ class InferenceSettings(StageSettings):
 
 
 class StorageSettings(StageSettings):
+    # one database transaction per batch; a backlog fills batches without any linger (a 5 ms
+    # linger added 5 ms to each frame at moderate rates and saved no CPU: docs/benchmarks.md)
     batch_size: int = Field(64, ge=1, le=10_000)
-    # one database transaction per batch: a short wait groups rows at low rates
-    batch_linger_ms: int = Field(5, ge=0, le=60_000)
 
 
 class IngestSettings(BaseModel):
