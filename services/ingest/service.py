@@ -21,6 +21,7 @@ from framewire.blobstore import BlobStore
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured
 from framewire.errors import DataError, TransientError
+from framewire.placement import CameraPlacement
 from framewire.runtime import Publisher, StopSignal
 from framewire.services.ingest.backpressure import CameraBuffer, RateCap
 from framewire.services.ingest.capture import FrameIngestor
@@ -46,6 +47,7 @@ class Ingest:
         self.publisher = publisher or Publisher(settings, self.name)
         self.ingestor = FrameIngestor(BlobStore(settings.resolved_blob_dir),
                                       settings.max_upload_bytes, settings.max_inline_bytes)
+        self.placement = CameraPlacement(settings.home / "camera-partitions.json")
         self.lock = threading.Lock()
         self.buffers: dict[str, CameraBuffer[FrameCaptured]] = {}
         self.last_frame: dict[str, float] = {}
@@ -83,12 +85,19 @@ class Ingest:
             "messaging.system": "kafka", "messaging.operation.type": "send",
             "messaging.destination.name": self.settings.topic("frames.raw")})
         try:
-            pub.publish("frames.raw", frame, key=frame.camera_id, headers=inject(span))
+            pub.publish("frames.raw", frame, key=frame.camera_id, headers=inject(span),
+                        partition=self.partition_for(frame.camera_id))
         finally:
             span.end()
         with self.lock:
             pub.count_out()
         pub.producer.poll(0)
+
+    def partition_for(self, camera_id: str) -> int | None:
+        """The camera's placed partition of ``frames.raw``; None (key hash) while the topic's
+        partition count is unknown."""
+        count = self.publisher.partition_count(self.settings.topic("frames.raw"))
+        return None if count is None else self.placement.partition_for(camera_id, count)
 
     def offer(self, camera_id: str, image: CapturedImage) -> bool:
         """Validate and publish one image now; True when published."""

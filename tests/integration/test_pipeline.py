@@ -57,6 +57,16 @@ def test_four_cameras_of_fifty_frames_make_exactly_200_rows_in_per_camera_order(
                                                       for c in range(4)}
     assert all(site.alive(s) for s in STAGES)
 
+    # ingest placed the 4 cameras on the 4 partitions, one each, and every later stage wrote
+    # each camera's records to the partition they came from
+    where: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for topic in ("frames.raw", "frames.ready", "detections"):
+        for msg in read_topic(site.settings, site.settings.topic(topic)):
+            where[msg.key().decode()].add((topic, msg.partition()))
+    partitions = {cam: {p for _, p in places} for cam, places in where.items()}
+    assert all(len(p) == 1 for p in partitions.values()), partitions
+    assert sorted(p for (p,) in partitions.values()) == [0, 1, 2, 3]
+
 
 def test_face_photo_gives_a_face_box_within_15_px_of_the_true_box(site: Site):
     site.start(*STAGES)

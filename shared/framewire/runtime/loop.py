@@ -369,6 +369,7 @@ class StageRunner:
                     tel.start(f"{stage.name} work", trace.set_span_in_context(span),
                               attributes=work_attributes,
                               start_time=work_start).end(end_time=work_end)
+            keep_partition = self._keeps_partition()
             for (msg, record, span), outcome in zip(decoded, outcomes, strict=True):
                 if isinstance(outcome, DataError):
                     pub.dead_letter(outcome, payload=msg.value(), key=msg.key(),
@@ -377,7 +378,8 @@ class StageRunner:
                                     delivery=delivery)
                 elif outcome is not None and stage.output_topic is not None:
                     pub.publish(stage.output_topic, outcome, key=record.camera_id,
-                                headers=inject(span, msg.headers()), delivery=delivery)
+                                headers=inject(span, msg.headers()), delivery=delivery,
+                                partition=msg.partition() if keep_partition else None)
                     pub.count_out()
                 elif outcome is None and stage.output_topic is None:
                     pub.count_out()
@@ -388,6 +390,16 @@ class StageRunner:
             for span in spans:
                 if span.is_recording():  # not ended yet
                     span.end()
+
+    def _keeps_partition(self) -> bool:
+        """Outputs go to the partition their input came from when both topics have as many
+        partitions, so each camera stays on the partition ingest placed it on
+        (``framewire.placement``); otherwise the key's hash picks."""
+        if self.stage.output_topic is None:
+            return False
+        pub = self.publisher
+        out_count = pub.partition_count(self.settings.topic(self.stage.output_topic))
+        return out_count is not None and out_count == pub.partition_count(self.topic)
 
     def _export_lag(self) -> None:
         """Before each heartbeat: the group's lag per partition, as a metric."""

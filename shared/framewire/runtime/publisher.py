@@ -88,6 +88,11 @@ class Delivery:
         return self.pending == 0 and not self.failures
 
 
+# librdkafka's "no partition given": the partitioner hashes the key
+UNASSIGNED = -1
+# how often an unknown topic's partition count is asked again
+PARTITIONS_ASK_S = 5.0
+
 # a broker that lost its state (the embedded one after a restart) rejects an idempotent
 # producer's id or sequence numbers: such a producer never recovers and must be replaced
 PRODUCER_STATE_LOST = {KafkaError.PRODUCER_FENCED, KafkaError.UNKNOWN_PRODUCER_ID,
@@ -125,6 +130,8 @@ class Publisher:
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.Lock()
         self._produced: dict[str, int] = {}
+        self._partition_counts: dict[str, int] = {}
+        self._partitions_asked: dict[str, float] = {}
         self._failures: list[str] = []
         self.producer = self._new_producer()
         self._reconnected = threading.Event()
@@ -163,23 +170,27 @@ class Publisher:
         return self.service == "preprocess" and self.settings.preprocess.pixel_format == "bgr8"
 
     def publish(self, topic: str, record: Contract, key: str,
-                headers: Headers | None = None, delivery: Delivery | None = None) -> None:
+                headers: Headers | None = None, delivery: Delivery | None = None,
+                partition: int | None = None) -> None:
         """Queue a record for a logical topic (``frames.raw`` ...).
 
         Its acknowledgement is awaited by ``flush``, or counted in ``delivery`` when given.
+        Without ``partition``, the key's hash picks the partition.
         """
         self.produce_raw(self.settings.topic(topic), self.codec.encode(record), key.encode(),
-                         headers, delivery)
+                         headers, delivery, partition)
 
     def produce_raw(self, topic: str, value: bytes, key: bytes | None,
-                    headers: Headers | None, delivery: Delivery | None = None) -> None:
+                    headers: Headers | None, delivery: Delivery | None = None,
+                    partition: int | None = None) -> None:
         """Queue already-encoded bytes for a full topic name (retrying while the queue is full)."""
         on_delivery = self._on_delivery if delivery is None else partial(
             self._on_delivery, delivery=delivery)
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=on_delivery)
+                                      on_delivery=on_delivery,
+                                      partition=UNASSIGNED if partition is None else partition)
                 if delivery is not None:
                     with self._lock:
                         delivery.pending += 1
@@ -262,6 +273,28 @@ class Publisher:
             old, self.producer = self.producer, self._new_producer()
         old.purge(in_queue=True, in_flight=True, blocking=False)
         old.poll(0)
+
+    def partition_count(self, topic: str) -> int | None:
+        """Partitions of a full topic name, from the broker's metadata; None while unknown.
+
+        Known counts are kept (topics are made at their final size); an unknown one is asked
+        again at most every few seconds.
+        """
+        known = self._partition_counts.get(topic)
+        if known is not None:
+            return known
+        now = time.monotonic()
+        if now - self._partitions_asked.get(topic, -PARTITIONS_ASK_S) < PARTITIONS_ASK_S:
+            return None
+        self._partitions_asked[topic] = now
+        try:
+            meta = self.producer.list_topics(topic, timeout=5.0).topics.get(topic)
+        except KafkaException:
+            return None
+        if meta is None or meta.error is not None or not meta.partitions:
+            return None
+        self._partition_counts[topic] = len(meta.partitions)
+        return len(meta.partitions)
 
     def produced_offsets(self) -> dict[str, int]:
         """Highest acknowledged offset + 1 per ``topic:partition`` this process wrote."""
