@@ -112,6 +112,7 @@ def runner(tmp_path, monkeypatch):
     run = StageRunner(Doubler(), settings, StopSignal(install=False))
     run.consumer.close()
     run.consumer = RecordingConsumer()
+    run._outage = False  # closing the unconnected consumer may have reported "all brokers down"
     run.publisher.serve_acknowledgements = lambda wait_s=0.0: None
     run.stop.wait = lambda timeout: False  # no backoff sleep in a unit test
     yield run
