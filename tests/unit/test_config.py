@@ -84,3 +84,18 @@ def test_missing_config_file_says_which_path(monkeypatch, tmp_path):
 def test_camera_id_with_spaces_is_rejected():
     with pytest.raises(ConfigError, match="camera_id"):
         load_settings(cameras=[{"camera_id": "front door", "url": "rtsp://x/1"}])
+
+
+def test_fetch_waits_are_shorter_where_they_buy_latency_on_the_embedded_broker():
+    from framewire.broker import consumer_defaults
+
+    embedded = load_settings(embedded_broker=True)
+    waits = {s: consumer_defaults(embedded, s)["fetch.wait.max.ms"]
+             for s in ("preprocess", "inference", "storage")}
+    assert waits == {"preprocess": 50, "inference": 25, "storage": 20}
+    assert consumer_defaults(load_settings(embedded_broker=False), "inference") == {}
+
+
+def test_a_stage_fetch_wait_of_zero_is_refused_with_the_field_named():
+    with pytest.raises(ConfigError, match="fetch_wait_ms"):
+        load_settings(storage={"fetch_wait_ms": 0})

@@ -129,7 +129,7 @@ class StageRunner:
         self.stop = stop or StopSignal()
         self.publisher = publisher or Publisher(settings, stage.name)
         self.topic = settings.topic(stage.input_topic)
-        defaults = {**consumer_defaults(settings), "auto.offset.reset": "earliest",
+        defaults = {**consumer_defaults(settings, stage.name), "auto.offset.reset": "earliest",
                     "max.partition.fetch.bytes": 16 * 1024 * 1024,
                     "fetch.max.bytes": 64 * 1024 * 1024,
                     # notice a topic recreated after a broker outage within seconds
@@ -138,7 +138,9 @@ class StageRunner:
             settings, defaults,
             **{"group.id": settings.group(stage.name), "enable.auto.commit": False,
                "client.id": f"framewire-{stage.name}", "error_cb": self._on_error,
-               "on_commit": self._on_commit},
+               "on_commit": self._on_commit,
+               **({"fetch.wait.max.ms": stage.batching.fetch_wait_ms}
+                  if stage.batching.fetch_wait_ms is not None else {})},
         ))
         self.backoff = Backoff()
         self._in_flight: deque[InFlight] = deque()
