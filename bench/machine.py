@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from framewire.procutil import usable_cores
+
 RAPL_ROOT = Path("/sys/class/powercap")
 NOT_READABLE = "not readable here"
 
@@ -57,23 +59,6 @@ def other_cores(busy_before: float | None, busy_after: float | None, ours_s: flo
     if busy_before is None or busy_after is None or wall_s <= 0:
         return None
     return round(max(0.0, (busy_after - busy_before - ours_s) / wall_s), 2)
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (affinity and cgroup quota), at least 1."""
-    cores = len(os.sched_getaffinity(0))
-    quota = _cgroup_cpu_quota()
-    if quota is not None:
-        cores = min(cores, max(1, int(quota)))
-    return max(1, cores)
-
-
-def _cgroup_cpu_quota() -> float | None:
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except (OSError, ValueError):
-        return None
-    return None if quota == "max" else int(quota) / int(period)
 
 
 def load_average() -> list[float]:

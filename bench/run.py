@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.bare import run_bare
 from bench.inputs import CAMERAS, JPEG_QUALITY, cached_frames
-from bench.machine import NOT_READABLE, load_average, machine_description, usable_cores
+from bench.machine import NOT_READABLE, load_average, machine_description
 from bench.stack import (
     BENCH_MAX_LAG_FRAMES,
     TIMELINE,
@@ -39,6 +39,7 @@ from bench.stats import (
     per_thousand,
     percentiles_ms,
 )
+from framewire.procutil import usable_cores
 
 REPO = Path(__file__).resolve().parent.parent
 BUSY_CORES = 0.1  # other processes using more than this many cores: a noisy run
@@ -185,7 +186,7 @@ def run_benchmark(options: Options, console: Console) -> tuple[BenchResult, list
         started_at=started_at, quick=options.quick, machine=machine,
         config={
             "workers": workers, "layout": layout, "scale_out_replicas": replicas,
-            "pixel_format": pixel_format, "partitions": s.partitions,
+            "pixel_format": pixel_format, "partitions": s.topic_partitions,
             "batch": {"preprocess": [s.preprocess.batch_size, s.preprocess.batch_linger_ms],
                       "inference": [s.inference.batch_size, s.inference.batch_linger_ms],
                       "storage": [s.storage.batch_size, s.storage.batch_linger_ms]},

@@ -163,7 +163,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         topic = settings.topic(name)
         if topic in existing:
             continue
-        partitions = 1 if name == "status" else settings.partitions
+        partitions = 1 if name == "status" else settings.topic_partitions
         wanted.append(NewTopic(topic, num_partitions=partitions, replication_factor=1))
     if not wanted:
         return []

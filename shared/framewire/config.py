@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     bootstrap_servers: str = "127.0.0.1:19092"
     embedded_broker: bool = True
     topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
-    partitions: int = Field(12, ge=1, le=10_000)
+    partitions: int | None = Field(
+        None, ge=1, le=10_000, description="partitions per data topic; unset = 12, or on the "
+        "embedded broker 2 per usable core (4 to 12)")
     schema_registry_url: str | None = None
     kafka: dict[str, Any] = Field(default_factory=dict)
     database_url: str | None = None
@@ -147,6 +149,23 @@ class Settings(BaseSettings):
         if url.startswith("sqlite:///") and url.endswith(".db"):
             return url[: -len(".db")] + "-spans.db"
         return url
+
+    @property
+    def topic_partitions(self) -> int:
+        """Partitions of each data topic.
+
+        The embedded broker holds every topic on this host and makes them again at each
+        start, so its topics follow this host's cores: replicas of a stage beyond the cores
+        add nothing, and each partition costs the broker work on every fetch (12 instead of
+        4 on 2 cores: 1.5 % of full speed, 0.026 cores on an idle site).
+        """
+        if self.partitions is not None:
+            return self.partitions
+        if self.embedded_broker:
+            from framewire.procutil import usable_cores
+
+            return min(12, max(4, 2 * usable_cores()))
+        return 12
 
     @property
     def resolved_blob_dir(self) -> Path:

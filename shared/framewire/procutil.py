@@ -1,10 +1,13 @@
-"""Process-level settings: children that never outlive their parent, frame-friendly malloc."""
+"""Process-level settings: children that never outlive their parent, frame-friendly malloc,
+the cores a process may use."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 # glibc mallopt parameters
@@ -42,3 +45,20 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and \
         bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity and cgroup quota), at least 1."""
+    cores = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)

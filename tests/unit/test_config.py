@@ -20,8 +20,17 @@ def clean_env(monkeypatch):
 def test_defaults_put_state_under_dot_framewire():
     s = load_settings()
     assert s.resolved_database_url.endswith(".framewire/framewire.db")
-    assert s.partitions == 12
     assert s.topic("frames.raw") == "frames.raw"
+
+
+def test_partitions_follow_the_cores_on_the_embedded_broker_only(monkeypatch):
+    import framewire.procutil
+
+    for cores, expected in [(1, 4), (2, 4), (3, 6), (6, 12), (64, 12)]:
+        monkeypatch.setattr(framewire.procutil, "usable_cores", lambda c=cores: c)
+        assert load_settings().topic_partitions == expected
+    assert load_settings(embedded_broker=False).topic_partitions == 12
+    assert load_settings(partitions=5).topic_partitions == 5
 
 
 def test_spans_get_their_own_sqlite_file_but_share_a_server_database(monkeypatch):
@@ -46,7 +55,7 @@ def test_yaml_file_is_read_and_environment_wins_over_it(monkeypatch, tmp_path):
     monkeypatch.setenv("FRAMEWIRE_CONFIG", str(cfg))
     monkeypatch.setenv("FRAMEWIRE_PARTITIONS", "8")
     s = load_settings()
-    assert s.partitions == 8
+    assert s.partitions == 8 and s.topic_partitions == 8
     assert s.kafka == {"security.protocol": "SSL"}
     assert s.cameras[0].camera_id == "door"
 
