@@ -165,3 +165,11 @@ def test_stopping_waits_for_acks_and_commits_synchronously(runner):
     in_flight(runner, {("t", 0): (0, 4)})
     runner._drain(timeout_s=1.0)
     assert runner.consumer.commits == [({("t", 0): 5}, False)]
+
+
+def test_consumers_fetch_ahead_about_two_batches_per_partition():
+    from framewire.runtime.loop import prefetch_limits
+
+    assert prefetch_limits(8)["queued.min.messages"] == 16
+    assert prefetch_limits(64)["queued.min.messages"] == 128
+    assert prefetch_limits(1)["queued.min.messages"] == 16  # never below 16
