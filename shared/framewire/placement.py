@@ -97,8 +97,8 @@ def choose_partition(placed: dict[str, int], partitions: int) -> int:
     for p in placed.values():
         if 0 <= p < partitions:
             counts[p] += 1
-    order = spread_order(partitions)
-    return min(range(partitions), key=lambda p: (counts[p], order.index(p)))
+    rank = {p: i for i, p in enumerate(spread_order(partitions))}
+    return min(range(partitions), key=lambda p: (counts[p], rank[p]))
 
 
 class CameraPlacement:
