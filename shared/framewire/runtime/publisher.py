@@ -82,11 +82,6 @@ class Delivery:
         self.pending = 0
         self.failures: list[str] = []
 
-    @property
-    def acknowledged(self) -> bool:
-        """Every record was acknowledged (none failed, none awaited)."""
-        return self.pending == 0 and not self.failures
-
 
 # librdkafka's "no partition given": the partitioner hashes the key
 UNASSIGNED = -1
@@ -148,8 +143,8 @@ class Publisher:
             # the embedded broker hands out producer ids from 1 again after a restart, which
             # an idempotent producer takes as fatal; one request in flight keeps each
             # camera's order instead (the edges dedupe retries by frame_id)
-            # stages flush after every batch and ingest sends frame by frame: a linger would
-            # only add its length to each frame's latency (librdkafka's default is 5 ms)
+            # stages produce a batch at a time and ingest sends frame by frame: a longer
+            # linger would only add its length to each frame's latency (librdkafka's: 5 ms)
             "acks": "all", "enable.idempotence": not embedded, "linger.ms": 1,
             **({"max.in.flight.requests.per.connection": 1} if embedded else {}),
             # JPEG payloads do not compress: lz4 on them cost ~1.3 CPU-ms per frame across the
@@ -218,16 +213,21 @@ class Publisher:
                 if err.fatal() or err.code() in PRODUCER_STATE_LOST:
                     self._stale_producer = True
             return
-        if not self.counters.broker_ok:
-            self.counters.broker_ok = True
-            self._reconnected.set()
-            log.warning("broker reachable again",
-                        extra={"servers": self.settings.bootstrap_servers})
+        if self._broker_back():
+            self._reconnected.set()  # the heartbeat thread checks the topics
         tp = f"{msg.topic()}:{msg.partition()}"
         offset = (msg.offset() or 0) + 1
         with self._lock:
             if offset > self._produced.get(tp, 0):
                 self._produced[tp] = offset
+
+    def _broker_back(self) -> bool:
+        """Mark the broker reachable; True (and logged once) when it had been away."""
+        if self.counters.broker_ok:
+            return False
+        self.counters.broker_ok = True
+        log.warning("broker reachable again", extra={"servers": self.settings.bootstrap_servers})
+        return True
 
     def _on_error(self, err: KafkaError) -> None:
         report_broker_error(err, self.counters, self.settings.bootstrap_servers)
@@ -389,10 +389,7 @@ class Publisher:
             log.debug("broker still away", extra={"error": str(exc)})
             return
         self._reconnected.clear()
-        if not self.counters.broker_ok:
-            self.counters.broker_ok = True
-            log.warning("broker reachable again",
-                        extra={"servers": self.settings.bootstrap_servers})
+        self._broker_back()
         if created:
             log.warning("broker came back without our topics (it lost its data); recreated them",
                         extra={"topics": created})
