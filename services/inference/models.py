@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.resources
 import logging
+import time
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,13 @@ from onnx.tools.update_model_dims import update_inputs_outputs_dims
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from framewire.errors import ConfigError
+from framewire.services.inference.accel import (
+    CPU_PROVIDER,
+    add_pixel_input,
+    batch_buckets,
+    bucket_for,
+    provider_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +196,10 @@ def choose_providers(preference: str) -> list[str]:
     return chosen
 
 
-def _prepare_model(path: Path, dynamic_input: bool) -> bytes:
-    """Load an ONNX file, unlist weights from the graph inputs, optionally free its dims."""
+def _prepare_model(path: Path, dynamic_input: bool,
+                   pixel_input: dict[str, Any] | None = None) -> onnx.ModelProto:
+    """Load an ONNX file, unlist weights from the graph inputs, optionally free its dims and
+    give it a uint8 pixel input (``add_pixel_input`` arguments)."""
     model = onnx.load(path)
     initializers = {init.name for init in model.graph.initializer}
     # Older exports (CenterFace among them) list every weight as an overridable graph input,
@@ -212,53 +222,92 @@ def _prepare_model(path: Path, dynamic_input: bool) -> bytes:
                 *(f"d{i}" for i in range(2, len(dims))),
             ]
         model = update_inputs_outputs_dims(model, input_dims, output_dims)
-    return model.SerializeToString()
+    if pixel_input is not None:
+        model = add_pixel_input(model, **pixel_input)
+    return model
 
 
 class Detector:
-    """One ONNX Runtime session that turns batches of letterboxed BGR frames into boxes."""
+    """One ONNX Runtime session that turns batches of letterboxed BGR frames into boxes.
+
+    On the CPU provider frames go one per run as float blobs built by OpenCV. On an
+    accelerator (CUDA, TensorRT) the whole micro-batch goes in one run, as uint8 pixels that
+    the device normalises (``device_preprocess``), padded to a few fixed batch sizes that are
+    warmed up at start, through IO binding.
+    """
 
     def __init__(
         self, manifest: ModelManifest, providers: list[str], intra_op_threads: int = 1,
-        run_batch: int = 0,
+        run_batch: int = 0, *, max_batch: int = 0, device_preprocess: bool | None = None,
+        io_binding: bool | None = None, cache_dir: Path | None = None,
     ) -> None:
         self.manifest = manifest
+        accelerated = providers[0] != CPU_PROVIDER
+        self.device_preprocess = accelerated if device_preprocess is None else device_preprocess
+        self.io_binding = accelerated if io_binding is None else io_binding
         options = ort.SessionOptions()
         # ORT logs to stderr, not through `logging`; keep its chatter (e.g. about unused
         # initializers) out, while real failures still arrive as exceptions.
         options.log_severity_level = 3
         options.intra_op_num_threads = intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # (pixel * scale - mean) / std == pixel * (scale / std) - mean / std, per channel in
+        # the model's colour order.
+        factor = tuple(manifest.scale / s for s in manifest.std)
+        pixel_input = {
+            "scale": factor,
+            "bias": tuple(-m / s for m, s in zip(manifest.mean, manifest.std, strict=True)),
+            "swap_rb": manifest.colour_order == "RGB",
+        } if self.device_preprocess else None
         with importlib.resources.as_file(model_file(manifest)) as path:
-            model = _prepare_model(path, manifest.dynamic_input)
-        self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
+            model = _prepare_model(path, manifest.dynamic_input, pixel_input)
+        self._input_name = model.graph.input[0].name
+        session_providers = provider_options(
+            providers, cache_dir, self._input_name, max(run_batch, max_batch, 1),
+            manifest.input_height, manifest.input_width)
+        self._session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
+                                             providers=session_providers)
         self.provider: str = self._session.get_providers()[0]
-        model_input = self._session.get_inputs()[0]
-        self._input_name = model_input.name
-        fixed_batch = self._check_shapes(model_input.shape, self._session.get_outputs())
+        shape = list(self._session.get_inputs()[0].shape)
+        if self.device_preprocess:  # (N, H, W, 3) → (N, 3, H, W) for the checks
+            shape = [shape[0], 3, shape[1], shape[2]]
+        self._output_names = [out.name for out in self._session.get_outputs()]
+        fixed_batch = self._check_shapes(shape, self._session.get_outputs())
         # Frames per session run. On the CPU provider one at a time is cheapest per frame
         # (CenterFace 640x384, 1 thread: 32.5 ms at 1, 34.8 at 2, 38.7 at 4, 40.9 at 8);
         # accelerators gain from the whole micro-batch. A model with a fixed batch gets that.
+        self.run_batch: int | None
         if fixed_batch is not None:
-            self.run_batch: int | None = fixed_batch
+            self.run_batch = fixed_batch
         elif run_batch:
             self.run_batch = run_batch
+        elif self.provider == CPU_PROVIDER:
+            self.run_batch = 1
         else:
-            self.run_batch = 1 if self.provider == "CPUExecutionProvider" else None
+            self.run_batch = max_batch or None
+        # Only accelerators pad: a new shape costs them a kernel search or an engine build.
+        self.buckets = (batch_buckets(self.run_batch)
+                        if self.run_batch and self.provider != CPU_PROVIDER else [])
+        if fixed_batch is not None:
+            self.buckets = [fixed_batch]
         # OpenCV computes (pixel - mean') * factor, so (pixel * scale - mean) / std becomes
         # mean' = mean / scale and factor = scale / std, in the model's channel order.
         self._blob_params = cv2.dnn.Image2BlobParams(
-            scalefactor=tuple(manifest.scale / s for s in manifest.std),
+            scalefactor=factor,
             size=(manifest.input_width, manifest.input_height),
             mean=tuple(m / manifest.scale for m in manifest.mean),
             swapRB=manifest.colour_order == "RGB",
             ddepth=cv2.CV_32F,
         )
+        warm_s = self._warm_up() if self.provider != CPU_PROVIDER else 0.0
         logger.info(
-            "model %s %s loaded on %s",
+            "model %s %s loaded on %s (device preprocessing %s, batch sizes %s, warm-up %.1f s)",
             manifest.name,
             manifest.version,
             self.provider,
+            "on" if self.device_preprocess else "off",
+            self.buckets or [self.run_batch or "whole micro-batch"],
+            warm_s,
             extra={
                 "model": manifest.name,
                 "model_version": manifest.version,
@@ -291,6 +340,41 @@ class Detector:
             )
         return input_shape[0] if isinstance(input_shape[0], int) else None
 
+    def _warm_up(self) -> float:
+        """Run each batch size once, so kernel searches happen now and not on live frames."""
+        started = time.monotonic()
+        m = self.manifest
+        blank = np.zeros((m.input_height, m.input_width, 3), np.uint8)
+        for size in self.buckets:
+            self._run(self._batch([blank] * size))
+        return time.monotonic() - started
+
+    def _batch(self, images: list[np.ndarray]) -> np.ndarray:
+        """The model input for these images, padded with blank frames up to their bucket."""
+        size = bucket_for(len(images), self.buckets) if self.buckets else len(images)
+        if self.device_preprocess:
+            batch = np.zeros((size, *images[0].shape), np.uint8)
+            for slot, image in zip(batch, images, strict=False):
+                slot[...] = image
+            return batch
+        blob = cv2.dnn.blobFromImagesWithParams(images, self._blob_params)
+        if size > len(images):
+            blob = np.concatenate([blob, np.zeros((size - len(images), *blob.shape[1:]),
+                                                  blob.dtype)])
+        return blob
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        if not self.io_binding:
+            return self._session.run(None, {self._input_name: batch})
+        # The provider writes outputs straight into host buffers it allocates, and the input
+        # is copied to the device once, without the extra staging of run().
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self._input_name, batch)
+        for name in self._output_names:
+            binding.bind_output(name, "cpu")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Detect in letterboxed BGR uint8 images: one (N,6) [x1,y1,x2,y2,score,class] each."""
         m = self.manifest
@@ -303,11 +387,11 @@ class Detector:
                 )
         if not images:
             return []
-        blob = cv2.dnn.blobFromImagesWithParams(images, self._blob_params)
         step = self.run_batch or len(images)
         results: list[np.ndarray] = []
         for start in range(0, len(images), step):
-            outputs = self._session.run(None, {self._input_name: blob[start : start + step]})
+            chunk = images[start : start + step]
+            outputs = [out[: len(chunk)] for out in self._run(self._batch(chunk))]
             if m.decoder == "centerface":
                 heatmap, box_scale, offset, landmarks = outputs[:4]
                 results += decode_centerface(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from opentelemetry import trace
 
@@ -10,8 +12,10 @@ from framewire.config import Settings
 from framewire.contracts import Detection, FramePreprocessed, InferenceResult, utcnow
 from framewire.errors import DataError
 from framewire.metrics import service_metrics
+from framewire.procutil import usable_cores
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
+from framewire.services.inference.accel import CPU_PROVIDER
 from framewire.services.inference.models import Detector, choose_providers, load_manifest
 from framewire.services.preprocess.imaging import Letterbox, decode_pixels, unletterbox_boxes
 
@@ -31,7 +35,14 @@ class InferenceStage(Stage):
         cfg = settings.inference
         self.manifest = load_manifest(cfg.model)
         self.detector = Detector(self.manifest, choose_providers(cfg.providers),
-                                 cfg.intra_op_threads, cfg.model_batch)
+                                 cfg.intra_op_threads, cfg.model_batch,
+                                 max_batch=cfg.batch_size, device_preprocess=cfg.device_preprocess,
+                                 cache_dir=settings.home / "tensorrt-cache")
+        # On a GPU the model takes a fraction of a frame's CPU time, so decoding the JPEGs
+        # becomes the stage's work: spread it over threads (cv2 releases the GIL).
+        threads = cfg.decode_threads or (
+            1 if self.detector.provider == CPU_PROVIDER else min(4, usable_cores()))
+        self._decoders = ThreadPoolExecutor(threads, "decode") if threads > 1 else None
         self.blobs = BlobStore(settings.resolved_blob_dir)
         service_metrics().model.info({"model": self.manifest.name,
                                       "version": self.manifest.version,
@@ -49,15 +60,27 @@ class InferenceStage(Stage):
         data = resolve_payload(frame.pixels, frame.pixels_uri, frame.pixels_sha256, self.blobs)
         return decode_pixels(data, frame.pixel_format, frame.input_width, frame.input_height)
 
+    def close(self) -> None:
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=True)
+
+    def _try_pixels(self, frame: FramePreprocessed) -> np.ndarray | DataError:
+        try:
+            return self._pixels(frame)
+        except DataError as exc:
+            return exc
+
     def process(self, records: list[FramePreprocessed]) -> list[Outcome]:
         outcomes: list[Outcome] = [None] * len(records)
         images, ready = [], []
-        for i, frame in enumerate(records):
-            try:
-                images.append(self._pixels(frame))
+        decoded = (self._decoders.map(self._try_pixels, records) if self._decoders
+                   else map(self._try_pixels, records))
+        for i, pixels in enumerate(decoded):
+            if isinstance(pixels, DataError):
+                outcomes[i] = pixels
+            else:
+                images.append(pixels)
                 ready.append(i)
-            except DataError as exc:
-                outcomes[i] = exc
         for i, result in zip(ready, self.infer([records[i] for i in ready], images),
                              strict=True):
             outcomes[i] = result

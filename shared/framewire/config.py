@@ -48,6 +48,11 @@ class InferenceSettings(StageSettings):
     intra_op_threads: int = Field(1, ge=0, le=256)
     model_batch: int = Field(0, ge=0, le=256, description="frames per model run; 0 = auto: "
                              "1 on the CPU provider, the whole micro-batch on a GPU")
+    device_preprocess: bool | None = Field(
+        None, description="normalise uint8 pixels inside the model on the execution provider; "
+        "None = auto: on for GPU providers (a quarter of the bytes to copy), off on the CPU")
+    decode_threads: int = Field(0, ge=0, le=64, description="threads decoding a micro-batch's "
+                                "JPEGs; 0 = auto: 1 on the CPU provider, up to 4 on a GPU")
 
 
 class StorageSettings(StageSettings):
