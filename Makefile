@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install run test test-unit test-integration lint bench clean up help
+.PHONY: install run test test-unit test-integration lint bench bench-gpu clean up help
 
 help:
 	@echo "make run    - install, start broker + services + demo cameras (Ctrl-C stops)"
 	@echo "make test   - install, then run unit and integration tests (starts real servers)"
 	@echo "make bench  - Framewire vs a bare loop (BENCH_ARGS=--quick for ~3 min)"
+	@echo "make bench-gpu - Framewire's inference vs raw ONNX Runtime on an NVIDIA GPU"
 	@echo "make lint   - ruff + mypy"
 	@echo "make clean  - remove .venv and .framewire"
 
@@ -45,6 +46,12 @@ lint: install
 
 bench: install
 	$(BIN)/framewire bench $(BENCH_ARGS)
+
+# onnxruntime and onnxruntime-gpu install the same module: swap the CPU build for the GPU one
+bench-gpu: install
+	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.18,<2"
+	$(BIN)/framewire bench --gpu $(BENCH_ARGS)
 
 up:
 	docker compose up

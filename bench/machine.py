@@ -1,4 +1,5 @@
-"""What the benchmark runs on: the machine's description, per-process CPU time, RAPL energy."""
+"""What the benchmark runs on: the machine's description, per-process CPU time, RAPL and
+NVML energy."""
 
 from __future__ import annotations
 
@@ -105,6 +106,39 @@ class EnergyMeter:
         return total
 
 
+class GpuEnergyMeter:
+    """Energy the first GPU has used (NVML's counter, in joules), if NVML is there."""
+
+    def __init__(self) -> None:
+        self._handle: Any = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no NVML library, no GPU, no driver: energy is not readable
+            self._handle = None
+
+    def read(self) -> float | None:
+        if self._handle is None:
+            return None
+        try:
+            return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)) / 1000
+        except Exception:  # an older GPU without the counter
+            return None
+
+
+def gpu_description() -> str:
+    """Name, memory and driver of each NVIDIA GPU (``nvidia-smi``), or "none"."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+    return "; ".join(line.strip() for line in done.stdout.splitlines() if line.strip()) or "none"
+
+
 def machine_description(repo: Path) -> dict[str, Any]:
     """CPU, cores, memory, OS, library versions and the code's commit."""
     import cv2
@@ -122,7 +156,7 @@ def machine_description(repo: Path) -> dict[str, Any]:
         "onnxruntime_providers": onnxruntime.get_available_providers(),
         "opencv": cv2.__version__,
         "numpy": numpy.__version__,
-        "gpu": "none",
+        "gpu": gpu_description(),
         "rapl": "readable" if EnergyMeter().read_joules() is not None else NOT_READABLE,
     }
     info.update(_git_state(repo))

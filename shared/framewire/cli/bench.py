@@ -42,6 +42,14 @@ def bench(
         min=1, help="Bare-loop worker processes (default: one per usable core).")] = None,
     docs: Annotated[bool, typer.Option(
         "--docs/--no-docs", help="Write the machine and table into docs/benchmarks.md.")] = True,
+    gpu: Annotated[bool, typer.Option(
+        "--gpu", help="Instead: Framewire's inference on the GPU against raw ONNX Runtime "
+                      "batched on the same card (needs onnxruntime-gpu: pip install .[gpu]).")]
+        = False,
+    gpu_batch: Annotated[int, typer.Option(
+        min=1, max=256, help="With --gpu: frames per micro-batch.")] = 32,
+    gpu_replicas: Annotated[str, typer.Option(
+        help="With --gpu: inference replica counts to measure, e.g. 1,2,4.")] = "1,2,4",
 ) -> None:
     """Measure Framewire against a bare loop on this machine: throughput, latency, scale-out.
 
@@ -50,8 +58,13 @@ def bench(
     Example: framewire bench --quick
 
     Example: FRAMEWIRE_PREPROCESS__PIXEL_FORMAT=bgr8 framewire bench --quick --json
+
+    Example: framewire bench --gpu --gpu-replicas 1,2,4   (needs pip install .[gpu])
     """
     repo = _bench_package()
+    if gpu:
+        _gpu_bench(repo, quick, gpu_replicas, gpu_batch, json_out)
+        return
     from bench.report import draw_chart, print_table, update_docs, write_json
     from bench.run import Options, run_benchmark
 
@@ -73,3 +86,32 @@ def bench(
                            + (f", table in {options.docs}" if options.docs else ""))
     if json_out:
         sys.stdout.write(json.dumps(result.to_json()) + "\n")
+
+
+def _gpu_bench(repo: Path, quick: bool, replicas: str, batch: int, json_out: bool) -> None:
+    import onnxruntime
+
+    from bench.gpu import TARGET, run_gpu_benchmark
+
+    accelerators = [p for p in onnxruntime.get_available_providers()
+                    if p != "CPUExecutionProvider"]
+    if not accelerators:
+        raise ConfigError("framewire bench --gpu: this onnxruntime has no GPU provider "
+                          f"({onnxruntime.get_available_providers()}); install the GPU build "
+                          "with `pip install .[gpu]` on a machine with an NVIDIA GPU")
+    try:
+        steps = [int(n) for n in replicas.split(",") if n.strip()]
+    except ValueError:
+        raise ConfigError(f"--gpu-replicas {replicas!r}: give replica counts such as 1,2,4") \
+            from None
+    console = Console(stderr=True)
+    result = run_gpu_benchmark(repo, repo / "bench" / "results", seconds=4.0 if quick else 10.0,
+                               batch=batch, replicas=steps, log=console.print)
+    ratio = result.get("service_over_raw")
+    console.print(f"GPU {result['machine'].get('gpu')}: raw ONNX Runtime best "
+                  f"{result.get('raw', {}).get('best_fps')} frames/s; Framewire inference "
+                  f"{result.get('service')}; service/raw {ratio} "
+                  f"({'PASS' if result.get('pass') else 'FAIL'}, target >= {TARGET})")
+    console.print(f"results: {result['results_file']}")
+    if json_out:
+        sys.stdout.write(json.dumps(result) + "\n")

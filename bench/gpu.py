@@ -1,0 +1,248 @@
+"""Framewire's inference on a GPU against raw ONNX Runtime batched throughput on the same card.
+
+Run it with ``framewire bench --gpu`` (``make bench-gpu``) on a machine with onnxruntime-gpu.
+Four measurements, each the frames/s of the default model on the same prepared frames:
+
+1. **raw**: a plain ONNX Runtime session (float32 NCHW blobs made beforehand, ``run()``) at
+   several batch sizes; its best is the card's practical limit for this model.
+2. **detector**: Framewire's ``Detector`` at the stage's batch size, with and without its
+   accelerator features (uint8 pixels normalised in the model, IO binding), boxes decoded.
+3. **stage**: the inference stage's ``process()`` in one process: JPEG records in, results
+   out (decoding on threads, model, boxes mapped back to the frame).
+4. **service**: inference replicas as the supervisor runs them, consuming a pre-filled
+   ``frames.ready`` through the embedded broker; frames/s counted at ``detections``.
+
+The headline is ``service / raw`` (target ≥ 0.8). Every phase writes its numbers to the JSON
+file as soon as it ends, so a run cut short keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.inputs import cached_frames
+from bench.machine import GpuEnergyMeter, machine_description
+from bench.stack import (
+    BenchSite,
+    environment,
+    free_port,
+    preload_ready,
+    prepared_frames,
+    site_environment,
+)
+
+RAW_BATCHES = (1, 8, 16, 32, 64)
+TARGET = 0.8
+
+
+def timed_rate(step: Callable[[], int], seconds: float, warmup: int = 3) -> float:
+    """Frames/s of ``step`` (which returns the frames it handled), after a few warm-up calls."""
+    for _ in range(warmup):
+        step()
+    frames, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        frames += step()
+    return frames / (time.perf_counter() - started)
+
+
+def letterboxed_images(records: list[Any]) -> list[np.ndarray]:
+    """The letterboxed BGR pixels of prepared ``frames.ready`` records."""
+    from framewire.services.preprocess.imaging import decode_pixels
+
+    return [decode_pixels(r.pixels, r.pixel_format, r.input_width, r.input_height)
+            for r in records]
+
+
+def cycle(items: list[Any], count: int) -> list[Any]:
+    return [items[i % len(items)] for i in range(count)]
+
+
+def measure_raw(providers: list[str], images: list[np.ndarray], seconds: float,
+                batches: tuple[int, ...] = RAW_BATCHES) -> dict[str, Any]:
+    """A plain session on float32 blobs made beforehand: frames/s by batch size."""
+    import cv2
+    import onnxruntime as ort
+
+    from framewire.services.inference.models import _prepare_model, load_manifest, model_file
+
+    manifest = load_manifest("centerface")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    with importlib.resources.as_file(model_file(manifest)) as path:
+        model = _prepare_model(path, manifest.dynamic_input).SerializeToString()
+    session = ort.InferenceSession(model, sess_options=options, providers=providers)
+    name = session.get_inputs()[0].name
+    by_batch = {}
+    for batch in batches:
+        blob = cv2.dnn.blobFromImages(cycle(images, batch), manifest.scale,
+                                      swapRB=manifest.colour_order == "RGB")
+
+        def step(blob: np.ndarray = blob, batch: int = batch) -> int:
+            session.run(None, {name: blob})
+            return batch
+
+        by_batch[str(batch)] = round(timed_rate(step, seconds), 1)
+    best = max(by_batch, key=lambda b: by_batch[b])
+    return {"provider": session.get_providers()[0], "fps_by_batch": by_batch,
+            "best_batch": int(best), "best_fps": by_batch[best]}
+
+
+def measure_detector(providers: list[str], images: list[np.ndarray], batch: int,
+                     seconds: float) -> dict[str, Any]:
+    """Framewire's Detector at ``batch`` frames, each accelerator feature on and off."""
+    from framewire.services.inference.models import Detector, load_manifest
+
+    manifest = load_manifest("centerface")
+    chunk = cycle(images, batch)
+    variants = {
+        "framewire (uint8 in model, IO binding, padded sizes)": {},
+        "float blobs, IO binding": {"device_preprocess": False},
+        "uint8 in model, run()": {"io_binding": False},
+        "float blobs, run()": {"device_preprocess": False, "io_binding": False},
+    }
+    out: dict[str, Any] = {}
+    for label, overrides in variants.items():
+        detector = Detector(manifest, providers, max_batch=batch, **overrides)
+
+        def step(detector: Detector = detector) -> int:
+            detector.detect(chunk)
+            return batch
+
+        out[label] = round(timed_rate(step, seconds), 1)
+        out["provider"] = detector.provider
+    return out
+
+
+def measure_stage(records: list[Any], batch: int, seconds: float,
+                  decode_threads: tuple[int, ...] = (1, 0)) -> dict[str, Any]:
+    """The inference stage's process() on JPEG records, in this process."""
+    from framewire.config import load_settings
+    from framewire.services.inference.stage import InferenceStage
+
+    chunk = cycle(records, batch)
+    out: dict[str, Any] = {}
+    for threads in decode_threads:
+        settings = load_settings()
+        settings.inference.batch_size = batch
+        settings.inference.decode_threads = threads
+        stage = InferenceStage(settings)
+        try:
+            def step(stage: InferenceStage = stage) -> int:
+                stage.process(chunk)
+                return batch
+
+            label = f"decode threads {threads or 'auto'}"
+            out[label] = round(timed_rate(step, seconds), 1)
+        finally:
+            stage.close()
+    return out
+
+
+def measure_service(home: Path, files: dict[str, list[Path]], replicas: list[int], batch: int,
+                    seconds: float, warmup_s: float, expected_fps: float,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """Inference replicas through the embedded broker, ``frames.ready`` pre-filled."""
+    from framewire.status import records_in_topic
+
+    out: dict[str, Any] = {}
+    prepared: list[Any] = []
+    for n in replicas:
+        site_home = home / f"gpu-inference-{n}"
+        env = site_environment(site_home, f"127.0.0.1:{free_port()}", embedded=True)
+        env["FRAMEWIRE_INFERENCE__BATCH_SIZE"] = str(batch)
+        site = BenchSite(site_home, {"inference": n}, env)
+        # enough frames that the replicas never run dry in the window, whatever their speed
+        needed = int(min(80_000, max(4_000, expected_fps * 3 * (seconds + warmup_s + 10))))
+        site.start()
+        try:
+            with environment(env):
+                prepared = prepared or prepared_frames(files, site.settings)
+                started = time.monotonic()
+                preload_ready(site.settings, prepared, needed)
+                log(f"  {n} replica(s): {needed} frames pre-filled in "
+                    f"{time.monotonic() - started:.1f} s")
+                site.wait_ready(timeout_s=180)
+                topic = site.settings.topic("detections")
+                time.sleep(warmup_s)
+                energy = GpuEnergyMeter()
+                t0, c0, j0 = time.monotonic(), records_in_topic(site.settings, topic), energy.read()
+                while time.monotonic() - t0 < seconds:
+                    site.check_alive()
+                    time.sleep(0.5)
+                t1, c1, j1 = time.monotonic(), records_in_topic(site.settings, topic), energy.read()
+            fps = (c1 - c0) / (t1 - t0)
+            joules = None if j0 is None or j1 is None or c1 == c0 else (j1 - j0) / (c1 - c0) * 1000
+            out[str(n)] = {"fps": round(fps, 1), "frames": c1 - c0, "prefilled": needed,
+                           "ran_dry": c1 >= needed - batch * n,
+                           "gpu_joules_per_1000": None if joules is None else round(joules, 1)}
+            log(f"  {n} replica(s): {fps:.1f} frames/s")
+        finally:
+            site.stop()
+    return out
+
+
+def run_gpu_benchmark(repo: Path, results_dir: Path, *, seconds: float, batch: int,
+                      replicas: list[int], log: Callable[[str], None]) -> dict[str, Any]:
+    """Every phase in order; the JSON under ``results_dir`` is rewritten after each one."""
+    import tempfile
+
+    from framewire.config import load_settings
+    from framewire.services.inference.models import choose_providers
+
+    # FRAMEWIRE_INFERENCE__PROVIDERS picks them, for this process and the services alike
+    providers = choose_providers(load_settings().inference.providers)
+    started = datetime.now(UTC)
+    result: dict[str, Any] = {"started_at": started.isoformat(timespec="seconds"),
+                              "machine": machine_description(repo), "providers": providers,
+                              "batch": batch, "seconds": seconds, "errors": {}}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    saved = results_dir / f"gpu-{started.strftime('%Y%m%dT%H%M%S')}.json"
+
+    def save() -> None:
+        raw, service = result.get("raw", {}), result.get("service", {})
+        fps = [v["fps"] for v in service.values() if isinstance(v, dict)]
+        if raw.get("best_fps") and fps:
+            result["service_over_raw"] = round(max(fps) / raw["best_fps"], 3)
+            result["pass"] = result["service_over_raw"] >= TARGET
+        saved.write_text(json.dumps(result, indent=2) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="framewire-gpu-bench-") as tmp:
+        home = Path(tmp)
+        with environment({"FRAMEWIRE_HOME": str(home / "inproc")}):
+            files = cached_frames(repo / "bench" / ".cache", 4)
+            records = prepared_frames(files, load_settings(), per_camera=4)
+            images = letterboxed_images(records)
+            phases: list[tuple[str, Callable[[], Any]]] = [
+                ("raw", lambda: measure_raw(providers, images, seconds)),
+                ("detector", lambda: measure_detector(providers, images, batch, seconds)),
+                ("stage", lambda: measure_stage(records, batch, seconds)),
+            ]
+            for name, phase in phases:
+                log(f"{name}...")
+                try:
+                    result[name] = phase()
+                    log(f"  {result[name]}")
+                except Exception:  # keep measuring: one broken phase must not lose the rest
+                    result["errors"][name] = traceback.format_exc()
+                    log(result["errors"][name])
+                save()
+        expected = max([*result.get("stage", {}).values(), 100.0])
+        log("service...")
+        try:
+            result["service"] = measure_service(home, files, replicas, batch, seconds,
+                                                warmup_s=5.0, expected_fps=expected, log=log)
+        except Exception:
+            result["errors"]["service"] = traceback.format_exc()
+            log(result["errors"]["service"])
+        save()
+    result["results_file"] = str(saved)
+    return result
