@@ -189,6 +189,12 @@ def measure_service(home: Path, files: dict[str, list[Path]], replicas: list[int
                            "ran_dry": len(produced) >= needed,
                            "gpu_joules_per_1000": None if joules is None else round(joules, 1)}
             log(f"  {n} replica(s): {fps:.1f} frames/s")
+        except Exception as exc:
+            # the site's home (and its logs) goes with the run's temporary folder: keep the ends
+            tails = "\n".join(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace")
+                                                             .splitlines()[-15:])
+                              for path in sorted((site_home / "logs").glob("*.log")))
+            raise RuntimeError(f"{exc}\n{tails}") from exc
         finally:
             site.stop()
     return out
