@@ -50,7 +50,7 @@ bench: install
 # onnxruntime and onnxruntime-gpu install the same module: swap the CPU build for the GPU one
 bench-gpu: install
 	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime
-	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.18,<2"
+	$(BIN)/python -m pip install --quiet "onnxruntime-gpu[cuda,cudnn]>=1.21,<2"
 	$(BIN)/framewire bench --gpu $(BENCH_ARGS)
 
 up:

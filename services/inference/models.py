@@ -227,24 +227,40 @@ def _prepare_model(path: Path, dynamic_input: bool,
     return model
 
 
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages (onnxruntime-gpu[cuda,cudnn]), so a
+    GPU provider works without LD_LIBRARY_PATH; libraries found on the path are used as well."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu 1.21 and later
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # the provider reports what is still missing when it loads
+        logger.warning("could not preload CUDA libraries: %s", exc)
+
+
 class Detector:
     """One ONNX Runtime session that turns batches of letterboxed BGR frames into boxes.
 
     On the CPU provider frames go one per run as float blobs built by OpenCV. On an
     accelerator (CUDA, TensorRT) the whole micro-batch goes in one run, as uint8 pixels that
     the device normalises (``device_preprocess``), padded to a few fixed batch sizes that are
-    warmed up at start, through IO binding.
+    warmed up at start.
     """
 
     def __init__(
         self, manifest: ModelManifest, providers: list[str], intra_op_threads: int = 1,
         run_batch: int = 0, *, max_batch: int = 0, device_preprocess: bool | None = None,
-        io_binding: bool | None = None, cache_dir: Path | None = None,
+        io_binding: bool = False, cache_dir: Path | None = None,
     ) -> None:
         self.manifest = manifest
         accelerated = providers[0] != CPU_PROVIDER
+        if accelerated:
+            _preload_cuda_libraries()
         self.device_preprocess = accelerated if device_preprocess is None else device_preprocess
-        self.io_binding = accelerated if io_binding is None else io_binding
+        # IO binding (inputs bound from host memory, outputs to host) measured slower than
+        # run() on an H200: 1,020 against 1,274 frames/s at 32 frames (docs/benchmarks.md).
+        self.io_binding = io_binding
         options = ort.SessionOptions()
         # ORT logs to stderr, not through `logging`; keep its chatter (e.g. about unused
         # initializers) out, while real failures still arrive as exceptions.
