@@ -14,6 +14,7 @@ from skimage import data as samples
 from bench.stack import prepared_frames
 from framewire.config import load_settings
 from framewire.errors import DataError
+from framewire.services.inference import models
 from framewire.services.inference.accel import batch_buckets, bucket_for, provider_options
 from framewire.services.inference.models import Detector, load_manifest
 from framewire.services.inference.stage import InferenceStage
@@ -104,3 +105,22 @@ def test_inference_decodes_on_threads_and_keeps_each_outcome_in_its_place(
     assert faces == [1, 0, 1]
     assert [o.frame_id for o in (outcomes[0], outcomes[2])] == [good[0].frame_id,  # type: ignore[union-attr]
                                                                 good[1].frame_id]
+
+
+def test_a_gpu_request_preloads_cuda_and_a_failed_preload_only_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def failing_preload() -> None:
+        calls.append("preload")
+        raise OSError("libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(models.ort, "preload_dlls", failing_preload, raising=False)
+    # this onnxruntime has no CUDA provider: ONNX Runtime warns and runs on the CPU
+    with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
+        detector = Detector(load_manifest("centerface"), ["CUDAExecutionProvider", *CPU])
+    assert calls == ["preload"]
+    assert "could not preload CUDA libraries" in caplog.text
+    assert detector.provider == "CPUExecutionProvider" and detector.device_preprocess
+    assert len(detector.detect(boxed_photos())) == 3
