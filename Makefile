@@ -48,9 +48,11 @@ bench: install
 	$(BIN)/framewire bench $(BENCH_ARGS)
 
 # onnxruntime and onnxruntime-gpu install the same module: swap the CPU build for the GPU one
+# (the forced reinstall puts back files that uninstalling the CPU build took from both)
 bench-gpu: install
 	$(BIN)/python -m pip uninstall --quiet --yes onnxruntime
 	$(BIN)/python -m pip install --quiet "onnxruntime-gpu[cuda,cudnn]>=1.21,<2"
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.21,<2"
 	$(BIN)/framewire bench --gpu $(BENCH_ARGS)
 
 up:

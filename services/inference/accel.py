@@ -3,6 +3,7 @@ shapes, provider options."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,23 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from framewire.errors import ConfigError
+
 CPU_PROVIDER = "CPUExecutionProvider"
 DEVICE_INPUT = "framewire_pixels"
 
 
-def add_pixel_input(model: onnx.ModelProto, *, scale: tuple[float, float, float],
-                    bias: tuple[float, float, float], swap_rb: bool) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class PixelInput:
+    """How the model normalises uint8 BGR pixels: x * scale + bias per channel, in the
+    model's colour order after an optional blue/red swap."""
+
+    scale: tuple[float, float, float]
+    bias: tuple[float, float, float]
+    swap_rb: bool
+
+
+def add_pixel_input(model: onnx.ModelProto, pixels: PixelInput) -> onnx.ModelProto:
     """Make the model take uint8 BGR pixels (N, H, W, 3) and normalise them itself.
 
     The float NCHW input becomes the output of Cast → (channel swap) → x * scale + bias →
@@ -23,9 +35,16 @@ def add_pixel_input(model: onnx.ModelProto, *, scale: tuple[float, float, float]
     the host no longer builds float blobs.
     """
     graph = model.graph
+    if len(graph.input) != 1:
+        raise ConfigError(
+            f"the model has {len(graph.input)} inputs ({', '.join(i.name for i in graph.input)}); "
+            "device preprocessing needs one image input: set "
+            "FRAMEWIRE_INFERENCE__DEVICE_PREPROCESS=false")
     (original,) = graph.input
     dims = original.type.tensor_type.shape.dim
-    batch, height, width = (d.dim_param or d.dim_value for d in (dims[0], dims[2], dims[3]))
+    # a dim with neither a name nor a value is unknown: keep it unknown, not fixed at 0
+    batch, height, width = (d.dim_param or d.dim_value or None for d in (dims[0], dims[2], dims[3]))
+    swap_rb, scale, bias = pixels.swap_rb, pixels.scale, pixels.bias
     pixels = helper.make_tensor_value_info(DEVICE_INPUT, TensorProto.UINT8,
                                            [batch, height, width, 3])
     names = [f"{DEVICE_INPUT}_{step}" for step in ("float", "ordered", "scaled", "normalised")]
@@ -73,19 +92,20 @@ def bucket_for(count: int, buckets: list[int]) -> int:
 
 
 def provider_options(providers: list[str], cache_dir: Path | None, input_name: str,
-                     max_batch: int, height: int, width: int) -> list[Any]:
-    """Providers as ONNX Runtime takes them, with options for TensorRT's engine cache and
-    shape profile (one engine covers 1..max_batch frames)."""
+                     frame_shape: tuple[int, int, int], max_batch: int | None) -> list[Any]:
+    """Providers as ONNX Runtime takes them, with options for TensorRT: its engine cache and,
+    for a model whose batch varies, one shape profile that covers 1..max_batch frames."""
     chosen: list[Any] = []
     for name in providers:
         if name == "TensorrtExecutionProvider":
-            shape = f"{input_name}:{{n}}x{height}x{width}x3"
-            options: dict[str, Any] = {
-                "trt_fp16_enable": True,
-                "trt_profile_min_shapes": shape.format(n=1),
-                "trt_profile_opt_shapes": shape.format(n=max_batch),
-                "trt_profile_max_shapes": shape.format(n=max_batch),
-            }
+            options: dict[str, Any] = {"trt_fp16_enable": True}
+            if max_batch is not None:
+                shape = f"{input_name}:{{n}}x" + "x".join(str(d) for d in frame_shape)
+                options |= {
+                    "trt_profile_min_shapes": shape.format(n=1),
+                    "trt_profile_opt_shapes": shape.format(n=max_batch),
+                    "trt_profile_max_shapes": shape.format(n=max_batch),
+                }
             if cache_dir is not None:
                 options |= {"trt_engine_cache_enable": True,
                             "trt_engine_cache_path": str(cache_dir)}

@@ -1,4 +1,4 @@
-"""Detection models: manifests, execution providers, ONNX Runtime sessions, output decoders."""
+"""Detection models: manifests, execution providers, ONNX Runtime sessions."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 from framewire.errors import ConfigError
 from framewire.services.inference.accel import (
     CPU_PROVIDER,
+    PixelInput,
     add_pixel_input,
     batch_buckets,
     bucket_for,
     provider_options,
 )
+from framewire.services.inference.decoders import decode_centerface, decode_yolov8
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +39,6 @@ _PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
 }
 _AUTO_PROVIDERS = tuple(_PROVIDER_ALIASES.values())
-# CenterFace predicts on a grid four times coarser than its input.
-_CENTERFACE_STRIDE = 4
-_EMPTY_DETECTIONS = np.zeros((0, 6), np.float32)
 
 
 class ModelManifest(BaseModel):
@@ -196,10 +195,10 @@ def choose_providers(preference: str) -> list[str]:
     return chosen
 
 
-def _prepare_model(path: Path, dynamic_input: bool,
-                   pixel_input: dict[str, Any] | None = None) -> onnx.ModelProto:
+def prepare_model(path: Path, dynamic_input: bool,
+                  pixel_input: PixelInput | None = None) -> onnx.ModelProto:
     """Load an ONNX file, unlist weights from the graph inputs, optionally free its dims and
-    give it a uint8 pixel input (``add_pixel_input`` arguments)."""
+    give it a uint8 pixel input."""
     model = onnx.load(path)
     initializers = {init.name for init in model.graph.initializer}
     # Older exports (CenterFace among them) list every weight as an overridable graph input,
@@ -223,8 +222,21 @@ def _prepare_model(path: Path, dynamic_input: bool,
             ]
         model = update_inputs_outputs_dims(model, input_dims, output_dims)
     if pixel_input is not None:
-        model = add_pixel_input(model, **pixel_input)
+        model = add_pixel_input(model, pixel_input)
     return model
+
+
+def blob_params(manifest: ModelManifest) -> cv2.dnn.Image2BlobParams:
+    """OpenCV's float NCHW blob settings for a model's input normalisation."""
+    # OpenCV computes (pixel - mean') * factor, so (pixel * scale - mean) / std becomes
+    # mean' = mean / scale and factor = scale / std, in the model's channel order.
+    return cv2.dnn.Image2BlobParams(
+        scalefactor=tuple(manifest.scale / s for s in manifest.std),
+        size=(manifest.input_width, manifest.input_height),
+        mean=tuple(m / manifest.scale for m in manifest.mean),
+        swapRB=manifest.colour_order == "RGB",
+        ddepth=cv2.CV_32F,
+    )
 
 
 def _preload_cuda_libraries() -> None:
@@ -257,37 +269,26 @@ class Detector:
         accelerated = providers[0] != CPU_PROVIDER
         if accelerated:
             _preload_cuda_libraries()
-        self.device_preprocess = accelerated if device_preprocess is None else device_preprocess
         # IO binding (inputs bound from host memory, outputs to host) measured slower than
-        # run() on an H200: 1,020 against 1,274 frames/s at 32 frames (docs/benchmarks.md).
+        # run() on an H200 (977-1,020 against 1,220-1,274 frames/s at 32 frames,
+        # docs/benchmarks.md); it stays an option for other cards and models.
         self.io_binding = io_binding
-        options = ort.SessionOptions()
+        self._options = ort.SessionOptions()
         # ORT logs to stderr, not through `logging`; keep its chatter (e.g. about unused
         # initializers) out, while real failures still arrive as exceptions.
-        options.log_severity_level = 3
-        options.intra_op_num_threads = intra_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # (pixel * scale - mean) / std == pixel * (scale / std) - mean / std, per channel in
-        # the model's colour order.
-        factor = tuple(manifest.scale / s for s in manifest.std)
-        pixel_input = {
-            "scale": factor,
-            "bias": tuple(-m / s for m, s in zip(manifest.mean, manifest.std, strict=True)),
-            "swap_rb": manifest.colour_order == "RGB",
-        } if self.device_preprocess else None
-        with importlib.resources.as_file(model_file(manifest)) as path:
-            model = _prepare_model(path, manifest.dynamic_input, pixel_input)
-        self._input_name = model.graph.input[0].name
-        session_providers = provider_options(
-            providers, cache_dir, self._input_name, max(run_batch, max_batch, 1),
-            manifest.input_height, manifest.input_width)
-        self._session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
-                                             providers=session_providers)
-        self.provider: str = self._session.get_providers()[0]
+        self._options.log_severity_level = 3
+        self._options.intra_op_num_threads = intra_op_threads
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._blob_params = blob_params(manifest)
+        largest = max(run_batch, max_batch, 1)
+        wanted = accelerated if device_preprocess is None else device_preprocess
+        self._open(providers, wanted, largest, cache_dir)
+        if device_preprocess is None and wanted and self.provider == CPU_PROVIDER:
+            # No accelerator after all (ONNX Runtime fell back): OpenCV's blobs are faster here.
+            self._open([CPU_PROVIDER], False, largest, cache_dir)
         shape = list(self._session.get_inputs()[0].shape)
         if self.device_preprocess:  # (N, H, W, 3) → (N, 3, H, W) for the checks
             shape = [shape[0], 3, shape[1], shape[2]]
-        self._output_names = [out.name for out in self._session.get_outputs()]
         fixed_batch = self._check_shapes(shape, self._session.get_outputs())
         # Frames per session run. On the CPU provider one at a time is cheapest per frame
         # (CenterFace 640x384, 1 thread: 32.5 ms at 1, 34.8 at 2, 38.7 at 4, 40.9 at 8);
@@ -306,15 +307,6 @@ class Detector:
                         if self.run_batch and self.provider != CPU_PROVIDER else [])
         if fixed_batch is not None:
             self.buckets = [fixed_batch]
-        # OpenCV computes (pixel - mean') * factor, so (pixel * scale - mean) / std becomes
-        # mean' = mean / scale and factor = scale / std, in the model's channel order.
-        self._blob_params = cv2.dnn.Image2BlobParams(
-            scalefactor=factor,
-            size=(manifest.input_width, manifest.input_height),
-            mean=tuple(m / manifest.scale for m in manifest.mean),
-            swapRB=manifest.colour_order == "RGB",
-            ddepth=cv2.CV_32F,
-        )
         warm_s = self._warm_up() if self.provider != CPU_PROVIDER else 0.0
         logger.info(
             "model %s %s loaded on %s (device preprocessing %s, batch sizes %s, warm-up %.1f s)",
@@ -330,6 +322,32 @@ class Detector:
                 "provider": self.provider,
             },
         )
+
+    def _open(self, providers: list[str], device_preprocess: bool, largest: int,
+              cache_dir: Path | None) -> None:
+        """Load the model (with the uint8 pixel input or not) into a session."""
+        m = self.manifest
+        (s0, s1, s2), (m0, m1, m2) = m.std, m.mean
+        # (pixel * scale - mean) / std == pixel * (scale / std) - mean / std, per channel in
+        # the model's colour order
+        pixels = PixelInput(scale=(m.scale / s0, m.scale / s1, m.scale / s2),
+                            bias=(-m0 / s0, -m1 / s1, -m2 / s2),
+                            swap_rb=m.colour_order == "RGB") if device_preprocess else None
+        with importlib.resources.as_file(model_file(m)) as path:
+            model = prepare_model(path, m.dynamic_input, pixels)
+        model_input = model.graph.input[0]
+        frame_shape = ((m.input_height, m.input_width, 3) if device_preprocess
+                       else (3, m.input_height, m.input_width))
+        dynamic_batch = not model_input.type.tensor_type.shape.dim[0].dim_value
+        session_providers = provider_options(providers, cache_dir, model_input.name, frame_shape,
+                                             largest if dynamic_batch else None)
+        self._session = ort.InferenceSession(model.SerializeToString(),
+                                             sess_options=self._options,
+                                             providers=session_providers)
+        self.device_preprocess = device_preprocess
+        self._input_name = model_input.name
+        self.provider: str = self._session.get_providers()[0]
+        self._output_names = [out.name for out in self._session.get_outputs()]
 
     def _check_shapes(self, input_shape: list[Any], outputs: list[Any]) -> int | None:
         """Fail on fixed dims the manifest contradicts; return a fixed batch size if any."""
@@ -423,99 +441,3 @@ class Detector:
             else:
                 results += decode_yolov8(outputs[0], m.score_threshold, m.nms_iou)
         return results
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy non-maximum suppression: indices kept, best score first.
-
-    A box is dropped when its IoU with a better-scoring kept box is above ``iou``. The loop
-    runs once per kept box, each pass vectorised over the remaining candidates.
-    """
-    x1, y1, x2, y2 = np.asarray(boxes[:, :4], np.float64).T
-    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    kept = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        kept.append(best)
-        inter_w = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
-        inter_h = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
-        inter = inter_w * inter_h
-        union = areas[best] + areas[rest] - inter
-        # Degenerate boxes (zero union) overlap nothing rather than dividing by zero.
-        overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[overlap <= iou]
-    return np.asarray(kept, np.int64)
-
-
-def _detections(
-    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, nms_iou: float
-) -> np.ndarray:
-    """NMS within each class, then stack as (N,6) [x1,y1,x2,y2,score,class] float32."""
-    if len(boxes) == 0:
-        return _EMPTY_DETECTIONS.copy()
-    # Shifting each class by more than the boxes' whole extent keeps boxes of different
-    # classes from ever overlapping, so one NMS call suppresses within classes only.
-    span = float(boxes.max() - boxes.min()) + 1.0
-    shift = (class_ids * span)[:, None]
-    kept = nms(boxes + shift, scores, nms_iou)
-    return np.column_stack([boxes[kept], scores[kept], class_ids[kept]]).astype(np.float32)
-
-
-def decode_centerface(
-    heatmap: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    landmarks: np.ndarray,
-    input_width: int,
-    input_height: int,
-    threshold: float,
-    nms_iou: float,
-) -> list[np.ndarray]:
-    """Decode CenterFace outputs (B,1,h,w), (B,2,h,w), (B,2,h,w), (B,10,h,w) to boxes.
-
-    Boxes are in model-input pixels, clipped to it; class id is 0 (face). Landmarks are
-    accepted so the model's four outputs pass through unchanged, but the (N,6) detection
-    contract has no place for them, so they are not decoded.
-    """
-    grid = (input_height // _CENTERFACE_STRIDE, input_width // _CENTERFACE_STRIDE)
-    if heatmap.shape[2:] != grid or scale.shape[2:] != grid or offset.shape[2:] != grid:
-        raise ValueError(
-            f"CenterFace outputs must be on a {grid[1]}x{grid[0]} grid for a "
-            f"{input_width}x{input_height} input, got {heatmap.shape[2:]}"
-        )
-    results = []
-    for b in range(heatmap.shape[0]):
-        rows, cols = np.nonzero(heatmap[b, 0] > threshold)
-        scores = heatmap[b, 0, rows, cols]
-        # Channel 0 is along y (rows), channel 1 along x (columns); sizes are log-scaled.
-        box_h = np.exp(scale[b, 0, rows, cols]) * _CENTERFACE_STRIDE
-        box_w = np.exp(scale[b, 1, rows, cols]) * _CENTERFACE_STRIDE
-        centre_y = (rows + offset[b, 0, rows, cols] + 0.5) * _CENTERFACE_STRIDE
-        centre_x = (cols + offset[b, 1, rows, cols] + 0.5) * _CENTERFACE_STRIDE
-        boxes = np.column_stack(
-            [
-                np.clip(centre_x - box_w / 2, 0, input_width),
-                np.clip(centre_y - box_h / 2, 0, input_height),
-                np.clip(centre_x + box_w / 2, 0, input_width),
-                np.clip(centre_y + box_h / 2, 0, input_height),
-            ]
-        )
-        results.append(_detections(boxes, scores, np.zeros(len(scores)), nms_iou))
-    return results
-
-
-def decode_yolov8(output: np.ndarray, threshold: float, nms_iou: float) -> list[np.ndarray]:
-    """Decode YOLOv8 output (B, 4+nc, N): cx,cy,w,h rows then class scores; NMS per class."""
-    if output.ndim != 3 or output.shape[1] < 5:
-        raise ValueError(f"YOLOv8 output must have shape (B, 4+classes, N), got {output.shape}")
-    results = []
-    for pred in output:
-        class_scores = pred[4:]
-        class_ids = class_scores.argmax(axis=0)
-        scores = np.take_along_axis(class_scores, class_ids[None], axis=0)[0]
-        keep = scores > threshold
-        cx, cy, w, h = pred[:4, keep]
-        boxes = np.column_stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-        results.append(_detections(boxes, scores[keep], class_ids[keep], nms_iou))
-    return results

@@ -95,20 +95,6 @@ def read_topic(settings: Settings, topic: str, tail: int | None = None,
         consumer.close()
 
 
-def records_in_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> int:
-    """How many records a topic has taken so far: its partitions' end offsets, summed."""
-    consumer = _reader(settings)
-    try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-            return sum(consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout_s)[1]
-                       for pid in meta.partitions)
-        except KafkaException as exc:
-            raise TransientError(f"cannot reach the broker to count {topic}: {exc}") from exc
-    finally:
-        consumer.close()
-
-
 def heartbeats(settings: Settings, codec: Codec, max_age_s: float = 30.0) -> list[ServiceHeartbeat]:
     """The latest heartbeat of each process seen in the last ``max_age_s`` seconds."""
     latest: dict[str, ServiceHeartbeat] = {}

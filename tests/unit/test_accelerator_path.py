@@ -39,18 +39,26 @@ def test_a_batch_goes_into_the_smallest_bucket_that_holds_it(count: int, bucket:
     assert bucket_for(count, batch_buckets(12)) == bucket
 
 
+TRT = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def test_tensorrt_gets_an_engine_cache_and_one_profile_for_every_batch_size(
     tmp_path: Path,
 ) -> None:
-    chosen = provider_options(
-        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-        tmp_path, "pixels", 16, 384, 640)
-    (name, options), *rest = chosen
+    (name, options), *rest = provider_options(TRT, tmp_path, "pixels", (384, 640, 3), 16)
     assert name == "TensorrtExecutionProvider"
     assert rest == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert options["trt_engine_cache_path"] == str(tmp_path)
     assert options["trt_profile_min_shapes"] == "pixels:1x384x640x3"
     assert options["trt_profile_max_shapes"] == "pixels:16x384x640x3"
+
+
+def test_tensorrt_profile_follows_a_float_nchw_input_and_a_fixed_batch_gets_none() -> None:
+    (_, nchw), *_ = provider_options(TRT, None, "images", (3, 384, 640), 8)
+    assert nchw["trt_profile_opt_shapes"] == "images:8x3x384x640"
+    assert "trt_engine_cache_path" not in nchw
+    (_, fixed), *_ = provider_options(TRT, None, "images", (3, 384, 640), None)
+    assert not any(key.startswith("trt_profile") for key in fixed)
 
 
 def test_device_preprocessing_and_padding_give_each_frame_the_boxes_opencv_blobs_give() -> None:
@@ -122,5 +130,6 @@ def test_a_gpu_request_preloads_cuda_and_a_failed_preload_only_warns(
         detector = Detector(load_manifest("centerface"), ["CUDAExecutionProvider", *CPU])
     assert calls == ["preload"]
     assert "could not preload CUDA libraries" in caplog.text
-    assert detector.provider == "CPUExecutionProvider" and detector.device_preprocess
-    assert len(detector.detect(boxed_photos())) == 3
+    # fell back to the CPU, so the model was loaded again for OpenCV's (faster) blobs
+    assert detector.provider == "CPUExecutionProvider" and not detector.device_preprocess
+    assert [len(boxes) for boxes in detector.detect(boxed_photos())] == [1, 0, 1]

@@ -16,14 +16,8 @@ from skimage import data as samples
 
 from framewire.errors import ConfigError
 from framewire.services.inference import models
-from framewire.services.inference.models import (
-    Detector,
-    choose_providers,
-    decode_centerface,
-    decode_yolov8,
-    load_manifest,
-    nms,
-)
+from framewire.services.inference.decoders import decode_centerface, decode_yolov8, nms
+from framewire.services.inference.models import Detector, choose_providers, load_manifest
 from framewire.services.preprocess.imaging import letterbox, unletterbox_boxes
 from tests.fixtures.images import ASTRONAUT_FACE as FACE_BOX
 
@@ -146,8 +140,8 @@ def write_manifest(folder: Path, **changes: Any) -> Path:
     return path
 
 
-def tiny_model(folder: Path) -> None:
-    """A batch-1 model whose one YOLOv8 candidate encodes the per-channel input means."""
+def tiny_model(folder: Path, batch: int = 1) -> None:
+    """A fixed-batch model whose one YOLOv8 candidate encodes the per-channel input means."""
     # cx, cy, w = 500 + 100 * (mean of channel 0, 1, 2); h = 10; score = 0.9.
     weights = np.zeros((3, 5), np.float32)
     weights[[0, 1, 2], [0, 1, 2]] = 100
@@ -160,8 +154,8 @@ def tiny_model(folder: Path) -> None:
             helper.make_node("Unsqueeze", ["flat", "axis"], ["output0"]),
         ],
         "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 32])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 64, 32])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 5, 1])],
         [
             onnx.numpy_helper.from_array(weights, "weights"),
             onnx.numpy_helper.from_array(bias, "bias"),
@@ -257,6 +251,21 @@ def test_detector_normalises_in_the_manifest_colour_order_and_splits_fixed_batch
         cx, cy, w = 500 + 100 * c
         expected = [cx - w / 2, cy - 5, cx + w / 2, cy + 5, 0.9, 0]
         np.testing.assert_allclose(boxes, [expected], atol=1e-3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device_preprocess", [False, True])
+def test_a_fixed_batch_model_gets_its_last_short_chunk_padded_and_every_frame_its_boxes(
+    tmp_path: Path, device_preprocess: bool
+) -> None:
+    tiny_model(tmp_path, batch=2)
+    manifest = load_manifest(str(write_manifest(tmp_path, colour_order="BGR")))
+    detector = Detector(manifest, CPU, device_preprocess=device_preprocess)
+    fills = [10, 100, 200]
+    found = detector.detect([np.full((64, 32, 3), fill, np.uint8) for fill in fills])
+    assert (detector.run_batch, detector.buckets) == (2, [2])
+    centres = [(boxes[0, 0] + boxes[0, 2]) / 2 for boxes in found]
+    normalised = [(fill * manifest.scale - manifest.mean[0]) / manifest.std[0] for fill in fills]
+    np.testing.assert_allclose(centres, [500 + 100 * c for c in normalised], rtol=1e-4)
 
 
 def test_detector_rejects_a_manifest_size_the_model_cannot_take(tmp_path: Path) -> None:
