@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.inputs import cached_frames
-from bench.machine import GpuEnergyMeter, machine_description
+from bench.machine import machine_description
 from bench.stack import (
     BenchSite,
     environment,
@@ -40,6 +40,7 @@ from bench.stack import (
     prepared_frames,
     site_environment,
 )
+from framewire.energy import GpuEnergyMeter
 
 RAW_BATCHES = (1, 8, 16, 32, 64)
 TARGET = 0.8

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from framewire.energy import EnergyMeter, GpuEnergyMeter
 from framewire.procutil import usable_cores
 
-RAPL_ROOT = Path("/sys/class/powercap")
+__all__ = ["EnergyMeter", "GpuEnergyMeter"]  # the benchmark's meters live with the services
+
 NOT_READABLE = "not readable here"
 
 
@@ -65,67 +66,6 @@ def other_cores(busy_before: float | None, busy_after: float | None, ours_s: flo
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages."""
     return [round(x, 2) for x in os.getloadavg()]
-
-
-@dataclass
-class EnergyMeter:
-    """Package energy from RAPL (``/sys/class/powercap/intel-rapl:N/energy_uj``), if readable."""
-
-    root: Path = RAPL_ROOT
-
-    def zones(self) -> list[Path]:
-        """Top-level RAPL zones (packages), not their sub-zones (cores, dram)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.glob("intel-rapl:*") if p.name.count(":") == 1)
-
-    def read_joules(self) -> dict[str, tuple[float, float]] | None:
-        """Per zone: (energy counter, counter range) in joules; None when unreadable."""
-        readings = {}
-        for zone in self.zones():
-            try:
-                energy = int((zone / "energy_uj").read_text()) / 1e6
-                top = int((zone / "max_energy_range_uj").read_text()) / 1e6
-            except (OSError, ValueError):
-                return None
-            readings[zone.name] = (energy, top)
-        return readings or None
-
-    @staticmethod
-    def joules_between(before: dict[str, tuple[float, float]] | None,
-                       after: dict[str, tuple[float, float]] | None) -> float | None:
-        """Joules used between two readings (counters wrap at their range)."""
-        if before is None or after is None:
-            return None
-        total = 0.0
-        for zone, (start, top) in before.items():
-            if zone not in after:
-                return None
-            end = after[zone][0]
-            total += end - start if end >= start else end + top - start
-        return total
-
-
-class GpuEnergyMeter:
-    """Energy the first GPU has used (NVML's counter, in joules), if NVML is there."""
-
-    def __init__(self) -> None:
-        self._handle: Any = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
-        except Exception:  # no NVML library, no GPU, no driver: energy is not readable
-            self._handle = None
-
-    def read(self) -> float | None:
-        if self._handle is None:
-            return None
-        try:
-            return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)) / 1000
-        except Exception:  # an older GPU without the counter
-            return None
 
 
 def gpu_description() -> str:

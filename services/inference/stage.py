@@ -60,6 +60,10 @@ class InferenceStage(Stage):
         data = resolve_payload(frame.pixels, frame.pixels_uri, frame.pixels_sha256, self.blobs)
         return decode_pixels(data, frame.pixel_format, frame.input_width, frame.input_height)
 
+    @property
+    def uses_gpu(self) -> bool:
+        return self.detector.provider != CPU_PROVIDER
+
     def close(self) -> None:
         if self._decoders is not None:
             self._decoders.shutdown(wait=True)

@@ -200,7 +200,10 @@ class ServiceHeartbeat(Contract):
     last_commit_at: datetime | None = None
     metrics_port: int | None = None
     cpu_s_per_1000_frames: float | None = None
-    schema_version: int = 3
+    out_per_s: float | None = None
+    host_watts: float | None = None
+    gpu_watts: float | None = None
+    schema_version: int = 4
 
 
 CONTRACTS: dict[str, type[Contract]] = {

@@ -31,6 +31,8 @@ class ServiceMetrics:
     camera_frames: Counter
     broker_up: Gauge
     cpu_per_1000: Gauge
+    host_watts: Gauge
+    gpu_watts: Gauge
     model: Info
 
 
@@ -58,6 +60,12 @@ def service_metrics() -> ServiceMetrics:
         cpu_per_1000=Gauge("framewire_cpu_seconds_per_1000_frames",
                            "Process CPU-seconds per 1,000 records put out, over the last minute",
                            ["service"]),
+        host_watts=Gauge("framewire_host_power_watts",
+                         "Power of this host's CPU packages (RAPL) over the last minute; joules "
+                         "per 1,000 frames = watts / frames per second * 1,000", ["service"]),
+        gpu_watts=Gauge("framewire_gpu_power_watts",
+                        "Power of the GPU this process runs its model on (NVML) over the last "
+                        "minute", ["service"]),
         model=Info("framewire_model", "Model and ONNX Runtime provider in use"),
     )
 
@@ -72,24 +80,42 @@ def start_metrics_server(port: int | None) -> int | None:
     return bound
 
 
-class CpuPerFrame:
-    """CPU-seconds per 1,000 records put out, over a sliding window of recent samples.
+@dataclass(frozen=True)
+class RecentCost:
+    """What a process's recent records cost: CPU, rate, power of its host and GPU."""
 
-    The cost figure of ``framewire status`` and ``framewire_cpu_seconds_per_1000_frames``:
-    the same measure as ``make bench``'s, for one live process. Start-up (model loading)
+    cpu_s_per_1000_frames: float | None = None
+    out_per_s: float | None = None
+    host_watts: float | None = None  # RAPL: the whole host's CPU packages
+    gpu_watts: float | None = None  # NVML: the GPU this process runs its model on
+
+
+class CostWindow:
+    """Differences of cumulative readings over a sliding window of recent samples.
+
+    The cost figures of ``framewire status`` and ``framewire_cpu_seconds_per_1000_frames``:
+    the same measures as ``make bench``'s, for one live process. Start-up (model loading)
     falls out of the window after ``window_s``.
     """
 
     def __init__(self, window_s: float = 60.0) -> None:
         self.window_s = window_s
-        self._samples: collections.deque[tuple[float, float, int]] = collections.deque()
+        self._samples: collections.deque[tuple[float, float, int, float | None, float | None]] = (
+            collections.deque())
 
-    def sample(self, now_s: float, cpu_s: float, records_out: int) -> float | None:
-        """Add a sample; the cost over the window, or None while no record was put out."""
-        self._samples.append((now_s, cpu_s, records_out))
+    def sample(self, now_s: float, cpu_s: float, records_out: int,
+               host_j: float | None = None, gpu_j: float | None = None) -> RecentCost:
+        """Add a sample; the costs over the window (None where not measurable yet)."""
+        self._samples.append((now_s, cpu_s, records_out, host_j, gpu_j))
         while len(self._samples) > 2 and now_s - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
-        _, cpu0, out0 = self._samples[0]
-        if records_out <= out0:
-            return None
-        return (cpu_s - cpu0) * 1000.0 / (records_out - out0)
+        t0, cpu0, out0, host0, gpu0 = self._samples[0]
+        seconds, frames = now_s - t0, records_out - out0
+
+        def watts(start: float | None, end: float | None) -> float | None:
+            return None if start is None or end is None or seconds <= 0 else (end - start) / seconds
+
+        return RecentCost(
+            cpu_s_per_1000_frames=(cpu_s - cpu0) * 1000.0 / frames if frames > 0 else None,
+            out_per_s=frames / seconds if seconds > 0 else None,
+            host_watts=watts(host0, host_j), gpu_watts=watts(gpu0, gpu_j))

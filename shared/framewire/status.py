@@ -52,6 +52,26 @@ class ServiceStatus:
         return round(sum(costs) / len(costs), 3) if costs else None
 
 
+    def joules_per_1000_frames(self, source: str = "host") -> float | None:
+        """Energy per 1,000 records this service put out, over about the last minute.
+
+        ``host``: the CPU packages (RAPL) of the hosts it runs on, whole hosts; on a one-host
+        site every stage shows about the same figure. ``gpu``: the GPUs its processes run the
+        model on (NVML). Processes on one host share its counter, so each host counts once,
+        against the frames of all its processes.
+        """
+        by_host: dict[str, list[ServiceHeartbeat]] = {}
+        for beat in self.alive:
+            by_host.setdefault(beat.host, []).append(beat)
+        watts = frames_per_s = 0.0
+        for beats in by_host.values():
+            metered = [b for b in beats if getattr(b, f"{source}_watts") is not None]
+            if metered:
+                watts += sum(getattr(b, f"{source}_watts") for b in metered) / len(metered)
+                frames_per_s += sum(b.out_per_s or 0.0 for b in metered)
+        return round(watts / frames_per_s * 1000, 1) if frames_per_s > 0 else None
+
+
 def _reader(settings: Settings, group: str | None = None) -> Consumer:
     # a short fetch wait, so that reading to the end of a busy topic (status) ends quickly
     return Consumer(client_config(settings, {"auto.offset.reset": "earliest", "log_level": 0,

@@ -125,7 +125,7 @@ def test_a_bad_config_fails_at_start_with_what_to_fix(site: Site):
     assert "FRAMEWIRE_STORAGE__BATCH_SIZE" in out.stderr
 
 
-def test_status_shows_each_stage_cpu_cost_per_1000_frames(site: Site):
+def test_status_shows_each_stage_cpu_cost_per_1000_frames_and_its_rate(site: Site):
     site.start(*STAGES)
     publish(site, [("cam-cost", jpeg(synthetic_frame(i))) for i in range(6)])
     wait_until(lambda: stored_count(site) == 6, 120, "6 stored")
@@ -133,8 +133,13 @@ def test_status_shows_each_stage_cpu_cost_per_1000_frames(site: Site):
     def costs():
         out = cli(site, "status", "--json")
         assert out.returncode == 0, out.stderr
-        found = {s["service"]: s["cpu_s_per_1000_frames"] for s in json.loads(out.stdout)}
-        return found if all(found[n] is not None for n in STAGES) else None
+        services = json.loads(out.stdout)
+        found = {s["service"]: s["cpu_s_per_1000_frames"] for s in services}
+        rates = {s["service"]: [b["out_per_s"] for b in s["instances"]] for s in services}
+        ready = all(found[n] is not None and any(r for r in rates[n]) for n in STAGES)
+        # energy figures are there, null where this machine exposes no RAPL or NVML
+        assert all("host_joules_per_1000_frames" in s for s in services)
+        return found if ready else None
 
     found = wait_until(costs, 60, "a cost in every stage's heartbeat")
     # decoding and running the model costs CPU: more than nothing, less than a core-second

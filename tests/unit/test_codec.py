@@ -162,3 +162,13 @@ def test_a_v3_heartbeat_carries_its_cpu_cost_and_v2_readers_skip_it():
     # a v2-era status reader that was told about v3 reads the fields it knows
     v2_reader = Codec(load_schema_versions(texts))
     assert v2_reader.decode(data, ServiceHeartbeat).records_out == 10
+
+
+def test_a_v4_heartbeat_carries_its_rate_and_power():
+    beat = ServiceHeartbeat(service="inference", instance="h:3", host="h", pid=3,
+                            version="0.1.0", sent_at=utcnow(), state="running", partitions=[],
+                            records_in=10, records_out=10, dead_lettered=0,
+                            produced_offsets={}, out_per_s=25.0, host_watts=65.5,
+                            gpu_watts=None)
+    decoded = Codec().decode(Codec().encode(beat), ServiceHeartbeat)
+    assert (decoded.out_per_s, decoded.host_watts, decoded.gpu_watts) == (25.0, 65.5, None)

@@ -76,17 +76,33 @@ def test_backoff_grows_exponentially_up_to_the_cap_and_resets():
 
 
 def test_cpu_cost_per_1000_frames_is_measured_over_the_recent_window():
-    from framewire.metrics import CpuPerFrame
+    from framewire.metrics import CostWindow
 
-    cost = CpuPerFrame(window_s=60.0)
-    assert cost.sample(0.0, 5.0, 0) is None  # start-up: 5 s of CPU, nothing out yet
-    assert cost.sample(10.0, 5.0, 0) is None
-    assert cost.sample(20.0, 6.0, 100) == pytest.approx(10.0)  # 1 s over 100 records
+    window = CostWindow(window_s=60.0)
+
+    def cost(now: float, cpu: float, out: int) -> float | None:
+        return window.sample(now, cpu, out).cpu_s_per_1000_frames
+
+    assert cost(0.0, 5.0, 0) is None  # start-up: 5 s of CPU, nothing out yet
+    assert cost(10.0, 5.0, 0) is None
+    assert cost(20.0, 6.0, 100) == pytest.approx(10.0)  # 1 s over 100 records
     # once the start-up samples are a window old, only the work since t=20 counts:
     # 2 CPU-s over 300 records
-    cost.sample(70.0, 7.0, 200)
-    cost.sample(80.0, 7.5, 300)
-    assert cost.sample(90.0, 8.0, 400) == pytest.approx(2.0 * 1000 / 300)
+    cost(70.0, 7.0, 200)
+    cost(80.0, 7.5, 300)
+    assert cost(90.0, 8.0, 400) == pytest.approx(2.0 * 1000 / 300)
+
+
+def test_power_and_rate_come_from_the_same_window_and_stay_unknown_without_counters():
+    from framewire.metrics import CostWindow
+
+    window = CostWindow(window_s=60.0)
+    first = window.sample(0.0, 0.0, 0, host_j=1000.0, gpu_j=None)
+    assert (first.out_per_s, first.host_watts, first.gpu_watts) == (None, None, None)
+    later = window.sample(10.0, 1.0, 250, host_j=1650.0, gpu_j=None)
+    assert later.out_per_s == pytest.approx(25.0)
+    assert later.host_watts == pytest.approx(65.0)  # 650 J in 10 s
+    assert later.gpu_watts is None  # no GPU counter: unknown, not zero
 
 
 class RecordingConsumer:

@@ -108,7 +108,10 @@ def status(
             {"service": s.service, "alive": bool(s.alive), "lag": s.lag,
              "records_in": s.total("records_in"), "records_out": s.total("records_out"),
              "dead_lettered": s.total("dead_lettered"), "dropped": s.total("dropped"),
-             "cpu_s_per_1000_frames": s.cpu_per_1000_frames, "problems": s.problems,
+             "cpu_s_per_1000_frames": s.cpu_per_1000_frames,
+             "host_joules_per_1000_frames": s.joules_per_1000_frames("host"),
+             "gpu_joules_per_1000_frames": s.joules_per_1000_frames("gpu"),
+             "problems": s.problems,
              "instances": [
                  {"instance": b.instance, "pid": b.pid, "host": b.host, "state": b.state,
                   "version": b.version, "partitions": b.partitions,
@@ -118,13 +121,15 @@ def status(
                   "restarts": b.restarts, "broker_ok": b.broker_ok,
                   "stalled_cameras": b.stalled_cameras,
                   "last_commit_at": b.last_commit_at, "metrics_port": b.metrics_port,
-                  "cpu_s_per_1000_frames": b.cpu_s_per_1000_frames}
+                  "cpu_s_per_1000_frames": b.cpu_s_per_1000_frames,
+                  "out_per_s": b.out_per_s, "host_watts": b.host_watts,
+                  "gpu_watts": b.gpu_watts}
                  for b in s.instances]}
             for s in statuses
         ])
         return
     table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered",
-                  "dropped", "lag", "CPU-s/1k frames", "metrics")
+                  "dropped", "lag", "CPU-s/1k frames", "J/1k frames", "metrics")
     for s in statuses:
         pids = ",".join(str(b.pid) for b in s.alive) or "-"
         parts = sum(len(b.partitions) for b in s.alive)
@@ -133,6 +138,7 @@ def status(
                       str(s.total("dead_lettered")), str(s.total("dropped")),
                       "-" if s.lag is None else str(s.lag),
                       "-" if s.cpu_per_1000_frames is None else f"{s.cpu_per_1000_frames:.1f}",
+                      _joules(s),
                       ",".join(f":{b.metrics_port}" for b in s.alive if b.metrics_port) or "-")
     console.print(table)
     problems = [p for s in statuses for p in s.problems]
@@ -140,6 +146,14 @@ def status(
         console.print(f"[yellow]! {problem}[/]")
     if not problems:
         console.print("no problems found")
+
+
+def _joules(status: Any) -> str:
+    """Host (RAPL) and GPU (NVML) joules per 1,000 frames, where the machines expose them."""
+    parts = [f"{value:.0f}{label}" for label, value in (
+        ("", status.joules_per_1000_frames("host")),
+        (" GPU", status.joules_per_1000_frames("gpu"))) if value is not None]
+    return " + ".join(parts) or "-"
 
 
 @deadletters_app.command("replay")

@@ -30,6 +30,7 @@ from opentelemetry.trace import Link, Span, SpanKind
 from framewire.broker import client_config, consumer_defaults
 from framewire.config import Settings, StageSettings
 from framewire.contracts import Contract, check_camera_id, utcnow
+from framewire.energy import GpuEnergyMeter
 from framewire.errors import DataError, TransientError
 from framewire.retry import Backoff
 from framewire.runtime.publisher import Delivery, Publisher, StopSignal, report_broker_error
@@ -76,6 +77,11 @@ class Stage(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook: only stages that hold things override)
         """Release what the stage holds (sessions, connections)."""
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether the stage runs on a GPU (its heartbeats then report the GPU's power)."""
+        return False
 
 
 def map_records(fn: Callable[[Any], Outcome], records: list[Any]) -> list[Outcome]:
@@ -128,6 +134,8 @@ class StageRunner:
         self.stage, self.settings = stage, settings
         self.stop = stop or StopSignal()
         self.publisher = publisher or Publisher(settings, stage.name)
+        if stage.uses_gpu:
+            self.publisher.energy.gpu = GpuEnergyMeter()
         self.topic = settings.topic(stage.input_topic)
         defaults = {**consumer_defaults(settings, stage.name), "auto.offset.reset": "earliest",
                     "max.partition.fetch.bytes": 16 * 1024 * 1024,

@@ -24,8 +24,9 @@ from framewire.broker import client_config
 from framewire.codec import Codec, make_codec
 from framewire.config import Settings
 from framewire.contracts import Contract, DeadLetter, ServiceHeartbeat, utcnow
+from framewire.energy import EnergyCounters
 from framewire.errors import DataError, TransientError
-from framewire.metrics import CpuPerFrame, service_metrics, start_metrics_server
+from framewire.metrics import CostWindow, service_metrics, start_metrics_server
 from framewire.telemetry import Telemetry, extract
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,10 @@ def report_broker_error(err: KafkaError, counters: Counters, servers: str) -> No
         log.debug("broker connection problem", extra={"error": err.str()})
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 class Publisher:
     """A producer for one service: encodes contracts, tracks acknowledgements, dead-letters."""
 
@@ -120,7 +125,9 @@ class Publisher:
         self.counters = Counters()
         self.telemetry = Telemetry(service, settings)
         self.metrics = service_metrics()
-        self._cpu_per_frame = CpuPerFrame()
+        self._cost = CostWindow()
+        # a stage that runs its model on a GPU adds the GPU's meter (StageRunner)
+        self.energy = EnergyCounters()
         self.metrics_port: int | None = None
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self._lock = threading.Lock()
@@ -357,9 +364,13 @@ class Publisher:
     def heartbeat(self) -> None:
         """Publish this process's status once."""
         c = self.counters
-        cost = self._cpu_per_frame.sample(time.monotonic(), time.process_time(), c.records_out)
-        if cost is not None:
-            self.metrics.cpu_per_1000.labels(self.service).set(cost)
+        cost = self._cost.sample(time.monotonic(), time.process_time(), c.records_out,
+                                 self.energy.host_joules(), self.energy.gpu_joules())
+        for gauge, value in ((self.metrics.cpu_per_1000, cost.cpu_s_per_1000_frames),
+                             (self.metrics.host_watts, cost.host_watts),
+                             (self.metrics.gpu_watts, cost.gpu_watts)):
+            if value is not None:
+                gauge.labels(self.service).set(value)
         beat = ServiceHeartbeat(
             service=self.service, instance=self.instance, host=socket.gethostname(),
             pid=os.getpid(), version=__version__, sent_at=utcnow(), state=c.state,
@@ -368,7 +379,9 @@ class Publisher:
             group=c.group, restarts=self.settings.restart_count, dropped=c.dropped,
             broker_ok=c.broker_ok, stalled_cameras=list(c.stalled_cameras),
             last_commit_at=c.last_commit_at, metrics_port=self.metrics_port,
-            cpu_s_per_1000_frames=None if cost is None else round(cost, 3),
+            cpu_s_per_1000_frames=_rounded(cost.cpu_s_per_1000_frames),
+            out_per_s=_rounded(cost.out_per_s), host_watts=_rounded(cost.host_watts),
+            gpu_watts=_rounded(cost.gpu_watts),
         )
         self.metrics.broker_up.labels(self.service).set(1 if c.broker_ok else 0)
         self.metrics.dropped.labels(self.service).set(c.dropped)
