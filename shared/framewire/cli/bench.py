@@ -44,12 +44,13 @@ def bench(
         "--docs/--no-docs", help="Write the machine and table into docs/benchmarks.md.")] = True,
     gpu: Annotated[bool, typer.Option(
         "--gpu", help="Instead: Framewire's inference on the GPU against raw ONNX Runtime "
-                      "batched on the same card (needs onnxruntime-gpu: pip install .[gpu]).")]
+                      "batched on the same card (needs onnxruntime-gpu: make bench-gpu installs it).")]
         = False,
     gpu_batch: Annotated[int, typer.Option(
         min=1, max=256, help="With --gpu: frames per micro-batch.")] = 32,
     gpu_replicas: Annotated[str, typer.Option(
-        help="With --gpu: inference replica counts to measure, e.g. 1,2,4.")] = "1,2,4",
+        help="With --gpu: inference replica counts to measure, e.g. 1,2,4 (default: 1, 2, "
+             "4, 8 up to half the cores).")] = "",
 ) -> None:
     """Measure Framewire against a bare loop on this machine: throughput, latency, scale-out.
 
@@ -59,7 +60,7 @@ def bench(
 
     Example: FRAMEWIRE_PREPROCESS__PIXEL_FORMAT=bgr8 framewire bench --quick --json
 
-    Example: framewire bench --gpu --gpu-replicas 1,2,4   (needs pip install .[gpu])
+    Example: framewire bench --gpu --gpu-replicas 2,4,8   (needs onnxruntime-gpu: make bench-gpu)
     """
     repo = _bench_package()
     if gpu:
@@ -92,6 +93,7 @@ def _gpu_bench(repo: Path, quick: bool, replicas: str, batch: int, json_out: boo
     import onnxruntime
 
     from bench.gpu import TARGET, run_gpu_benchmark
+    from framewire.procutil import usable_cores
 
     accelerators = [p for p in onnxruntime.get_available_providers()
                     if p != "CPUExecutionProvider"]
@@ -100,7 +102,9 @@ def _gpu_bench(repo: Path, quick: bool, replicas: str, batch: int, json_out: boo
                           f"({onnxruntime.get_available_providers()}); install the GPU build "
                           "with `pip install .[gpu]` on a machine with an NVIDIA GPU")
     try:
-        steps = [int(n) for n in replicas.split(",") if n.strip()]
+        # each replica wants a core or two of its own for fetching, JPEG decoding and Avro
+        steps = ([int(n) for n in replicas.split(",") if n.strip()] if replicas else
+                 [n for n in (1, 2, 4, 8) if n <= max(1, usable_cores() // 2)])
     except ValueError:
         raise ConfigError(f"--gpu-replicas {replicas!r}: give replica counts such as 1,2,4") \
             from None
