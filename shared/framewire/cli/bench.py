@@ -44,7 +44,8 @@ def bench(
         "--docs/--no-docs", help="Write the machine and table into docs/benchmarks.md.")] = True,
     gpu: Annotated[bool, typer.Option(
         "--gpu", help="Instead: Framewire's inference on the GPU against raw ONNX Runtime "
-                      "batched on the same card (needs onnxruntime-gpu: make bench-gpu installs it).")]
+                      "batched on the same card (needs onnxruntime-gpu: make bench-gpu "
+                      "installs it).")]
         = False,
     gpu_batch: Annotated[int, typer.Option(
         min=1, max=256, help="With --gpu: frames per micro-batch.")] = 32,
