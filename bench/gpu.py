@@ -76,32 +76,29 @@ def measure_raw(model_name: str, providers: list[str], images: list[np.ndarray],
     import cv2
     import onnxruntime as ort
 
-    from framewire.services.inference.accel import PixelInput
     from framewire.services.inference.models import (
         blob_params,
         load_manifest,
         model_file,
+        pixel_input,
         prepare_model,
     )
 
     manifest = load_manifest(model_name)
-    (s0, s1, s2), (m0, m1, m2) = manifest.std, manifest.mean
-    pixels = PixelInput(scale=(manifest.scale / s0, manifest.scale / s1, manifest.scale / s2),
-                        bias=(-m0 / s0, -m1 / s1, -m2 / s2),
-                        swap_rb=manifest.colour_order == "RGB")
+    pixels = pixel_input(manifest)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     out: dict[str, Any] = {}
-    for label, pixel_input in (("float32 blobs", None), ("uint8 pixels", pixels)):
+    for label, prefix in (("float32 blobs", None), ("uint8 pixels", pixels)):
         with importlib.resources.as_file(model_file(manifest)) as path:
-            model = prepare_model(path, manifest.dynamic_input, pixel_input)
+            model = prepare_model(path, manifest.dynamic_input, prefix)
         session = ort.InferenceSession(model.SerializeToString(), sess_options=options,
                                        providers=providers)
         name = session.get_inputs()[0].name
         by_batch = {}
         for batch in batches:
             chunk = cycle(images, batch)
-            feed = (np.stack(chunk) if pixel_input is not None
+            feed = (np.stack(chunk) if prefix is not None
                     else cv2.dnn.blobFromImagesWithParams(chunk, blob_params(manifest)))
 
             def step(feed: np.ndarray = feed, batch: int = batch,

@@ -239,6 +239,16 @@ def blob_params(manifest: ModelManifest) -> cv2.dnn.Image2BlobParams:
     )
 
 
+def pixel_input(manifest: ModelManifest) -> PixelInput:
+    """The same normalisation as ``blob_params``, done by the model on uint8 pixels."""
+    (s0, s1, s2), (m0, m1, m2) = manifest.std, manifest.mean
+    # (pixel * scale - mean) / std == pixel * (scale / std) - mean / std, per channel in the
+    # model's colour order
+    return PixelInput(scale=(manifest.scale / s0, manifest.scale / s1, manifest.scale / s2),
+                      bias=(-m0 / s0, -m1 / s1, -m2 / s2),
+                      swap_rb=manifest.colour_order == "RGB")
+
+
 def _preload_cuda_libraries() -> None:
     """Load CUDA and cuDNN from the nvidia-* pip packages (onnxruntime-gpu[cuda,cudnn]), so a
     GPU provider works without LD_LIBRARY_PATH; libraries found on the path are used as well."""
@@ -327,12 +337,7 @@ class Detector:
               cache_dir: Path | None) -> None:
         """Load the model (with the uint8 pixel input or not) into a session."""
         m = self.manifest
-        (s0, s1, s2), (m0, m1, m2) = m.std, m.mean
-        # (pixel * scale - mean) / std == pixel * (scale / std) - mean / std, per channel in
-        # the model's colour order
-        pixels = PixelInput(scale=(m.scale / s0, m.scale / s1, m.scale / s2),
-                            bias=(-m0 / s0, -m1 / s1, -m2 / s2),
-                            swap_rb=m.colour_order == "RGB") if device_preprocess else None
+        pixels = pixel_input(m) if device_preprocess else None
         with importlib.resources.as_file(model_file(m)) as path:
             model = prepare_model(path, m.dynamic_input, pixels)
         model_input = model.graph.input[0]
