@@ -51,7 +51,6 @@ class ServiceStatus:
                  if b.cpu_s_per_1000_frames is not None]
         return round(sum(costs) / len(costs), 3) if costs else None
 
-
     def joules_per_1000_frames(self, source: str = "host") -> float | None:
         """Energy per 1,000 records this service put out, over about the last minute.
 

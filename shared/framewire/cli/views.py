@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from framewire.cli import app, console, settings_for
+
+if TYPE_CHECKING:
+    from framewire.status import ServiceStatus
 
 
 def _print_json(data: Any) -> None:
@@ -148,7 +151,7 @@ def status(
         console.print("no problems found")
 
 
-def _joules(status: Any) -> str:
+def _joules(status: ServiceStatus) -> str:
     """Host (RAPL) and GPU (NVML) joules per 1,000 frames, where the machines expose them."""
     parts = [f"{value:.0f}{label}" for label, value in (
         ("", status.joules_per_1000_frames("host")),
