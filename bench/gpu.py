@@ -193,9 +193,7 @@ def measure_service(home: Path, files: dict[str, list[Path]], replicas: list[int
                 time.sleep(warmup_s)
                 energy = GpuEnergyMeter()
                 t0, j0 = time.time(), energy.read()
-                while time.time() - t0 < seconds:
-                    site.check_alive()
-                    time.sleep(0.5)
+                site.watch(time.monotonic(), time.monotonic() + seconds)
                 t1, j1 = time.time(), energy.read()
                 # Count by the records' produce times: Tansu's end offsets run low (it reports
                 # the last batch's base offset + 1, see docs/architecture.md).

@@ -235,6 +235,16 @@ class BenchSite:
         return Sample(now_s(), self.count(), cpu, meter.read_joules(), system_busy_seconds(),
                       time.process_time())
 
+    def watch(self, started: float, until: float, tick: Tick | None = None,
+              scale: float = 1.0) -> None:
+        """Until ``until`` (``time.monotonic()``), failing as soon as a service dies; ``tick``
+        gets ``scale`` times the share of ``started``..``until`` gone by."""
+        while time.monotonic() < until:
+            self.check_alive()
+            if tick is not None:
+                tick(scale * (time.monotonic() - started) / (until - started))
+            time.sleep(0.25)
+
     def wait_stored(self, target: int, timeout_s: float, tick: Tick | None = None) -> int:
         """Until ``target`` results are stored (the pipeline drained); the count reached."""
         deadline = time.monotonic() + timeout_s
@@ -295,11 +305,7 @@ def measure_latency(site: BenchSite, files: dict[str, list[Path]], rate_fps: flo
     already = site.count()
     feeder = site.feeder(files, rate_fps)
     started = time.monotonic()
-    while time.monotonic() - started < warmup_s + seconds:
-        site.check_alive()
-        if tick is not None:
-            tick(0.9 * (time.monotonic() - started) / (warmup_s + seconds))
-        time.sleep(0.25)
+    site.watch(started, started + warmup_s + seconds, tick, 0.9)
     sent = feeder.stop()
     site.wait_stored(already + sent, timeout_s=60.0)
     if tick is not None:
@@ -314,15 +320,9 @@ def measure_full_speed(site: BenchSite, files: dict[str, list[Path]], seconds: f
     feeder = site.feeder(files, None)
     started = time.monotonic()
     extra = {"ingest": [feeder.pid]} if feeder.pid else {}
-    while time.monotonic() - started < warmup_s:
-        site.check_alive()
-        time.sleep(0.25)
+    site.watch(started, started + warmup_s)
     before = site.sample(extra, meter)
-    while time.monotonic() - started < warmup_s + seconds:
-        site.check_alive()
-        if tick is not None:
-            tick(0.9 * (time.monotonic() - started) / (warmup_s + seconds))
-        time.sleep(0.25)
+    site.watch(started, started + warmup_s + seconds, tick, 0.9)
     after = site.sample(extra, meter)
     sizes = site.bytes_per_frame()
     feeder.stop()
@@ -406,11 +406,7 @@ def measure_inference_scale(home: Path, files: dict[str, list[Path]], replicas: 
             time.sleep(warmup_s)
             before = site.sample({}, meter)
             started = time.monotonic()
-            while time.monotonic() - started < seconds:
-                site.check_alive()
-                if part is not None:
-                    part(0.99 * (time.monotonic() - started) / seconds)
-                time.sleep(0.25)
+            site.watch(started, started + seconds, part, 0.99)
             after = site.sample({}, meter)
             measured = rate_between([t[-1] for t in site.rows()], before.at, after.at)
             _, cpu = cost(before, after)
