@@ -54,7 +54,7 @@ EMBEDDED_FETCH_WAIT_MS = {"inference": 25, "storage": 20}
 
 def consumer_defaults(settings: Settings, service: str | None = None) -> dict[str, Any]:
     """Group timing suited to the broker in use (the user's ``kafka`` settings still win)."""
-    if not settings.embedded_broker:
+    if not settings.on_tansu:
         return {}
     defaults: dict[str, Any] = dict(EMBEDDED_CLIENT_DEFAULTS)
     if service in EMBEDDED_FETCH_WAIT_MS:

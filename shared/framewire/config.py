@@ -12,13 +12,33 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from framewire.contracts import CAMERA_ID_PATTERN
 from framewire.errors import ConfigError
 
 TOPICS = ("frames.raw", "frames.ready", "detections", "deadletter", "status")
+
+# How long each topic keeps records on a broker that enforces retention (Apache Kafka):
+# raw frames long enough to replay a day after a model change, results for a month.
+DEFAULT_RETENTION = {"frames.raw": "24h", "frames.ready": "1h", "detections": "30d",
+                     "deadletter": "7d", "status": "1h"}
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(value: str | int) -> int:
+    """``"24h"``, ``"30d"``, ``"90s"``, ``"500ms"`` or a number of milliseconds; -1 = forever."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        number = text.removesuffix(unit)
+        if number != text and number.strip().isdigit():
+            return int(number) * _DURATION_UNITS_MS[unit]
+    if text.lstrip("-").isdigit():
+        return int(text)
+    raise ValueError(f"{value!r} is not a duration: write e.g. 500ms, 90s, 15m, 24h, 30d or -1")
 
 
 class StageSettings(BaseModel):
@@ -91,7 +111,30 @@ class Settings(BaseSettings):
 
     home: Path = Path(".framewire")
     bootstrap_servers: str = "127.0.0.1:19092"
-    embedded_broker: bool = True
+    embedded_broker: bool = Field(
+        True, description="framewire run starts and supervises the broker (of kind `broker`); "
+        "false = use the cluster at bootstrap_servers as it is")
+    broker: Literal["embedded", "kafka"] = Field(
+        "embedded", description="the broker framewire manages: `embedded` (Tansu, memory "
+        "only, quickest start) or `kafka` (Apache Kafka in KRaft mode, data in home)")
+    broker_nodes: int = Field(1, ge=1, le=9, description="nodes of the managed Apache Kafka "
+                              "cluster: node N listens on the bootstrap port + N - 1")
+    kafka_heap_mb: int = Field(512, ge=128, le=65_536, description="Java heap of each managed "
+                               "Apache Kafka node")
+    replication_factor: int | None = Field(
+        None, ge=1, le=32, description="copies of each partition; unset = min(3, brokers)")
+    min_insync_replicas: int | None = Field(
+        None, ge=1, le=32, description="copies that must have a record before it is "
+        "acknowledged (acks=all); unset = replication factor - 1, at least 1")
+    retention: dict[str, str | int] = Field(
+        default_factory=dict, description="per logical topic, how long records are kept "
+        "(e.g. {\"frames.raw\": \"6h\"}); unset topics keep DEFAULT_RETENTION")
+    compression: Literal["auto", "none", "lz4", "zstd", "snappy", "gzip"] = Field(
+        "auto", description="producers' compression.type; auto = lz4 for raw pixels, none for "
+        "JPEG payloads (they do not compress)")
+    delivery: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="exactly_once: stages produce and commit offsets in one "
+        "Kafka transaction (Apache Kafka only); consumers read committed records")
     topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$")
     partitions: int | None = Field(
         None, ge=1, le=10_000, description="partitions per data topic; unset = 12, or on the "
@@ -139,6 +182,53 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("retention")
+    @classmethod
+    def _retention_is_known(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        for name, duration in value.items():
+            if name not in TOPICS:
+                raise ValueError(f"unknown topic {name!r} in retention; known: {', '.join(TOPICS)}")
+            duration_ms(duration)
+        return value
+
+    @model_validator(mode="after")
+    def _replication_fits(self) -> Settings:
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ValueError(f"min_insync_replicas={isr} is more than replication_factor={rf}: "
+                             "no write could ever be acknowledged; lower it to at most "
+                             f"{rf} (FRAMEWIRE_MIN_INSYNC_REPLICAS)")
+        if self.manages_kafka and rf is not None and rf > self.broker_nodes:
+            raise ValueError(f"replication_factor={rf} needs at least {rf} brokers but "
+                             f"broker_nodes={self.broker_nodes}; set FRAMEWIRE_BROKER_NODES={rf} "
+                             "or lower FRAMEWIRE_REPLICATION_FACTOR")
+        if self.delivery == "exactly_once" and self.on_tansu:
+            raise ValueError("delivery=exactly_once needs Kafka transactions, which the "
+                             "embedded broker does not offer; set FRAMEWIRE_BROKER=kafka (or "
+                             "point FRAMEWIRE_BOOTSTRAP_SERVERS at an Apache Kafka cluster with "
+                             "FRAMEWIRE_EMBEDDED_BROKER=false)")
+        return self
+
+    @property
+    def on_tansu(self) -> bool:
+        """The site runs on the embedded Tansu broker (memory only, no transactions)."""
+        return self.embedded_broker and self.broker == "embedded"
+
+    @property
+    def manages_kafka(self) -> bool:
+        """``framewire run`` starts an Apache Kafka cluster of its own."""
+        return self.embedded_broker and self.broker == "kafka"
+
+    def retention_ms(self, name: str) -> int:
+        """How long the logical topic ``name`` keeps records, in milliseconds."""
+        return duration_ms(self.retention.get(name, DEFAULT_RETENTION[name]))
+
+    def replication(self, brokers: int) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) for a cluster of ``brokers`` brokers."""
+        rf = self.replication_factor or min(3, brokers)
+        isr = self.min_insync_replicas or max(1, rf - 1)
+        return rf, min(isr, rf)
+
     @property
     def resolved_database_url(self) -> str:
         """The database to use: configured, or SQLite under ``home``."""
@@ -166,7 +256,7 @@ class Settings(BaseSettings):
         """
         if self.partitions is not None:
             return self.partitions
-        if self.embedded_broker:
+        if self.on_tansu:
             from framewire.procutil import usable_cores
 
             return min(12, max(4, 2 * usable_cores()))
@@ -237,6 +327,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     lines = ["invalid configuration:"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
+        if not loc:  # a rule across several settings: its message names them and the fix
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
         env = "FRAMEWIRE_" + "__".join(str(p) for p in err["loc"]).upper()
         value = err.get("input")
         lines.append(

@@ -145,7 +145,7 @@ class Publisher:
     # -- producing -----------------------------------------------------------------------
 
     def _new_producer(self) -> Producer:
-        embedded = self.settings.embedded_broker
+        embedded = self.settings.on_tansu
         defaults = {
             # the embedded broker hands out producer ids from 1 again after a restart, which
             # an idempotent producer takes as fatal; one request in flight keeps each
