@@ -55,8 +55,11 @@ bench-gpu: install
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps "onnxruntime-gpu>=1.21,<2"
 	$(BIN)/framewire bench --gpu $(BENCH_ARGS)
 
+# the whole stack in containers (docker-compose.yml): 3 Kafka nodes, PostgreSQL, tracing, metrics
 up:
-	docker compose up
+	@docker compose version > /dev/null 2>&1 || { echo "make up needs Docker with the compose \
+	plugin (docker compose); without Docker, make run starts the same pipeline"; exit 1; }
+	docker compose -f docker-compose.yml up --build
 
 clean:
 	rm -rf $(VENV) .framewire

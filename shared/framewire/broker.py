@@ -13,11 +13,20 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourceType,
+)
 
 from framewire.config import TOPICS, Settings
 from framewire.errors import ConfigError, TransientError
@@ -150,24 +159,74 @@ def wait_for_broker(conf: dict[str, Any], timeout_s: float,
     )
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """Create Framewire's topics that are missing (data topics with their final partition count).
+# settings every data topic gets on a broker that takes topic configs (not the embedded one)
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 1024
 
-    Returns the topics created. The embedded broker cannot add partitions later, so topics are
-    created at their final size.
+
+@dataclass(frozen=True)
+class TopicPlan:
+    """What one of Framewire's topics should look like on this cluster."""
+
+    name: str
+    partitions: int
+    replication: int
+    configs: dict[str, str]
+
+
+def topic_plans(settings: Settings, brokers: int) -> list[TopicPlan]:
+    """Every Framewire topic as the settings want it on a cluster of ``brokers`` brokers."""
+    plans = []
+    for name in TOPICS:
+        partitions = 1 if name == "status" else settings.topic_partitions
+        if settings.on_tansu:  # one node in memory: no replicas, no retention to enforce
+            plans.append(TopicPlan(settings.topic(name), partitions, 1, {}))
+            continue
+        rf, isr = settings.replication(brokers)
+        configs = {"retention.ms": str(settings.retention_ms(name)),
+                   "min.insync.replicas": str(isr),
+                   # producers choose per payload (JPEG does not compress, raw pixels do)
+                   "compression.type": "producer",
+                   "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+        plans.append(TopicPlan(settings.topic(name), partitions, rf, configs))
+    return plans
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create Framewire's missing topics, add partitions where the setting grew, report drift.
+
+    Returns the topics created. Drift that cannot be fixed here (a different replication
+    factor, more partitions than set, configs changed by hand) is logged as a warning;
+    ``framewire topics`` lists it and ``framewire topics --apply`` resets the configs.
     """
     admin = AdminClient(client_config(settings))
-    existing = admin.list_topics(timeout=timeout_s).topics
-    wanted = []
-    for name in TOPICS:
-        topic = settings.topic(name)
-        if topic in existing:
-            continue
-        partitions = 1 if name == "status" else settings.topic_partitions
-        wanted.append(NewTopic(topic, num_partitions=partitions, replication_factor=1))
-    if not wanted:
+    metadata = admin.list_topics(timeout=timeout_s)
+    plans = topic_plans(settings, len(metadata.brokers))
+    wanted = [p for p in plans if p.name not in metadata.topics]
+    created = _create_topics(admin, wanted, timeout_s)
+    if not settings.on_tansu:  # the embedded broker cannot add partitions later
+        _grow_partitions(admin, plans, metadata.topics, timeout_s)
+        existed = {p.name for p in plans} - {p.name for p in wanted}
+        for problem in topic_drift(settings, admin, timeout_s, only=existed):
+            log.warning("topic differs from the settings", extra={"drift": problem})
+    # wait until metadata shows every partition so producers never see an unknown topic
+    deadline = time.monotonic() + timeout_s
+    while wanted and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        if all(p.name in topics and len(topics[p.name].partitions) >= p.partitions
+               for p in wanted):
+            break
+        time.sleep(0.05)
+    if created:
+        log.info("topics created", extra={"topics": created})
+    return created
+
+
+def _create_topics(admin: AdminClient, plans: list[TopicPlan], timeout_s: float) -> list[str]:
+    if not plans:
         return []
-    futures = admin.create_topics(wanted, operation_timeout=timeout_s, request_timeout=timeout_s)
+    new = [NewTopic(p.name, num_partitions=p.partitions, replication_factor=p.replication,
+                    config=p.configs) for p in plans]
+    futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
     created = []
     for topic, future in futures.items():
         try:
@@ -176,11 +235,76 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise TransientError(f"could not create topic {topic}: {exc}") from exc
-    # wait until metadata shows every partition so producers never see an unknown topic
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        topics = admin.list_topics(timeout=timeout_s).topics
-        if all(t.topic in topics and topics[t.topic].partitions for t in wanted):
-            break
-    log.info("topics created", extra={"topics": created})
     return created
+
+
+def _grow_partitions(admin: AdminClient, plans: list[TopicPlan], existing: dict[str, Any],
+                     timeout_s: float) -> None:
+    """CreatePartitions for topics with fewer partitions than the setting asks for."""
+    grow = [NewPartitions(p.name, p.partitions) for p in plans
+            if p.name in existing and len(existing[p.name].partitions) < p.partitions]
+    if not grow:
+        return
+    for topic, future in admin.create_partitions(grow, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout_s)
+        except KafkaException as exc:
+            raise TransientError(f"could not add partitions to {topic}: {exc}") from exc
+        log.warning("partitions added", extra={"topic": topic,
+                                               "partitions": len(existing[topic].partitions)})
+
+
+def topic_drift(settings: Settings, admin: AdminClient | None = None,
+                timeout_s: float = 30.0, apply: bool = False,
+                only: set[str] | None = None) -> list[str]:
+    """How the cluster's topics differ from the settings, one line each (describe).
+
+    With ``apply``, configs that differ are set back to the settings' values (the
+    replication factor and a partition count above the setting are only reported).
+    """
+    if settings.on_tansu:
+        return []
+    admin = admin or AdminClient(client_config(settings))
+    metadata = admin.list_topics(timeout=timeout_s)
+    problems: list[str] = []
+    resources = []
+    for plan in topic_plans(settings, len(metadata.brokers)):
+        if only is not None and plan.name not in only:
+            continue
+        topic = metadata.topics.get(plan.name)
+        if topic is None:
+            problems.append(f"{plan.name}: missing (framewire topics creates it)")
+            continue
+        count = len(topic.partitions)
+        if count > plan.partitions:
+            problems.append(f"{plan.name}: {count} partitions, settings say {plan.partitions} "
+                            "(partitions cannot be removed; set FRAMEWIRE_PARTITIONS="
+                            f"{count} to match)")
+        replicas = min((len(p.replicas) for p in topic.partitions.values()), default=0)
+        if replicas != plan.replication:
+            problems.append(f"{plan.name}: replication factor {replicas}, settings say "
+                            f"{plan.replication} (change it with a partition reassignment)")
+        resources.append((plan, ConfigResource(ResourceType.TOPIC, plan.name)))
+    if resources:
+        described = admin.describe_configs([r for _, r in resources],
+                                           request_timeout=timeout_s)
+        for plan, resource in resources:
+            current = {k: v.value for k, v in described[resource].result(timeout_s).items()}
+            changed = {k: v for k, v in plan.configs.items() if current.get(k) != v}
+            for key, value in changed.items():
+                problems.append(f"{plan.name}: {key}={current.get(key)}, settings say {value}"
+                                + (" (reset)" if apply else
+                                   " (framewire topics --apply sets it)"))
+            if apply and changed:
+                _alter_configs(admin, plan.name, changed, timeout_s)
+    return problems
+
+
+def _alter_configs(admin: AdminClient, topic: str, configs: dict[str, str],
+                   timeout_s: float) -> None:
+    entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+               for k, v in configs.items()]
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=entries)
+    for future in admin.incremental_alter_configs([resource],
+                                                  request_timeout=timeout_s).values():
+        future.result(timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -287,3 +288,86 @@ def dead_letters(settings: Settings, codec: Codec | None = None) -> list[tuple[A
             continue
     out.sort(key=lambda pair: pair[1].failed_at)
     return out
+
+
+@dataclass
+class BrokerNode:
+    """One broker node as ``framewire status`` shows it."""
+
+    node_id: int
+    listener: str
+    pid: int | None
+    alive: bool
+    under_replicated_partitions: int | None
+
+
+@dataclass
+class BrokerStatus:
+    """The broker nodes of the site: kind, each node, and what is wrong."""
+
+    kind: str
+    nodes: list[BrokerNode] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return any(n.alive for n in self.nodes)
+
+
+def _pid_of(path: Any) -> int | None:
+    """The pid written in ``path`` when that process still runs, else None."""
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def broker_status(settings: Settings, timeout_s: float = 5.0) -> BrokerStatus:
+    """Each broker node: listener, pid (nodes this site manages), under-replicated partitions.
+
+    A partition counts against the node that leads it when fewer replicas are in sync than it
+    has (Kafka's UnderReplicatedPartitions).
+    """
+    kind = "embedded" if settings.on_tansu else (
+        "kafka" if settings.manages_kafka else "external")
+    status = BrokerStatus(kind)
+    try:
+        metadata = AdminClient(client_config(settings, log_level=0)).list_topics(
+            timeout=timeout_s)
+    except KafkaException as exc:
+        metadata = None
+        status.problems.append(f"broker {settings.bootstrap_servers} did not answer ({exc}); "
+                               "is it running? see FRAMEWIRE_HOME/logs/broker*.log")
+    listed = {b.id: f"{b.host}:{b.port}" for b in (metadata.brokers.values() if metadata else [])}
+    under: dict[int, int] = {}
+    offline = 0
+    for topic in (metadata.topics.values() if metadata else []):
+        for part in topic.partitions.values():
+            if part.leader < 0:
+                offline += 1
+            elif len(part.isrs) < len(part.replicas):
+                under[part.leader] = under.get(part.leader, 0) + 1
+    if settings.manages_kafka:
+        from framewire.supervisor import managed_kafka
+
+        for node in managed_kafka(settings).members:
+            up = node.node_id in listed
+            status.nodes.append(BrokerNode(node.node_id, node.listener, _pid_of(node.pid_file),
+                                           up, under.get(node.node_id, 0) if up else None))
+            if not up:
+                status.problems.append(
+                    f"broker node {node.node_id} ({node.listener}) is not in the cluster: "
+                    f"down or starting; framewire run restarts it, see {node.log_path}")
+    else:
+        for node_id, listener in sorted(listed.items()):
+            status.nodes.append(BrokerNode(node_id, listener, None, True,
+                                           under.get(node_id, 0)))
+    if offline:
+        status.problems.append(f"{offline} partition(s) have no leader: their records can be "
+                               "neither written nor read until a replica's node returns")
+    if sum(under.values()):
+        status.problems.append(f"{sum(under.values())} partition(s) under-replicated: a node "
+                               "is down or behind; writes wait for min.insync.replicas")
+    return status

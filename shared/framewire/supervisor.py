@@ -1,4 +1,5 @@
-"""``framewire run``: the embedded broker plus one OS process per service, restarted on crash."""
+"""``framewire run``: the broker (embedded or Apache Kafka) plus one OS process per service,
+each restarted on crash."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from framewire.broker import EmbeddedBroker, client_config, ensure_topics, wait_for_broker
 from framewire.config import Settings
+from framewire.kafka_cluster import KafkaCluster, KafkaNode
 from framewire.procutil import die_with_parent
 from framewire.retry import Backoff
 
@@ -41,6 +43,8 @@ class Supervisor:
         self.home = settings.home.resolve()
         self.logs = self.home / "logs"
         self.broker: EmbeddedBroker | None = None
+        self.kafka: KafkaCluster | None = None
+        self._node_restart_at: dict[int, float] = {}
         self.children = []
         for name in services:
             args = [sys.executable, "-m", "framewire.cli", "service", name]
@@ -54,10 +58,16 @@ class Supervisor:
     def start(self) -> None:
         """Broker, topics, then every service."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        if self.settings.embedded_broker:
-            host, _, port = self.settings.bootstrap_servers.split(",")[0].rpartition(":")
+        host, _, port = self.settings.bootstrap_servers.split(",")[0].rpartition(":")
+        if self.settings.on_tansu:
             self.broker = EmbeddedBroker(host, int(port), self.logs / "broker.log")
             self.broker.start()
+        elif self.settings.manages_kafka:
+            self.kafka = managed_kafka(self.settings, self.logs)
+            self.kafka.start()
+            # services bootstrap from every node, so one node down never keeps them out
+            self.settings = self.settings.model_copy(
+                update={"bootstrap_servers": self.kafka.bootstrap_servers})
         else:
             wait_for_broker(client_config(self.settings), 30.0)
         ensure_topics(self.settings)
@@ -66,7 +76,8 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         env = dict(os.environ, FRAMEWIRE_HOME=str(self.home),
-                   FRAMEWIRE_RESTART_COUNT=str(child.restarts))
+                   FRAMEWIRE_RESTART_COUNT=str(child.restarts),
+                   FRAMEWIRE_BOOTSTRAP_SERVERS=self.settings.bootstrap_servers)
         with child.log_path.open("ab") as out:
             child.process = subprocess.Popen(child.args, stdout=out, stderr=subprocess.STDOUT,
                                              env=env, start_new_session=True,
@@ -87,6 +98,7 @@ class Supervisor:
                           "records not yet consumed are lost, see docs/operations.md)")
             broker.start()
             ensure_topics(self.settings)
+        events += self._restart_kafka_nodes(now)
         for child in self.children:
             proc = child.process
             if proc is not None and proc.poll() is None:
@@ -100,6 +112,30 @@ class Supervisor:
                 child.restarts += 1
                 self._spawn(child)
         return events
+
+    def _restart_kafka_nodes(self, now: float) -> list[str]:
+        """Start again, with backoff, Apache Kafka nodes that exited (their log is on disk)."""
+        if self.kafka is None:
+            return []
+        events = []
+        for node in self.kafka.dead_nodes():
+            due = self._node_restart_at.get(node.node_id)
+            if due is None:
+                code = node.process.returncode if node.process else None
+                delay = min(30.0, 2.0 ** min(node.restarts, 5))
+                self._node_restart_at[node.node_id] = now + delay
+                events.append(f"Apache Kafka node {node.node_id} exited with code {code}; "
+                              f"restarting it in {delay:.0f} s (its data is on disk; see "
+                              f"{node.log_path})")
+            elif now >= due:
+                node.restarts += 1
+                del self._node_restart_at[node.node_id]
+                self.kafka.launch(node)
+        return events
+
+    @property
+    def kafka_nodes(self) -> list[KafkaNode]:
+        return self.kafka.members if self.kafka else []
 
     def stop_services(self, children: list[Child] | None = None) -> None:
         """SIGTERM services (they finish the batch, commit, leave) and wait for them."""
@@ -124,6 +160,8 @@ class Supervisor:
         self.stop_services()
         if self.broker is not None:
             self.broker.stop()
+        if self.kafka is not None:
+            self.kafka.stop()
 
     # -- keeping the embedded broker's memory within a budget -----------------------------
 
@@ -143,6 +181,8 @@ class Supervisor:
 
     def over_memory_budget(self) -> bool:
         budget = self.settings.broker_memory_budget_mb
+        if self.broker is None:  # Apache Kafka keeps its log on disk, within its heap
+            return False
         rss = self.broker_rss_mb()
         return bool(budget) and rss is not None and rss > budget
 
@@ -183,3 +223,10 @@ class Supervisor:
             self._spawn(child)
         log.warning("broker recycled", extra={"rss_mb": self.broker_rss_mb()})
         return True
+
+
+def managed_kafka(settings: Settings, logs: Path | None = None) -> KafkaCluster:
+    """The Apache Kafka cluster the settings describe (not started)."""
+    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    return KafkaCluster(settings.home, host, int(port), settings.broker_nodes,
+                        settings.kafka_heap_mb, logs or settings.home / "logs")

@@ -49,23 +49,34 @@ def run(
         "ingest,preprocess,inference,storage",
     replicas: Annotated[str, typer.Option(
         help="Processes per service, e.g. inference=2,preprocess=2 (default 1 each).")] = "",
+    broker: Annotated[str | None, typer.Option(
+        "--broker", help="Broker to start: embedded (memory only) or kafka (Apache Kafka, "
+        "KRaft, data in FRAMEWIRE_HOME). Default: FRAMEWIRE_BROKER.")] = None,
+    broker_nodes: Annotated[int | None, typer.Option(
+        "--broker-nodes", help="Apache Kafka nodes (node N on the bootstrap port + N - 1). "
+        "Default: FRAMEWIRE_BROKER_NODES, 1.")] = None,
 ) -> None:
-    """Start the embedded broker, every service and the demo cameras; Ctrl-C stops all.
+    """Start the broker, every service and the demo cameras; Ctrl-C stops all.
 
-    Example: framewire run --replicas inference=2,preprocess=2
+    Example: framewire run --broker kafka --broker-nodes 3 --replicas inference=2
     """
     from framewire.codec import make_codec
     from framewire.status import site_status
     from framewire.supervisor import Supervisor
 
+    _broker_options(broker, broker_nodes)
     settings = settings_for("run")
     sup = Supervisor(settings, [s.strip() for s in services.split(",") if s.strip()], demo,
                      parse_replicas(replicas))
     console.print(f"[bold]Framewire[/] home={settings.home.resolve()} "
-                  f"broker={settings.bootstrap_servers} db={settings.resolved_database_url}")
+                  f"broker={settings.bootstrap_servers} ({_broker_kind(settings)}) "
+                  f"db={settings.resolved_database_url}")
     stop = _stop_on_signals()
     try:
         sup.start()
+        if sup.kafka is not None:
+            console.print(f"Apache Kafka: {sup.kafka.nodes} node(s) on "
+                          f"{sup.kafka.bootstrap_servers}, data in {sup.kafka.folder}")
         console.print(f"services started; logs in {sup.logs}. Ctrl-C to stop.")
         codec = make_codec(settings.schema_registry_url)
         started, last = time.monotonic(), (time.monotonic(), 0)
@@ -78,6 +89,24 @@ def run(
         console.print("stopping: services finish their batch, commit and leave their groups")
         sup.stop()
         console.print("stopped")
+
+
+def _broker_options(kind: str | None, nodes: int | None) -> None:
+    """Command-line broker options win over the environment and the YAML file."""
+    if kind is not None:
+        if kind not in ("embedded", "kafka"):
+            raise ConfigError(f"--broker {kind!r}: choose embedded or kafka")
+        os.environ["FRAMEWIRE_BROKER"] = kind
+    if nodes is not None:
+        os.environ["FRAMEWIRE_BROKER_NODES"] = str(nodes)
+
+
+def _broker_kind(settings: Settings) -> str:
+    if settings.on_tansu:
+        return "embedded, memory only"
+    if settings.manages_kafka:
+        return f"Apache Kafka, {settings.broker_nodes} node(s)"
+    return "existing cluster"
 
 
 def parse_replicas(text: str) -> dict[str, int]:
@@ -143,28 +172,82 @@ def broker(
     port: Annotated[
         int | None, typer.Option(help="Port (default: from bootstrap_servers).")
     ] = None,
+    kind: Annotated[str | None, typer.Option(
+        "--kind", help="embedded (Tansu, memory only) or kafka (Apache Kafka, KRaft). "
+        "Default: FRAMEWIRE_BROKER.")] = None,
+    nodes: Annotated[int | None, typer.Option(
+        "--nodes", help="Apache Kafka nodes; node N listens on the port + N - 1.")] = None,
 ) -> None:
-    """Run the embedded Kafka-protocol broker alone, in the foreground, and create the topics.
+    """Run the broker alone, in the foreground, and create Framewire's topics.
 
-    Example: framewire broker --port 19092
+    Example: framewire broker --kind kafka --nodes 3
     """
     from framewire.broker import EmbeddedBroker, ensure_topics
+    from framewire.supervisor import managed_kafka
 
-    settings = settings_for("broker")
-    host, _, default_port = settings.bootstrap_servers.split(",")[0].rpartition(":")
-    b = EmbeddedBroker(host, port or int(default_port), settings.home / "logs" / "broker.log")
-    b.start()
+    _broker_options(kind, nodes)
     if port is not None:
-        settings = load_settings(bootstrap_servers=b.bootstrap_servers)
-    ensure_topics(settings)
-    console.print(f"broker listening on {b.bootstrap_servers} (memory storage); Ctrl-C stops it")
-    stop = _stop_on_signals()
+        os.environ["FRAMEWIRE_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{port}"
+    settings = settings_for("broker")
+    if not settings.embedded_broker:
+        raise ConfigError("FRAMEWIRE_EMBEDDED_BROKER=false: this site uses an existing "
+                          "cluster, so there is no broker to run; unset it to run one here")
+    host, _, default_port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    if settings.manages_kafka:
+        cluster = managed_kafka(settings)
+        console.print(f"starting Apache Kafka: {cluster.nodes} node(s), data in "
+                      f"{cluster.folder} (first start resolves the jars with Maven)")
+        cluster.start()
+        servers, alive = cluster.bootstrap_servers, lambda: not cluster.dead_nodes()
+        stopper, what = cluster.stop, f"Apache Kafka, {cluster.nodes} node(s), data on disk"
+    else:
+        b = EmbeddedBroker(host, int(default_port), settings.home / "logs" / "broker.log")
+        b.start()
+        servers, what = b.bootstrap_servers, "embedded, memory storage"
+        alive = lambda: b.process is not None and b.process.poll() is None  # noqa: E731
+        stopper = b.stop
     try:
+        ensure_topics(settings.model_copy(update={"bootstrap_servers": servers}))
+        console.print(f"broker listening on {servers} ({what}); Ctrl-C stops it")
+        stop = _stop_on_signals()
         while not stop.wait(1.0):
-            if b.process is None or b.process.poll() is not None:
+            if not alive():
                 raise FramewireError("the broker exited; see its log under FRAMEWIRE_HOME/logs")
     finally:
-        b.stop()
+        stopper()
+
+
+@app.command()
+def topics(
+    apply: Annotated[bool, typer.Option(
+        "--apply", help="Set topic configs that differ back to the settings' values.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Create Framewire's missing topics, add partitions, and report configs that drifted.
+
+    Exits 0 when the cluster matches the settings, 1 when something differs.
+    Example: framewire topics --apply
+    """
+    import json
+
+    from framewire.broker import client_config, ensure_topics, topic_drift, wait_for_broker
+
+    settings = settings_for()
+    wait_for_broker(client_config(settings), 30.0)
+    created = ensure_topics(settings)
+    drift = topic_drift(settings, apply=apply)
+    remaining = [d for d in drift if not d.endswith("(reset)")]
+    if as_json:
+        print(json.dumps({"created": created, "drift": drift, "ok": not remaining}, indent=2))
+    else:
+        for topic in created:
+            console.print(f"created {topic}")
+        for line in drift:
+            console.print(f"[yellow]! {line}[/]")
+        if not drift:
+            console.print("topics match the settings")
+    if remaining:
+        raise typer.Exit(1)
 
 
 from framewire.cli import bench as _bench  # noqa: E402,F401

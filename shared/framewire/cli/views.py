@@ -102,9 +102,11 @@ def status(
 
     Example: framewire status --json
     """
-    from framewire.status import site_status
+    from framewire.status import broker_status, site_status
 
-    statuses = site_status(settings_for())
+    settings = settings_for()
+    statuses = site_status(settings)
+    brokers = broker_status(settings)
     now = datetime.now(UTC)
     if as_json:
         _print_json([
@@ -129,7 +131,13 @@ def status(
                   "gpu_watts": b.gpu_watts}
                  for b in s.instances]}
             for s in statuses
-        ])
+        ] + [{
+            "service": "broker", "kind": brokers.kind, "alive": brokers.alive,
+            "problems": brokers.problems,
+            "instances": [{"node_id": n.node_id, "listener": n.listener, "pid": n.pid,
+                           "alive": n.alive,
+                           "under_replicated_partitions": n.under_replicated_partitions}
+                          for n in brokers.nodes]}])
         return
     table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered",
                   "dropped", "lag", "CPU-s/1k frames", "J/1k frames", "metrics")
@@ -144,7 +152,14 @@ def status(
                       _joules(s),
                       ",".join(f":{b.metrics_port}" for b in s.alive if b.metrics_port) or "-")
     console.print(table)
-    problems = [p for s in statuses for p in s.problems]
+    nodes = Table("broker", "node", "alive", "pid", "listener", "under-replicated partitions")
+    for n in brokers.nodes:
+        nodes.add_row(brokers.kind, str(n.node_id), "yes" if n.alive else "[red]no[/]",
+                      "-" if n.pid is None else str(n.pid), n.listener,
+                      "-" if n.under_replicated_partitions is None
+                      else str(n.under_replicated_partitions))
+    console.print(nodes)
+    problems = [p for s in statuses for p in s.problems] + brokers.problems
     for problem in problems:
         console.print(f"[yellow]! {problem}[/]")
     if not problems:
