@@ -469,10 +469,12 @@ def test_depends_on_names_existing_services_with_a_way_to_tell_they_are_ready():
               ["topics"]]
     assert topics, "no one-shot `framewire topics` service creates the topics"
     for name, service in long_running(framewire_services()).items():
-        depends = service["depends_on"]
+        conditions = {other: rule.get("condition") for other, rule in
+                      service.get("depends_on", {}).items()}
         for node in kafka_nodes():
-            assert depends[node]["condition"] == "service_healthy", f"{name} starts before {node}"
-        assert depends[topics[0]]["condition"] == "service_completed_successfully", name
+            assert conditions.get(node) == "service_healthy", f"{name} starts before {node}"
+        assert conditions.get(topics[0]) == "service_completed_successfully", (
+            f"{name} starts before its topics exist")
 
 
 def test_every_mounted_file_and_build_input_exists():
