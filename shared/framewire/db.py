@@ -187,6 +187,23 @@ class StoredCamera:
     frames_stored: int
 
 
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """What one ``store_results`` call did with its results."""
+
+    inserted: int  # new frames
+    replaced: int  # frames stored before, now with a newer result of another model
+    unchanged: int  # frames already stored as they are (redeliveries, repeats in the batch)
+
+
+def supersedes(result: InferenceResult, model_name: str, model_version: str,
+               inferred_at: datetime) -> bool:
+    """Whether ``result`` should replace a stored result of the same frame made by
+    ``model_name`` ``model_version`` at ``inferred_at``: another model, inferred later."""
+    return ((result.model_name, result.model_version) != (model_name, model_version)
+            and result.inferred_at > inferred_at)
+
+
 class Database:
     """Results storage over one SQLAlchemy engine; get one from ``open_database()``."""
 
@@ -201,12 +218,30 @@ class Database:
         return self._engine
 
     def upsert_results(self, results: Sequence[InferenceResult]) -> int:
-        """Store the results whose frame_id is not stored yet, in one transaction; count them."""
+        """Store the results whose frame_id is not stored yet, and replace stored results that
+        a newer run of another model superseded, in one transaction; count the rows written.
+
+        A redelivered result (same frame, same model) never makes or changes a row.
+        """
+        counts = self.store_results(results)
+        return counts.inserted + counts.replaced
+
+    def store_results(self, results: Sequence[InferenceResult]) -> StoreCounts:
+        """``upsert_results``, saying how many rows were inserted, replaced or left as they were.
+
+        A stored result is replaced when the new one comes from another model (name or
+        version) and was inferred later: a frame replayed after a model change
+        (``framewire replay``) then carries the new model's result, while a late redelivery
+        of the old model's result never undoes that.
+        """
         unique: dict[str, InferenceResult] = {}
         for result in results:
-            unique.setdefault(result.frame_id, result)
+            kept = unique.get(result.frame_id)
+            if kept is None or supersedes(result, kept.model_name, kept.model_version,
+                                          kept.inferred_at):
+                unique[result.frame_id] = result
         if not unique:
-            return 0
+            return StoreCounts(0, 0, 0)
         # Same key order in every writer: concurrent batches then wait on each other instead
         # of deadlocking on PostgreSQL's unique-index locks.
         batch = [unique[frame_id] for frame_id in sorted(unique)]
@@ -221,9 +256,14 @@ class Database:
             # RETURNING names only the rows this transaction inserted, also under races.
             inserted = set(conn.execute(insert_results, rows).scalars())
             new = [result for result in batch if result.frame_id in inserted]
+            replaced = self._replace_superseded(
+                conn, [r for r in batch if r.frame_id not in inserted], stored_at)
+            if replaced:
+                conn.execute(sa.delete(detection_table).where(
+                    detection_table.c.frame_id.in_([r.frame_id for r in replaced])))
             detection_rows = [
                 {"frame_id": r.frame_id, "idx": idx, **_detection_fields(d)}
-                for r in new
+                for r in new + replaced
                 for idx, d in enumerate(r.detections)
             ]
             if detection_rows:
@@ -231,8 +271,37 @@ class Database:
             camera_rows = _camera_rows(new)
             if camera_rows:
                 conn.execute(self._camera_upsert(), camera_rows)
-        log.debug("stored results", extra={"received": len(results), "new": len(new)})
-        return len(new)
+        log.debug("stored results", extra={"received": len(results), "new": len(new),
+                                           "replaced": len(replaced)})
+        return StoreCounts(len(new), len(replaced), len(results) - len(new) - len(replaced))
+
+    def _replace_superseded(self, conn: sa.Connection, stored: list[InferenceResult],
+                            stored_at: datetime) -> list[InferenceResult]:
+        """Overwrite the rows of ``stored`` (frames already stored) that each result
+        supersedes; the results whose rows were overwritten, in frame_id order."""
+        if not stored:
+            return []
+        c = result_table.c
+        current = {row.frame_id: row for row in conn.execute(
+            sa.select(c.frame_id, c.model_name, c.model_version, c.inferred_at)
+            .where(c.frame_id.in_([r.frame_id for r in stored])))}
+        replaced = []
+        for result in stored:  # already sorted by frame_id: the same lock order as the insert
+            row = current.get(result.frame_id)
+            if row is None or not supersedes(result, row.model_name, row.model_version,
+                                             row.inferred_at):
+                continue
+            # the same test again in SQL: a concurrent writer may have replaced it meanwhile
+            done = conn.execute(
+                sa.update(result_table)
+                .where(c.frame_id == result.frame_id,
+                       sa.or_(c.model_name != result.model_name,
+                              c.model_version != result.model_version),
+                       c.inferred_at < result.inferred_at)
+                .values(_result_row(result, stored_at)))
+            if done.rowcount == 1:
+                replaced.append(result)
+        return replaced
 
     def query_results(
         self, camera_id: str | None = None, limit: int = 50, since: datetime | None = None

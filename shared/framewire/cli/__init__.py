@@ -252,6 +252,7 @@ def topics(
 
 from framewire.cli import bench as _bench  # noqa: E402,F401
 from framewire.cli import publish as _publish  # noqa: E402,F401  (registers commands)
+from framewire.cli import recover as _recover  # noqa: E402,F401
 from framewire.cli import trace as _trace  # noqa: E402,F401
 from framewire.cli import views as _views  # noqa: E402,F401
 
