@@ -288,6 +288,7 @@ class SteadyIngest:
         self.frames = workload_frames(workload, camera_prefix)
         self.started_at = self.finished_at = 0.0
         self.done = threading.Event()
+        self.halt = threading.Event()  # set: publish no further round, then flush
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="steady-ingest", daemon=True)
 
@@ -301,6 +302,8 @@ class SteadyIngest:
         self.started_at = due = time.monotonic()
         try:
             for i, (camera, data) in enumerate(self.frames):
+                if i % cameras == 0 and self.halt.is_set():
+                    break
                 if fps and i % cameras == 0:
                     pace.wait(max(0.0, due - time.monotonic()))
                     due += 1.0 / fps
