@@ -36,6 +36,26 @@ def process_cpu_seconds(pid: int) -> float | None:
     return cpu_seconds_from_stat(text, os.sysconf("SC_CLK_TCK"))
 
 
+def memory_from_status(text: str) -> tuple[float, float]:
+    """(resident, peak resident) memory in MiB from the text of ``/proc/PID/status``."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            found[key] = int(value.split()[0]) / 1024  # kB
+    if len(found) != 2:
+        raise ValueError("no VmRSS and VmHWM lines: not the text of /proc/PID/status")
+    return found["VmRSS"], found["VmHWM"]
+
+
+def process_memory_mib(pid: int) -> tuple[float, float] | None:
+    """(resident, peak resident) MiB of a live process; None when it is gone."""
+    try:
+        return memory_from_status(Path(f"/proc/{pid}/status").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def busy_seconds_from_proc_stat(text: str, ticks_per_s: int) -> float:
     """CPU-seconds all cores spent busy (user, nice, system, irq, softirq, steal) since boot."""
     for line in text.splitlines():

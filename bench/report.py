@@ -1,4 +1,5 @@
-"""What a benchmark run leaves: a table on the terminal, a JSON file, a PNG chart, the docs."""
+"""What a benchmark run leaves: tables on the terminal, a JSON file and a PNG chart under
+``bench/results/`` (git-ignored), and docs/benchmarks.md only when asked (``--write-docs``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import describe
-from bench.stats import LATENCY_TARGET, BenchResult
+from bench.stats import LATENCY_TARGET, BenchResult, BrokerRun, broker_comparison
 
 DOCS_START = "<!-- bench:latest:start -->"
 DOCS_END = "<!-- bench:latest:end -->"
@@ -24,6 +25,13 @@ def _num(value: float | None, digits: int = 1, unit: str = "") -> str:
 
 def _pct(value: float | None) -> float | None:
     return None if value is None else value * 100
+
+
+def _memory(run: BrokerRun) -> str:
+    rss = run.rss_mib
+    return (f"RSS {_num(rss.get('ready'), 0)} MiB after start, {_num(rss.get('end'), 0)} at the "
+            f"end, peak {_num(rss.get('peak'), 0)}; "
+            f"{_num(run.rss_mib_per_1000_frames, 1)} MiB more per 1,000 frames")
 
 
 def summary_rows(result: BenchResult) -> list[tuple[str, str]]:
@@ -54,6 +62,10 @@ def summary_rows(result: BenchResult) -> list[tuple[str, str]]:
     rows.append(("**scale-out 2 / 1 inference**", _num(result.scale_out_ratio, 2, "x")))
     cpu = result.cpu_s_per_1000
     services = ", ".join(f"{k} {_num(v, 1)}" for k, v in cpu.items() if k != "total")
+    embedded = result.brokers.get("embedded")
+    if embedded is not None:
+        rows.append(("embedded broker", f"start-up {_num(embedded.startup_s, 2)} s; "
+                                        f"{_memory(embedded)}"))
     rows += [
         ("CPU-s per 1,000 frames", f"bare {_num(result.bare_cpu_s_per_1000)}; Framewire "
                                    f"{_num(cpu.get('total'))} ({services})"),
@@ -72,9 +84,39 @@ def summary_rows(result: BenchResult) -> list[tuple[str, str]]:
     return rows
 
 
+BROKER_COLUMNS = ("measure", "embedded (Tansu)", "Apache Kafka (1 node)", "Kafka / embedded")
+
+
+def broker_rows(result: BenchResult) -> list[tuple[str, str, str, str]]:
+    """The embedded broker beside Apache Kafka (``--broker kafka``), one row per measure,
+    then exactly_once against at_least_once on Kafka; empty when Kafka was not measured."""
+    if "kafka" not in result.brokers:
+        return []
+    cmp = broker_comparison(result.brokers)
+    digits = {"fps": 1, "p99_ms": 0, "broker_cpu_ms_per_frame": 2, "cpu_ms_per_frame": 1,
+              "broker_rss_mib_peak": 0, "broker_rss_mib_per_1000_frames": 1, "startup_s": 2}
+    rows = [(cmp[key]["measure"], _num(cmp[key]["embedded"], n), _num(cmp[key]["kafka"], n),
+             _num(cmp[key]["kafka_over_embedded"], 2, "x")) for key, n in digits.items()]
+    eos, kafka = cmp["exactly_once"], result.brokers["kafka"]
+    if "kafka_exactly_once" in result.brokers:
+        made = {True: "transactions made", False: "no transaction made: the setting only",
+                None: "transactions not checked"}[eos["transactions"]]
+        rows += [
+            ("Kafka exactly_once, full speed frames/s", "", _num(eos["fps"], 1),
+             f"{_num(eos['fps_ratio'], 2, 'x')} of at_least_once"),
+            ("Kafka exactly_once, CPU-ms per frame (broker)", "",
+             f"{_num(eos['cpu_ms_per_frame'], 1)} ({_num(eos['broker_cpu_ms_per_frame'], 2)})",
+             f"{_num(eos['cpu_ratio'], 2, 'x')} of at_least_once ({made})"),
+        ]
+    rows.append(("data topic partitions", str(result.brokers["embedded"].partitions)
+                 if "embedded" in result.brokers else "n/a", str(kafka.partitions), ""))
+    return rows
+
+
 def print_table(result: BenchResult, console: Console) -> None:
-    """The summary table and the targets' pass/fail lines."""
-    table = Table(title=f"framewire bench{' --quick' if result.quick else ''} — "
+    """The summary table, the brokers' table (``--broker kafka``) and the targets' lines."""
+    table = Table(title=f"framewire bench{' --quick' if result.quick else ''}"
+                        f"{' --broker kafka' if 'kafka' in result.brokers else ''} — "
                         f"{describe(result.machine)}", title_justify="left")
     table.add_column("measure")
     table.add_column("value")
@@ -82,6 +124,15 @@ def print_table(result: BenchResult, console: Console) -> None:
         bold = measure.startswith("**")
         table.add_row(measure.strip("*"), value, style="bold" if bold else None)
     console.print(table)
+    brokers = broker_rows(result)
+    if brokers:
+        compared = Table(title="brokers: the same pipeline on each (full speed; p99 at the "
+                               "same 50 % load)", title_justify="left")
+        for column in BROKER_COLUMNS:
+            compared.add_column(column)
+        for row in brokers:
+            compared.add_row(*row)
+        console.print(compared)
     for target in result.targets():
         colour = {True: "green", False: "red", None: "yellow"}[target.passed]
         console.print(f"[{colour}]{target.line()}[/]")
@@ -93,7 +144,8 @@ def write_json(result: BenchResult, folder: Path) -> Path:
     """``bench/results/bench-<time>.json``; returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = result.started_at.replace(":", "").replace("-", "")[:15]
-    path = folder / f"bench-{stamp}{'-quick' if result.quick else ''}.json"
+    kafka = "-kafka" if "kafka" in result.brokers else ""
+    path = folder / f"bench-{stamp}{'-quick' if result.quick else ''}{kafka}.json"
     path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return path
 
@@ -101,9 +153,17 @@ def write_json(result: BenchResult, folder: Path) -> Path:
 def markdown_section(result: BenchResult) -> str:
     """The generated part of docs/benchmarks.md: machine, table, targets."""
     machine = result.machine
+    brokers = broker_rows(result)
+    flags = (" --quick" if result.quick else "") + (" --broker kafka" if brokers else "")
+    compared = [
+        "",
+        "| " + " | ".join(BROKER_COLUMNS) + " |",
+        "|---|---|---|---|",
+        *[f"| {' | '.join(row)} |" for row in brokers],
+    ] if brokers else []
     lines = [
         DOCS_START,
-        f"Latest run: {result.started_at} (`framewire bench{' --quick' if result.quick else ''}`"
+        f"Latest run: {result.started_at} (`framewire bench{flags}`"
         f", commit {machine.get('commit')}{' + local changes' if machine.get('dirty') else ''},"
         f" {result.duration_s:.0f} s).",
         "",
@@ -112,6 +172,7 @@ def markdown_section(result: BenchResult) -> str:
         "| measure | value |",
         "|---|---|",
         *[f"| {m} | {v} |" for m, v in summary_rows(result)],
+        *compared,
         "",
         *[f"- {t.line()}" for t in result.targets()],
         *[f"- note: {n}" for n in result.notes],
@@ -129,7 +190,7 @@ def replace_section(text: str, section: str) -> str:
 
 
 def update_docs(result: BenchResult, path: Path) -> None:
-    """Put the latest run's machine and table into docs/benchmarks.md."""
+    """Put the latest run's machine and table into docs/benchmarks.md (``--write-docs``)."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     path.write_text(replace_section(text, markdown_section(result)))
 
@@ -152,6 +213,9 @@ def draw_chart(result: BenchResult, latencies_ms: Sequence[float], path: Path) -
     half = _W // 2
     _text(img, "frames/s by configuration", (_PAD, 30), 0.6)
     bars = [("bare loop", result.bare_fps), ("Framewire", result.framewire_fps)]
+    labels = {"kafka": "on Kafka", "kafka_exactly_once": "Kafka EOS"}
+    bars += [(label, result.brokers[key].fps) for key, label in labels.items()
+             if key in result.brokers]
     bars += [(f"inference x{p.replicas}*", p.fps) for p in result.scale_out]
     top = max(v for _, v in bars) * 1.15 or 1.0
     x0, y0, x1, y1 = _PAD + 10, 60, half - 30, _H - _PAD

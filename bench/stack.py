@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.feed import Feeder, FeedPlan
-from bench.machine import EnergyMeter, other_cores, process_cpu_seconds, system_busy_seconds
+from bench.machine import (
+    EnergyMeter,
+    other_cores,
+    process_cpu_seconds,
+    process_memory_mib,
+    system_busy_seconds,
+)
 from bench.stats import per_thousand, rate_between
 
 Tick = Callable[[float], None]
@@ -53,6 +59,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    if not 0 < port < 65536:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, attempts: int = 100) -> int:
+    """The first of ``count`` consecutive free TCP ports on 127.0.0.1 (an Apache Kafka node
+    listens for clients on the first and for its controller quorum on the next)."""
+    for _ in range(attempts):
+        first = free_port()
+        if all(_port_free(first + i) for i in range(1, count)):
+            return first
+    raise StackFailed(f"no {count} consecutive free ports on 127.0.0.1 after {attempts} tries")
+
+
 def now_s() -> float:
     """Wall-clock seconds (UTC epoch), comparable with the database's timestamps."""
     return datetime.now(UTC).timestamp()
@@ -73,13 +100,21 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def site_environment(home: Path, bootstrap: str, embedded: bool,
-                     prefix: str = "") -> dict[str, str]:
-    """The settings a benchmark site overrides; every other ``FRAMEWIRE_*`` is the user's."""
-    return {
+def site_environment(home: Path, bootstrap: str, embedded: bool, prefix: str = "",
+                     broker: str = "embedded",
+                     delivery: str = "at_least_once") -> dict[str, str]:
+    """The settings a benchmark site overrides; every other ``FRAMEWIRE_*`` is the user's.
+
+    ``broker`` is the kind the site's supervisor starts when ``embedded`` (the Tansu
+    broker, or a single Apache Kafka node as ``framewire run --broker kafka`` starts it);
+    ``delivery`` is what the site is measured with.
+    """
+    env = {
         "FRAMEWIRE_HOME": str(home),
         "FRAMEWIRE_BOOTSTRAP_SERVERS": bootstrap,
         "FRAMEWIRE_EMBEDDED_BROKER": "true" if embedded else "false",
+        "FRAMEWIRE_BROKER": broker,
+        "FRAMEWIRE_DELIVERY": delivery,
         "FRAMEWIRE_TOPIC_PREFIX": prefix,
         "FRAMEWIRE_DATABASE_URL": f"sqlite:///{(home / 'framewire.db').resolve()}",
         "FRAMEWIRE_BLOB_DIR": str(home / "blobs"),
@@ -87,6 +122,28 @@ def site_environment(home: Path, bootstrap: str, embedded: bool,
         # a recycle in the middle of a measurement would be measured too
         "FRAMEWIRE_BROKER_MEMORY_BUDGET_MB": "0",
     }
+    if broker == "kafka":
+        env["FRAMEWIRE_BROKER_NODES"] = "1"
+    return env
+
+
+def bench_supervisor(settings: Any, layout: dict[str, int]) -> Any:
+    """The supervisor of a site, noting when its broker answered with every topic made.
+
+    ``Supervisor.start`` starts the broker, waits for its metadata, creates the topics and
+    only then starts the services, so the first service start marks the broker's start-up.
+    """
+    from framewire.supervisor import Child, Supervisor
+
+    class TimedSupervisor(Supervisor):
+        topics_ready_at: float | None = None
+
+        def _spawn(self, child: Child) -> None:
+            if self.topics_ready_at is None:
+                self.topics_ready_at = time.monotonic()
+            super()._spawn(child)
+
+    return TimedSupervisor(settings, list(layout), demo=False, replicas=layout)
 
 
 @dataclass
@@ -149,19 +206,54 @@ class BenchSite:
 
     def __init__(self, home: Path, layout: dict[str, int], env: dict[str, str]) -> None:
         from framewire.config import load_settings
-        from framewire.supervisor import Supervisor
 
         self.home, self.layout, self.env = home, layout, env
         with environment(env):
             self.settings = load_settings()
-        self.supervisor = Supervisor(self.settings, list(layout), demo=False, replicas=layout)
+        self.supervisor = bench_supervisor(self.settings, layout)
         self._db: Any = None
+        # seconds from starting the broker process to its metadata answer with every topic
+        # made (what framewire run waits for before it starts the services)
+        self.startup_s: float | None = None
 
     def start(self) -> None:
         # tables first: processes that open one SQLite file at once race to create them
         self.db.count_results()
         with environment(self.env):
+            begun = time.monotonic()
             self.supervisor.start()
+            made = getattr(self.supervisor, "topics_ready_at", None) or time.monotonic()
+            # Apache Kafka lists a new topic before its partitions have a leader
+            led = self.wait_leaders()
+            self.startup_s = round((made if led is None else max(made, led)) - begun, 3)
+
+    def wait_leaders(self, timeout_s: float = 60.0) -> float | None:
+        """Until the broker's metadata shows a leader for every partition of every topic;
+        when that took more than the first look, the time (``time.monotonic()``) it did."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        from framewire.broker import client_config
+        from framewire.config import TOPICS
+
+        admin = AdminClient(client_config(self.supervisor.settings, log_level=0))
+        names = [self.settings.topic(name) for name in TOPICS]
+        deadline = time.monotonic() + timeout_s
+        first = True
+        while True:
+            try:
+                topics = admin.list_topics(timeout=5.0).topics
+                if all(name in topics and topics[name].error is None and topics[name].partitions
+                       and all(p.leader >= 0 and p.error is None
+                               for p in topics[name].partitions.values()) for name in names):
+                    return None if first else time.monotonic()
+            except KafkaException:
+                pass
+            if time.monotonic() > deadline:
+                raise StackFailed(f"the broker showed no leader for every partition within "
+                                  f"{timeout_s:.0f} s; see the logs in {self.home / 'logs'}")
+            first = False
+            time.sleep(0.05)
 
     def stop(self) -> None:
         with environment(self.env):
@@ -186,6 +278,9 @@ class BenchSite:
         broker = self.supervisor.broker
         if broker is not None and broker.process is not None:
             out["broker"] = [broker.process.pid]
+        kafka = self.supervisor.kafka
+        if kafka is not None:  # Apache Kafka: the nodes' java processes
+            out["broker"] = [n.process.pid for n in kafka.members if n.process is not None]
         return out
 
     def check_alive(self) -> None:
@@ -193,9 +288,44 @@ class BenchSite:
             if child.process is None or child.process.poll() is not None:
                 raise StackFailed(f"{child.service} exited during the benchmark; see "
                                   f"{child.log_path}")
+        broker = self.supervisor.broker
+        if broker is not None and broker.process is not None and broker.process.poll() is not None:
+            raise StackFailed(f"the embedded broker exited during the benchmark; see "
+                              f"{self.home / 'logs' / 'broker.log'}")
+        dead = self.supervisor.kafka.dead_nodes() if self.supervisor.kafka is not None else []
+        if dead:
+            raise StackFailed(f"Apache Kafka node {dead[0].node_id} exited during the "
+                              f"benchmark; see {dead[0].log_path}")
+
+    def broker_memory_mib(self) -> tuple[float, float] | None:
+        """(resident, peak resident) MiB of the site's broker process(es), summed; None when
+        the site runs no broker of its own or /proc cannot tell."""
+        pids = self.pids().get("broker", [])
+        found = [m for m in (process_memory_mib(pid) for pid in pids) if m is not None]
+        if not pids or len(found) != len(pids):
+            return None
+        return round(sum(m[0] for m in found), 1), round(sum(m[1] for m in found), 1)
+
+    def saw_transactions(self) -> bool | None:
+        """Whether the site's Apache Kafka holds its transaction log (it makes
+        ``__transaction_state`` when the first transactional producer starts); None when the
+        cluster did not answer."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        from framewire.broker import client_config
+
+        with environment(self.env):
+            admin = AdminClient(client_config(self.supervisor.settings, log_level=0))
+            try:
+                return "__transaction_state" in admin.list_topics(timeout=10.0).topics
+            except KafkaException:
+                return None
 
     def wait_ready(self, timeout_s: float = 90.0, tick: Tick | None = None) -> None:
         """Until every replica is running with partitions assigned (group joins done)."""
+        from confluent_kafka import KafkaException
+
         from framewire.status import site_status
 
         deadline = time.monotonic() + timeout_s
@@ -203,7 +333,11 @@ class BenchSite:
         while time.monotonic() < deadline:
             self.check_alive()
             with environment(self.env):
-                statuses = {s.service: s for s in site_status(self.settings)}
+                try:
+                    statuses = {s.service: s for s in site_status(self.settings)}
+                except KafkaException:  # a new cluster still electing leaders: look again
+                    time.sleep(1.0)
+                    continue
             if all(len([b for b in statuses[name].alive if b.partitions]) >= count
                    for name, count in self.layout.items()):
                 return

@@ -14,7 +14,10 @@ THROUGHPUT_TARGET = 0.95  # Framewire frames/s over the bare loop's, full speed
 LATENCY_TARGET = 3.0  # p99 at 50 % load over the bare loop's per-frame time
 SCALE_OUT_TARGET = 1.8  # two inference replicas over one, inference-bound
 NAIVE_REFERENCE = 0.84  # the same stages written naively with Quix Streams, on this machine
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: "brokers" and "broker_comparison"
+# the sites of ``--broker kafka``: key -> (broker, delivery); ``embedded`` is measured always
+BROKER_SITES = {"embedded": ("embedded", "at_least_once"), "kafka": ("kafka", "at_least_once"),
+                "kafka_exactly_once": ("kafka", "exactly_once")}
 
 
 def rate_between(stamps: Sequence[float], start: float, end: float) -> tuple[float, int] | None:
@@ -116,6 +119,96 @@ class ScalePoint:
 
 
 @dataclass
+class BrokerRun:
+    """One Framewire site on one broker (``BROKER_SITES``): start-up, latency at the usual
+    load, full speed, and what the broker's own processes cost.
+
+    ``cpu_s_per_1000`` is CPU-seconds per 1,000 stored frames (= CPU-ms per frame) of each
+    service, ``broker`` (Tansu, or Apache Kafka's java processes) and ``total``.
+    ``rss_mib`` is the broker's resident memory after the services joined (``ready``), at
+    the end of the full-speed window (``end``) and its peak (``peak``, VmHWM);
+    ``rss_mib_per_1000_frames`` = (end - ready) / frames stored meanwhile × 1,000: what the
+    broker keeps in memory per frame it carried (Tansu keeps every record in memory;
+    Apache Kafka writes its log to disk, outside its heap).
+    """
+
+    broker: str
+    delivery: str
+    fps: float  # full speed, at storage
+    frames: int  # stored in the full-speed window
+    cpu_s_per_1000: dict[str, float | None]
+    startup_s: float | None = None  # broker process start -> metadata with every topic made
+    feed_fps: float | None = None  # the latency phase; None when it did not run
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    rss_mib: dict[str, float | None] = field(default_factory=dict)
+    rss_mib_per_1000_frames: float | None = None
+    frames_stored: int = 0  # since the site started, at the end of the full-speed window
+    partitions: int | None = None
+    transactions: bool | None = None  # exactly_once: the cluster made its transaction log
+    dead_lettered: int = 0
+    other_cores: float | None = None
+
+    @property
+    def broker_cpu_ms(self) -> float | None:
+        """The broker's CPU-ms per frame."""
+        return self.cpu_s_per_1000.get("broker")
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """Framewire's CPU-ms per frame, every service and the broker."""
+        return self.cpu_s_per_1000.get("total")
+
+
+def rss_growth_per_thousand(ready_mib: float | None, end_mib: float | None,
+                            frames: int) -> float | None:
+    """MiB of resident memory the broker gained per 1,000 frames (may be negative: a Java
+    heap collected; None when not measured)."""
+    if ready_mib is None or end_mib is None:
+        return None
+    return per_thousand(end_mib - ready_mib, frames)
+
+
+def _compare(measure: str, embedded: float | None, kafka: float | None) -> dict[str, Any]:
+    return {"measure": measure, "embedded": embedded, "kafka": kafka,
+            "kafka_over_embedded": ratio(kafka, embedded)}
+
+
+def broker_comparison(runs: dict[str, BrokerRun]) -> dict[str, Any]:
+    """The embedded broker against Apache Kafka, and exactly_once against at_least_once.
+
+    Always the same keys; a value is None when its site was not measured (``framewire
+    bench`` without ``--broker kafka`` measures the embedded site only).
+    """
+    emb, kafka, eos = runs.get("embedded"), runs.get("kafka"), runs.get("kafka_exactly_once")
+
+    def pick(run: BrokerRun | None, value: Any) -> Any:
+        return None if run is None else value(run)
+
+    def row(measure: str, value: Any) -> dict[str, Any]:
+        return _compare(measure, pick(emb, value), pick(kafka, value))
+
+    return {
+        "fps": row("full speed, frames/s", lambda r: r.fps),
+        "p99_ms": row("p99 at 50 % load, ms", lambda r: r.p99_ms),
+        "broker_cpu_ms_per_frame": row("broker CPU-ms per frame", lambda r: r.broker_cpu_ms),
+        "cpu_ms_per_frame": row("Framewire CPU-ms per frame (all)", lambda r: r.cpu_ms),
+        "broker_rss_mib_peak": row("broker RSS peak, MiB", lambda r: r.rss_mib.get("peak")),
+        "broker_rss_mib_per_1000_frames": row("broker RSS growth, MiB per 1,000 frames",
+                                              lambda r: r.rss_mib_per_1000_frames),
+        "startup_s": row("start-up, s", lambda r: r.startup_s),
+        "exactly_once": {
+            "fps": pick(eos, lambda r: r.fps),
+            "cpu_ms_per_frame": pick(eos, lambda r: r.cpu_ms),
+            "broker_cpu_ms_per_frame": pick(eos, lambda r: r.broker_cpu_ms),
+            "fps_ratio": ratio(pick(eos, lambda r: r.fps), pick(kafka, lambda r: r.fps)),
+            "cpu_ratio": ratio(pick(eos, lambda r: r.cpu_ms), pick(kafka, lambda r: r.cpu_ms)),
+            "transactions": pick(eos, lambda r: r.transactions),
+        },
+    }
+
+
+@dataclass
 class BenchResult:
     """Everything one ``framewire bench`` measured."""
 
@@ -137,6 +230,9 @@ class BenchResult:
     load_average: dict[str, list[float]]
     # cores kept busy by processes outside the benchmark during each measured window
     other_cores: dict[str, float | None] = field(default_factory=dict)
+    # BROKER_SITES measured: "embedded" always, "kafka" and "kafka_exactly_once" with
+    # --broker kafka
+    brokers: dict[str, BrokerRun] = field(default_factory=dict)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -198,6 +294,7 @@ class BenchResult:
             "machine": data.pop("machine"),
             "targets": [{"name": t.name, "value": t.value, "limit": t.limit,
                          "at_least": t.at_least, "passed": t.passed} for t in self.targets()],
+            "broker_comparison": broker_comparison(self.brokers),
         }
         for key in ("bare_fps", "framewire_fps", "bare_frame_ms"):
             data.pop(key)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,25 +14,62 @@ from bench.machine import (
     EnergyMeter,
     busy_seconds_from_proc_stat,
     cpu_seconds_from_stat,
+    memory_from_status,
     other_cores,
 )
-from bench.report import DOCS_END, DOCS_START, draw_chart, replace_section, summary_rows
-from bench.run import scale_steps
-from bench.stack import Sample, cost, default_layout, noise_cores
+from bench.report import (
+    DOCS_END,
+    DOCS_START,
+    broker_rows,
+    draw_chart,
+    markdown_section,
+    replace_section,
+    summary_rows,
+)
+from bench.run import phase_names, scale_steps, sites_for
+from bench.stack import Sample, cost, default_layout, free_ports, noise_cores, site_environment
 from bench.stats import (
     BenchResult,
+    BrokerRun,
     Latency,
     ScalePoint,
+    broker_comparison,
     hop_percentiles_ms,
     per_thousand,
     percentiles_ms,
     rate_between,
     ratio,
+    rss_growth_per_thousand,
 )
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_brokers(transactions: bool | None = True) -> dict[str, BrokerRun]:
+    return {
+        "embedded": BrokerRun(
+            "embedded", "at_least_once", fps=40.0, frames=600,
+            cpu_s_per_1000={"inference": 34.0, "broker": 3.0, "total": 50.0}, startup_s=0.25,
+            feed_fps=20.0, p50_ms=80.0, p99_ms=100.0,
+            rss_mib={"ready": 50.0, "end": 850.0, "peak": 900.0},
+            rss_mib_per_1000_frames=rss_growth_per_thousand(50.0, 850.0, 3200), partitions=4),
+        "kafka": BrokerRun(
+            "kafka", "at_least_once", fps=36.0, frames=540,
+            cpu_s_per_1000={"inference": 34.0, "broker": 6.0, "total": 54.0}, startup_s=8.0,
+            feed_fps=20.0, p50_ms=85.0, p99_ms=120.0,
+            rss_mib={"ready": 400.0, "end": 420.0, "peak": 450.0},
+            rss_mib_per_1000_frames=rss_growth_per_thousand(400.0, 420.0, 3000), partitions=12),
+        "kafka_exactly_once": BrokerRun(
+            "kafka", "exactly_once", fps=27.0, frames=400,
+            cpu_s_per_1000={"inference": 34.0, "broker": 9.0, "total": 64.8}, startup_s=9.0,
+            rss_mib={"ready": 400.0, "end": 430.0, "peak": 460.0}, partitions=12,
+            transactions=transactions),
+    }
 
 
 def make_result(framewire_fps: float = 38.0, p99_ms: float = 150.0,
-                scale: tuple[float, float] | None = (20.0, 37.0)) -> BenchResult:
+                scale: tuple[float, float] | None = (20.0, 37.0),
+                brokers: dict[str, BrokerRun] | None = None) -> BenchResult:
     return BenchResult(
         started_at="2026-01-01T00:00:00+00:00", quick=True,
         machine={"cpu": "Test CPU", "usable_cores": 2, "logical_cpus": 2},
@@ -45,6 +84,7 @@ def make_result(framewire_fps: float = 38.0, p99_ms: float = 150.0,
         bytes_per_frame={"frames.raw": 200_000.0, "total": 260_000.0},
         joules_per_1000={"bare": None, "framewire": None}, energy_note="not readable here",
         load_average={"start": [0.1, 0.2, 0.3], "end": [1.0, 1.0, 1.0]},
+        brokers=brokers or {},
     )
 
 
@@ -123,7 +163,7 @@ def test_json_leads_with_the_headline_keys_and_is_serialisable() -> None:
     headline = ["version", "bare_fps", "framewire_fps", "throughput_ratio", "cpu_ratio", "p50_ms",
                 "p95_ms",
                 "p99_ms", "bare_frame_ms", "p99_over_bare", "scale_out_ratio", "latency_load",
-                "machine", "targets"]
+                "machine", "targets", "broker_comparison"]
     assert list(data)[:len(headline)] == headline
     assert data["throughput_ratio"] == 0.95
     assert data["machine"]["cpu"] == "Test CPU"
@@ -232,3 +272,185 @@ def test_the_feed_takes_one_frame_from_each_camera_in_turn() -> None:
 def test_chart_is_written_as_png(tmp_path: Path) -> None:
     path = draw_chart(make_result(), [50.0, 80.0, 120.0, 149.0], tmp_path / "chart.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- the brokers side by side (--broker kafka), results and docs -----------------------------
+
+COMPARISON_KEYS = ["fps", "p99_ms", "broker_cpu_ms_per_frame", "cpu_ms_per_frame",
+                   "broker_rss_mib_peak", "broker_rss_mib_per_1000_frames", "startup_s",
+                   "exactly_once"]
+
+
+def test_broker_comparison_divides_kafka_by_the_embedded_broker() -> None:
+    cmp = broker_comparison(make_brokers())
+    assert list(cmp) == COMPARISON_KEYS
+    assert cmp["fps"] == {"measure": "full speed, frames/s", "embedded": 40.0, "kafka": 36.0,
+                          "kafka_over_embedded": 0.9}
+    assert cmp["p99_ms"]["kafka_over_embedded"] == 1.2
+    assert cmp["broker_cpu_ms_per_frame"]["kafka_over_embedded"] == 2.0
+    assert cmp["cpu_ms_per_frame"]["kafka_over_embedded"] == 1.08
+    assert cmp["broker_rss_mib_peak"]["kafka_over_embedded"] == 0.5
+    assert cmp["startup_s"]["kafka_over_embedded"] == 32.0
+
+
+def test_exactly_once_is_compared_with_at_least_once_on_kafka() -> None:
+    eos = broker_comparison(make_brokers())["exactly_once"]
+    assert eos == {"fps": 27.0, "cpu_ms_per_frame": 64.8, "broker_cpu_ms_per_frame": 9.0,
+                   "fps_ratio": 0.75, "cpu_ratio": 1.2, "transactions": True}
+
+
+def test_broker_comparison_keeps_its_keys_when_only_the_embedded_broker_ran() -> None:
+    cmp = broker_comparison({"embedded": make_brokers()["embedded"]})
+    assert list(cmp) == COMPARISON_KEYS
+    assert cmp["fps"]["embedded"] == 40.0
+    assert cmp["fps"]["kafka"] is None and cmp["fps"]["kafka_over_embedded"] is None
+    assert set(cmp["exactly_once"].values()) == {None}
+    assert list(broker_comparison({})["fps"]) == ["measure", "embedded", "kafka",
+                                                  "kafka_over_embedded"]
+
+
+def test_rss_growth_is_mib_per_thousand_frames_carried() -> None:
+    assert rss_growth_per_thousand(50.0, 850.0, 3200) == 250.0
+    assert rss_growth_per_thousand(400.0, 380.0, 1000) == -20.0  # a Java heap collected
+    assert rss_growth_per_thousand(None, 380.0, 1000) is None
+    assert rss_growth_per_thousand(1.0, 2.0, 0) is None
+
+
+def test_memory_is_read_from_proc_status_in_mib() -> None:
+    text = "Name:\tjava\nVmPeak:\t 9000 kB\nVmHWM:\t  524288 kB\nVmRSS:\t  262144 kB\n"
+    assert memory_from_status(text) == (256.0, 512.0)
+    with pytest.raises(ValueError, match="not the text of /proc/PID/status"):
+        memory_from_status("Name:\tzombie\n")
+
+
+def test_broker_table_has_a_row_per_measure_and_the_exactly_once_cost() -> None:
+    rows = {r[0]: r[1:] for r in broker_rows(make_result(brokers=make_brokers()))}
+    assert rows["full speed, frames/s"] == ("40.0", "36.0", "0.90x")
+    assert rows["start-up, s"] == ("0.25", "8.00", "32.00x")
+    assert rows["broker RSS growth, MiB per 1,000 frames"] == ("250.0", "6.7", "0.03x")
+    assert rows["Kafka exactly_once, full speed frames/s"] == (
+        "", "27.0", "0.75x of at_least_once")
+    assert rows["Kafka exactly_once, CPU-ms per frame (broker)"] == (
+        "", "64.8 (9.00)", "1.20x of at_least_once (transactions made)")
+    assert rows["data topic partitions"] == ("4", "12", "")
+
+
+def test_broker_table_says_when_exactly_once_made_no_transaction() -> None:
+    rows = {r[0]: r[1:] for r in broker_rows(make_result(brokers=make_brokers(False)))}
+    assert "no transaction made" in rows["Kafka exactly_once, CPU-ms per frame (broker)"][2]
+
+
+def test_without_kafka_there_is_no_broker_table_but_the_embedded_broker_row() -> None:
+    result = make_result(brokers={"embedded": make_brokers()["embedded"]})
+    assert broker_rows(result) == []
+    assert dict(summary_rows(result))["embedded broker"].startswith("start-up 0.25 s; RSS 50")
+    assert "| measure | embedded (Tansu)" not in markdown_section(result)
+
+
+def test_docs_section_carries_the_broker_table_with_kafka() -> None:
+    section = markdown_section(make_result(brokers=make_brokers()))
+    assert "`framewire bench --quick --broker kafka`" in section
+    assert "| full speed, frames/s | 40.0 | 36.0 | 0.90x |" in section
+
+
+def test_json_carries_each_broker_site_and_the_comparison() -> None:
+    data = json.loads(json.dumps(make_result(brokers=make_brokers()).to_json()))
+    assert data["version"] == 2
+    assert list(data["brokers"]) == ["embedded", "kafka", "kafka_exactly_once"]
+    assert set(data["brokers"]["kafka"]) == {
+        "broker", "delivery", "fps", "frames", "cpu_s_per_1000", "startup_s", "feed_fps",
+        "p50_ms", "p99_ms", "rss_mib", "rss_mib_per_1000_frames", "frames_stored",
+        "partitions", "transactions", "dead_lettered", "other_cores"}
+    assert data["brokers"]["kafka"]["rss_mib"] == {"ready": 400.0, "end": 420.0, "peak": 450.0}
+    assert data["broker_comparison"]["exactly_once"]["fps_ratio"] == 0.75
+
+
+def test_kafka_runs_the_embedded_broker_beside_it() -> None:
+    assert sites_for("embedded") == ["embedded"]
+    assert sites_for("kafka") == ["embedded", "kafka", "kafka_exactly_once"]
+    with pytest.raises(ValueError, match="embedded or kafka"):
+        sites_for("redpanda")
+    names = phase_names(sites_for("kafka"))
+    assert names[2:5] == ["Framewire: start", "Framewire: latency at 50 %",
+                          "Framewire: full speed"]
+    assert "Kafka exactly_once: full speed" in names
+    assert "Kafka exactly_once: latency at 50 %" not in names  # full speed only
+    assert names[-1] == "scale-out: inference replicas"
+
+
+def test_each_site_sets_its_broker_and_delivery(tmp_path: Path) -> None:
+    embedded = site_environment(tmp_path, "127.0.0.1:1", embedded=True)
+    assert embedded["FRAMEWIRE_BROKER"] == "embedded"
+    assert embedded["FRAMEWIRE_DELIVERY"] == "at_least_once"
+    assert "FRAMEWIRE_BROKER_NODES" not in embedded
+    kafka = site_environment(tmp_path, "127.0.0.1:1", embedded=True, broker="kafka",
+                             delivery="exactly_once")
+    assert kafka["FRAMEWIRE_BROKER_NODES"] == "1"  # one node, as framewire run starts it
+    assert kafka["FRAMEWIRE_DELIVERY"] == "exactly_once"
+
+
+def test_free_ports_are_consecutive_and_unused() -> None:
+    import socket
+
+    first = free_ports(2)
+    for port in (first, first + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def _run_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> list[Path]:
+    """``framewire bench`` with the measurements replaced; the docs path it would write."""
+    from typer.testing import CliRunner
+
+    import bench.report
+    import bench.run
+    from framewire.cli import app
+
+    def fake_run(options: bench.run.Options, console: object) -> tuple[BenchResult, list[float]]:
+        assert options.broker == ("kafka" if "--broker" in args else "embedded")
+        return make_result(brokers=make_brokers()), [50.0, 80.0, 120.0]
+
+    written: list[Path] = []
+    monkeypatch.setattr(bench.run, "run_benchmark", fake_run)
+    monkeypatch.setattr(bench.report, "update_docs", lambda result, path: written.append(path))
+    outcome = CliRunner().invoke(app, ["bench", "--quick", "--results-dir", str(tmp_path),
+                                       *args])
+    assert outcome.exit_code == 0, outcome.output
+    return written
+
+
+def test_bench_writes_results_only_under_its_results_folder(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    docs = REPO / "docs" / "benchmarks.md"
+    before = docs.read_bytes()
+    assert _run_cli(monkeypatch, tmp_path, "--broker", "kafka") == []
+    assert docs.read_bytes() == before
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".png"]
+    (saved,) = tmp_path.glob("*.json")
+    assert saved.name.endswith("-quick-kafka.json")
+    assert list(json.loads(saved.read_text())["broker_comparison"]) == COMPARISON_KEYS
+
+
+def test_bench_updates_the_docs_only_when_asked(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    assert _run_cli(monkeypatch, tmp_path, "--write-docs") == [REPO / "docs" / "benchmarks.md"]
+
+
+def test_bench_refuses_an_unknown_broker() -> None:
+    from typer.testing import CliRunner
+
+    from framewire.cli import app
+
+    outcome = CliRunner().invoke(app, ["bench", "--broker", "redpanda"])
+    assert outcome.exit_code != 0
+    assert "give embedded or kafka" in str(outcome.exception or outcome.output)
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(),
+                    reason="needs the git checkout")
+def test_default_results_are_git_ignored() -> None:
+    for name in ("bench-20260101T000000-quick-kafka.json",
+                 "bench-20260101T000000-quick-kafka.png", "gpu-20260101T000000.json"):
+        done = subprocess.run(["git", "check-ignore", "-q", f"bench/results/{name}"],
+                              cwd=REPO, check=False)
+        assert done.returncode == 0, f"bench/results/{name} is not git-ignored"

@@ -32,7 +32,8 @@ def _bench_package() -> Path:
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option(
-        "--quick", help="Short phases: finishes in under three minutes.")] = False,
+        "--quick", help="Short phases: under three minutes (about six with --broker kafka).")]
+        = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object on stdout (the table goes to stderr).")] = False,
     replicas: Annotated[str, typer.Option(
@@ -40,8 +41,18 @@ def bench(
              "(default: one inference replica per core, see docs/benchmarks.md).")] = "",
     workers: Annotated[int | None, typer.Option(
         min=1, help="Bare-loop worker processes (default: one per usable core).")] = None,
-    docs: Annotated[bool, typer.Option(
-        "--docs/--no-docs", help="Write the machine and table into docs/benchmarks.md.")] = True,
+    broker: Annotated[str, typer.Option(
+        "--broker", help="embedded: Framewire on the embedded broker (Tansu). kafka: also on "
+                         "a single Apache Kafka node, as framewire run --broker kafka starts "
+                         "it, in the same run, with an exactly_once phase; prints the two "
+                         "side by side.")] = "embedded",
+    write_docs: Annotated[bool, typer.Option(
+        "--write-docs/--no-docs", help="Also write the machine and tables into "
+                                       "docs/benchmarks.md (a tracked file; default: only "
+                                       "bench/results/).")] = False,
+    results_dir: Annotated[Path | None, typer.Option(
+        "--results-dir", help="Folder for the JSON and the chart (default: bench/results/, "
+                              "git-ignored).")] = None,
     gpu: Annotated[bool, typer.Option(
         "--gpu", help="Instead: Framewire's inference on the GPU against raw ONNX Runtime "
                       "batched on the same card (needs onnxruntime-gpu: make bench-gpu "
@@ -55,9 +66,11 @@ def bench(
 ) -> None:
     """Measure Framewire against a bare loop on this machine: throughput, latency, scale-out.
 
-    Results go to bench/results/ (JSON and PNG) and docs/benchmarks.md, which explains them.
+    Results go to bench/results/ (JSON, PNG; git-ignored); --write-docs updates the docs.
 
     Example: framewire bench --quick
+
+    Example: framewire bench --broker kafka --quick   (embedded broker and Apache Kafka)
 
     Example: FRAMEWIRE_PREPROCESS__PIXEL_FORMAT=bgr8 framewire bench --quick --json
 
@@ -70,14 +83,18 @@ def bench(
     from bench.report import draw_chart, print_table, update_docs, write_json
     from bench.run import Options, run_benchmark
 
+    if broker not in ("embedded", "kafka"):
+        raise ConfigError(f"--broker {broker!r}: give embedded or kafka")
     layout = parse_replicas(replicas)
     if "ingest" in layout:
         raise ConfigError("--replicas: the benchmark feeds the cameras itself; give "
                           "preprocess, inference or storage")
     progress_console = Console(stderr=True)
     table_console = Console(stderr=True) if json_out else Console()
-    options = Options(quick=quick, workers=workers, layout=layout,
-                      docs=repo / "docs" / "benchmarks.md" if docs else None)
+    options = Options(quick=quick, workers=workers, layout=layout, broker=broker,
+                      docs=repo / "docs" / "benchmarks.md" if write_docs else None)
+    if results_dir is not None:
+        options.results_dir = results_dir
     result, latencies_ms = run_benchmark(options, progress_console)
     print_table(result, table_console)
     saved = write_json(result, options.results_dir)
