@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chaos.ledger import Ledger
+from tests.fixtures.kafka import Site
 
 
 @pytest.fixture
@@ -21,3 +22,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         "scenario | published | stored | dead-lettered | lost | duplicated | notes")
     for tally in Ledger.tallies:
         terminalreporter.write_line(tally.line())
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+def broker_site(request: pytest.FixtureRequest) -> Site:
+    """A fresh site on each broker in turn: the embedded one, then the 3-node Apache Kafka."""
+    return request.getfixturevalue("site" if request.param == "embedded" else "kafka_site")

@@ -58,12 +58,13 @@ INGEST_WORKLOADS = [
 @pytest.mark.parametrize("workload", STAGE_WORKLOADS)
 @pytest.mark.parametrize("service", STAGES)
 def test_kill_9_of_one_stage_replica_loses_and_duplicates_nothing(
-        site: Site, ledger: Ledger, service: str, workload: Workload):
+        broker_site: Site, ledger: Ledger, service: str, workload: Workload):
     """Two replicas of SERVICE share its partitions; once some results are stored, the one that
     owns the most uncommitted records is killed with SIGKILL. The survivor takes its partitions
     when the group rebalances and re-reads from the last commit: every frame the broker
     acknowledged to ingest ends up stored exactly once (or dead-lettered). Repeats on the
     ``detections`` topic show a redelivered batch; they must not become rows."""
+    site = broker_site
     start_stack(site, doubled=service)
     owners = {int(tp.rpartition(":")[2]): beat.pid
               for beat in live_beats(site.settings, service, pids(site, service))
@@ -89,7 +90,8 @@ def test_kill_9_of_one_stage_replica_loses_and_duplicates_nothing(
     assert len(published) == workload.total
     wait_until_accounted(site.settings, published, 240, f"after kill -9 of a {service} replica")
     tally = ledger.record(count(
-        f"kill -9 {service} (1 of 2) [{workload.total} frames]", site.settings, published,
+        f"kill -9 {service} (1 of 2) [{workload.total} frames] on {site.kind}", site.settings,
+        published,
         [f"stored when killed {stored_at_kill}",
          f"uncommitted records of the killed replica {uncommitted}"]))
 
@@ -131,7 +133,7 @@ def start_ingest(site: Site, journal: Path, cameras: dict[str, str],
 
 @pytest.mark.parametrize("workload", INGEST_WORKLOADS)
 def test_kill_9_of_one_ingest_loses_only_frames_it_never_saw_acknowledged(
-        site: Site, ledger: Ledger, tmp_path: Path, workload: Workload):
+        broker_site: Site, ledger: Ledger, tmp_path: Path, workload: Workload):
     """Two ingest processes (the real ``Ingest`` with three folder cameras each) publish at a
     steady pace; one is killed with SIGKILL mid-stream.
 
@@ -150,6 +152,7 @@ def test_kill_9_of_one_ingest_loses_only_frames_it_never_saw_acknowledged(
       journal write is counted as unacknowledged but is still on ``frames.raw`` and checked.
     * The surviving ingest must have every frame it read acknowledged.
     """
+    site = broker_site
     start_stack(site, doubled=None)
     half = Workload(workload.cameras // 2, workload.frames_per_camera, workload.fps_per_camera)
     folders = list(write_camera_folders(tmp_path / "cameras", workload).items())
@@ -179,7 +182,8 @@ def test_kill_9_of_one_ingest_loses_only_frames_it_never_saw_acknowledged(
     unacked = killed.read - len(killed.acked)
     reached = len((killed.sent - killed.acked) & on_topic)
     tally = ledger.record(count(
-        f"kill -9 ingest (1 of 2) [{workload.total} frames offered]", site.settings, on_topic,
+        f"kill -9 ingest (1 of 2) [{workload.total} frames offered] on {site.kind}",
+        site.settings, on_topic,
         [f"killed ingest read {killed.read}, acknowledged before kill {len(killed.acked)}",
          f"unacknowledged at kill {unacked} ({reached} reached the broker anyway, "
          f"{unacked - reached} gone with the process: the known gap)",
