@@ -208,11 +208,13 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         existed = {p.name for p in plans} - {p.name for p in wanted}
         for problem in topic_drift(settings, admin, timeout_s, only=existed):
             log.warning("topic differs from the settings", extra={"drift": problem})
-    # wait until metadata shows every partition so producers never see an unknown topic
+    # wait until metadata shows every partition with a leader, so producers never see an
+    # unknown topic and offset look-ups never meet a leader still being elected
     deadline = time.monotonic() + timeout_s
     while wanted and time.monotonic() < deadline:
         topics = admin.list_topics(timeout=timeout_s).topics
         if all(p.name in topics and len(topics[p.name].partitions) >= p.partitions
+               and all(part.leader >= 0 for part in topics[p.name].partitions.values())
                for p in wanted):
             break
         time.sleep(0.05)
