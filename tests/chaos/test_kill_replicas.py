@@ -14,7 +14,9 @@ from pathlib import Path
 
 import cv2
 import pytest
+from confluent_kafka.admin import AdminClient
 
+from framewire.broker import client_config
 from framewire.status import LagProbe
 from tests.chaos.ledger import (
     FrameJournal,
@@ -22,6 +24,7 @@ from tests.chaos.ledger import (
     SteadyIngest,
     Workload,
     count,
+    detections_repeats,
     frames_on_topic,
     wait_until_accounted,
 )
@@ -64,7 +67,28 @@ def test_kill_9_of_one_stage_replica_loses_and_duplicates_nothing(
     when the group rebalances and re-reads from the last commit: every frame the broker
     acknowledged to ingest ends up stored exactly once (or dead-lettered). Repeats on the
     ``detections`` topic show a redelivered batch; they must not become rows."""
-    site = broker_site
+    kill_one_stage_replica(broker_site, ledger, service, workload)
+
+
+@pytest.mark.parametrize("service", ["preprocess", "inference"])
+def test_exactly_once_kill_9_of_a_stage_replica_leaves_no_repeat_on_detections(
+        kafka_site: Site, ledger: Ledger, service: str):
+    """delivery=exactly_once on Apache Kafka: preprocess and inference produce their outputs
+    and commit their offsets in one transaction, consumers read committed records only. A
+    replica killed mid-transaction leaves nothing visible behind: the survivor re-reads from
+    the committed offsets and the ``detections`` topic itself holds each frame once."""
+    kafka_site.env["FRAMEWIRE_DELIVERY"] = "exactly_once"
+    workload = Workload(cameras=6, frames_per_camera=15, fps_per_camera=6)
+    kill_one_stage_replica(kafka_site, ledger, service, workload, "exactly_once")
+
+    assert detections_repeats(kafka_site.settings) == 0
+    topics = AdminClient(client_config(kafka_site.settings)).list_topics(timeout=10).topics
+    assert "__transaction_state" in topics, "the stages never opened a Kafka transaction"
+
+
+def kill_one_stage_replica(site: Site, ledger: Ledger, service: str, workload: Workload,
+                           delivery: str = "at_least_once") -> None:
+    """Two replicas of ``service``; kill -9 the busiest mid-stream; count every frame."""
     start_stack(site, doubled=service)
     owners = {int(tp.rpartition(":")[2]): beat.pid
               for beat in live_beats(site.settings, service, pids(site, service))
@@ -90,8 +114,8 @@ def test_kill_9_of_one_stage_replica_loses_and_duplicates_nothing(
     assert len(published) == workload.total
     wait_until_accounted(site.settings, published, 240, f"after kill -9 of a {service} replica")
     tally = ledger.record(count(
-        f"kill -9 {service} (1 of 2) [{workload.total} frames] on {site.kind}", site.settings,
-        published,
+        f"kill -9 {service} (1 of 2) [{workload.total} frames] on {site.kind}"
+        + (f", {delivery}" if delivery != "at_least_once" else ""), site.settings, published,
         [f"stored when killed {stored_at_kill}",
          f"uncommitted records of the killed replica {uncommitted}"]))
 

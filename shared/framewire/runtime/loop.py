@@ -133,7 +133,10 @@ class StageRunner:
                  publisher: Publisher | None = None) -> None:
         self.stage, self.settings = stage, settings
         self.stop = stop or StopSignal()
-        self.publisher = publisher or Publisher(settings, stage.name)
+        # exactly_once: each batch's outputs and its consumed offsets commit in one transaction
+        self.transactional = settings.delivery == "exactly_once"
+        self.publisher = publisher or Publisher(settings, stage.name,
+                                                transactional=self.transactional)
         if stage.uses_gpu:
             self.publisher.energy.gpu = GpuEnergyMeter()
         self.topic = settings.topic(stage.input_topic)
@@ -142,7 +145,9 @@ class StageRunner:
                     "fetch.max.bytes": 64 * 1024 * 1024,
                     # notice a topic recreated after a broker outage within seconds
                     "topic.metadata.refresh.interval.ms": 5000,
-                    **prefetch_limits(stage.batching.batch_size)}
+                    **prefetch_limits(stage.batching.batch_size),
+                    # records of aborted transactions (a crashed upstream stage) are skipped
+                    "isolation.level": "read_committed"}
         self.consumer = Consumer(client_config(
             settings, defaults,
             **{"group.id": settings.group(stage.name), "enable.auto.commit": False,
@@ -223,7 +228,9 @@ class StageRunner:
                     if not self._resume_after_outage():
                         self.stop.wait(self.backoff.next_delay())
                     continue
-                if messages:
+                if messages and self.transactional:
+                    self._handle_in_transaction(messages)
+                elif messages:
                     self._handle_with_retry(messages)
                 self._settle(idle=not messages)
         finally:
@@ -268,6 +275,46 @@ class StageRunner:
             return
         self.backoff.reset()
         self._in_flight.append(batch)
+
+    def _handle_in_transaction(self, messages: list[Message]) -> None:
+        """exactly_once: produce the batch's outputs and commit its offsets atomically.
+
+        Downstream consumers read committed records only, so a batch whose transaction is
+        aborted (or whose process dies before the commit) leaves no output behind: it is
+        read again from the last committed offsets and produced once.
+        """
+        pub, timeout = self.publisher, self.settings.ack_timeout_s
+        batch = InFlight(offset_ranges(messages))
+        try:
+            pub.producer.begin_transaction()
+            self.handle_batch(messages, batch.delivery)
+            pub.producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, last + 1) for (t, p), (_, last) in batch.offsets.items()],
+                self.consumer.consumer_group_metadata(), timeout)
+            pub.producer.commit_transaction(timeout)
+            pub.serve_acknowledgements()
+            if batch.delivery.failures:
+                raise TransientError("; ".join(batch.delivery.failures[:3]))
+        except (KafkaException, TransientError) as exc:
+            self._abort_transaction(exc)
+            self._retry_later(str(exc), [batch])
+            return
+        self.backoff.reset()
+        pub.counters.last_commit_at = utcnow()
+
+    def _abort_transaction(self, exc: Exception) -> None:
+        """Abort the open transaction; a producer that cannot abort is replaced (fenced...)."""
+        pub = self.publisher
+        err = exc.args[0] if isinstance(exc, KafkaException) else None
+        if isinstance(err, KafkaError) and err.fatal():
+            pub.abandon_unacknowledged()
+            return
+        try:
+            pub.producer.abort_transaction(self.settings.ack_timeout_s)
+        except KafkaException as abort_error:
+            log.warning("could not abort the transaction; replacing the producer",
+                        extra={"error": str(abort_error)})
+            pub.abandon_unacknowledged()
 
     def _retry_later(self, error: str, batches: list[InFlight]) -> None:
         """Rewind to the first record of ``batches`` and wait before reading them again."""

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -118,8 +119,11 @@ class Publisher:
     """A producer for one service: encodes contracts, tracks acknowledgements, dead-letters."""
 
     def __init__(self, settings: Settings, service: str, codec: Codec | None = None,
-                 blobs: BlobStore | None = None) -> None:
+                 blobs: BlobStore | None = None, transactional: bool = False) -> None:
         self.settings, self.service = settings, service
+        # exactly_once: outputs and consumed offsets commit in one Kafka transaction; the
+        # heartbeats go through a producer of their own, outside every transaction
+        self.transactional = transactional
         self.codec = codec or make_codec(settings.schema_registry_url)
         self.blobs = blobs or BlobStore(settings.resolved_blob_dir)
         self.counters = Counters()
@@ -136,6 +140,8 @@ class Publisher:
         self._partitions_asked: dict[str, float] = {}
         self._failures: list[str] = []
         self.producer = self._new_producer()
+        self.status_producer = self._new_producer(for_status=True) if transactional \
+            else self.producer
         self._reconnected = threading.Event()
         self._stale_producer = False
         self._swap_lock = threading.Lock()
@@ -144,7 +150,7 @@ class Publisher:
 
     # -- producing -----------------------------------------------------------------------
 
-    def _new_producer(self) -> Producer:
+    def _new_producer(self, for_status: bool = False) -> Producer:
         embedded = self.settings.on_tansu
         defaults = {
             # the embedded broker hands out producer ids from 1 again after a restart, which
@@ -156,7 +162,7 @@ class Publisher:
             **({"max.in.flight.requests.per.connection": 1} if embedded else {}),
             # JPEG payloads do not compress: lz4 on them cost ~1.3 CPU-ms per frame across the
             # services and broker for nothing (docs/benchmarks.md); raw pixels do compress
-            "compression.type": "lz4" if self._carries_raw_pixels() else "none",
+            "compression.type": self._compression(),
             "message.max.bytes": 16 * 1024 * 1024,
             # topics are made with their partition counts by ensure_topics, never on the fly
             # (the embedded broker would make any missing topic with 4 partitions)
@@ -164,9 +170,31 @@ class Publisher:
             # bound what waits in memory while the broker is away (librdkafka: 1 GiB)
             "queue.buffering.max.kbytes": 256 * 1024,
         }
-        return Producer(client_config(self.settings, defaults,
-                                      **{"client.id": f"framewire-{self.service}",
-                                         "error_cb": self._on_error}))
+        fixed: dict[str, Any] = {"client.id": f"framewire-{self.service}",
+                                 "error_cb": self._on_error}
+        if self.transactional and not for_status:
+            # unique per process: fencing of a zombie goes by the consumer group's generation
+            # (send_offsets_to_transaction with the group metadata), not by this id
+            fixed["transactional.id"] = (f"{self.settings.group(self.service)}-"
+                                         f"{self.instance}-{uuid.uuid4().hex[:8]}")
+            fixed["transaction.timeout.ms"] = int(max(60.0, 3 * self.settings.ack_timeout_s)
+                                                  * 1000)
+        producer = Producer(client_config(self.settings, defaults, **fixed))
+        if "transactional.id" in fixed:
+            try:
+                producer.init_transactions(self.settings.ack_timeout_s * 3)
+            except KafkaException as exc:
+                raise TransientError(
+                    f"could not start a Kafka transaction producer ({exc}); delivery="
+                    "exactly_once needs Apache Kafka with its transaction log "
+                    "(transaction.state.log.*) available") from exc
+        return producer
+
+    def _compression(self) -> str:
+        """The producer's compression.type: the setting, or per payload (``auto``)."""
+        if self.settings.compression != "auto":
+            return self.settings.compression
+        return "lz4" if self._carries_raw_pixels() else "none"
 
     def _carries_raw_pixels(self) -> bool:
         return self.service == "preprocess" and self.settings.preprocess.pixel_format == "bgr8"
@@ -184,13 +212,14 @@ class Publisher:
 
     def produce_raw(self, topic: str, value: bytes, key: bytes | None,
                     headers: Headers | None, delivery: Delivery | None = None,
-                    partition: int | None = None) -> None:
+                    partition: int | None = None, producer: Producer | None = None) -> None:
         """Queue already-encoded bytes for a full topic name (retrying while the queue is full)."""
         on_delivery = self._on_delivery if delivery is None else partial(
             self._on_delivery, delivery=delivery)
         while True:
+            target = producer or self.producer
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers,
+                target.produce(topic, value=value, key=key, headers=headers,
                                       on_delivery=on_delivery,
                                       partition=UNASSIGNED if partition is None else partition)
                 if delivery is not None:
@@ -199,9 +228,9 @@ class Publisher:
                 return
             except BufferError:
                 # local queue full: serve delivery reports to make room, then try again
-                self.producer.poll(0.1)
+                target.poll(0.1)
             except KafkaException as exc:
-                if not exc.args[0].fatal():
+                if not exc.args[0].fatal() or target is not self.producer:
                     raise
                 # a fatal producer error (fenced...) never clears: start a fresh producer
                 self._replace_producer(len(self.producer))
@@ -241,6 +270,8 @@ class Publisher:
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged; TransientError if any was not."""
+        if self.status_producer is not self.producer:
+            self.status_producer.flush(timeout_s)
         remaining = self.producer.flush(timeout_s)
         if remaining or self._stale_producer:
             self._replace_producer(remaining)
@@ -386,8 +417,8 @@ class Publisher:
         self.metrics.broker_up.labels(self.service).set(1 if c.broker_ok else 0)
         self.metrics.dropped.labels(self.service).set(c.dropped)
         self.produce_raw(self.settings.topic("status"), self.codec.encode(beat),
-                      self.service.encode(), None)
-        self.producer.poll(0)
+                         self.service.encode(), None, producer=self.status_producer)
+        self.status_producer.poll(0)
 
     def _after_outage(self) -> None:
         """While the broker is away, or once a delivery shows it back: when it answers, make
