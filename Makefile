@@ -6,11 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+RUN_ARGS ?=
 
 .PHONY: java-maven install run test test-unit test-integration lint bench bench-gpu clean up help
 
 help:
-	@echo "make run    - install, start broker + services + demo cameras (Ctrl-C stops)"
+	@echo "make run    - install, start broker + services + demo cameras (Ctrl-C stops);"
+	@echo "              RUN_ARGS='--broker kafka --broker-nodes 3' for Apache Kafka"
 	@echo "make test   - install, then run unit and integration tests (starts real servers)"
 	@echo "make bench  - Framewire vs a bare loop (BENCH_ARGS=--quick for ~3 min)"
 	@echo "make bench-gpu - Framewire's inference vs raw ONNX Runtime on an NVIDIA GPU"
@@ -39,7 +41,7 @@ $(STAMP): pyproject.toml infra/kafka/pom.xml | java-maven
 	@touch $(STAMP)
 
 run: install
-	$(BIN)/framewire run
+	$(BIN)/framewire run $(RUN_ARGS)
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
