@@ -70,7 +70,8 @@ def test_kill_9_of_one_stage_replica_loses_and_duplicates_nothing(
     kill_one_stage_replica(broker_site, ledger, service, workload)
 
 
-@pytest.mark.parametrize("service", ["preprocess", "inference"])
+@pytest.mark.parametrize("service", [pytest.param("preprocess", marks=pytest.mark.slow),
+                                     "inference"])
 def test_exactly_once_kill_9_of_a_stage_replica_leaves_no_repeat_on_detections(
         kafka_site: Site, ledger: Ledger, service: str):
     """delivery=exactly_once on Apache Kafka: preprocess and inference produce their outputs

@@ -132,8 +132,11 @@ def status(
                  for b in s.instances]}
             for s in statuses
         ] + [{
-            "service": "broker", "kind": brokers.kind, "alive": brokers.alive,
-            "problems": brokers.problems,
+            # the services' keys, so every entry has one shape; a broker has no such counters
+            "service": "broker", "kind": brokers.kind, "alive": brokers.alive, "lag": None,
+            "records_in": None, "records_out": None, "dead_lettered": None, "dropped": None,
+            "cpu_s_per_1000_frames": None, "host_joules_per_1000_frames": None,
+            "gpu_joules_per_1000_frames": None, "problems": brokers.problems,
             "instances": [{"node_id": n.node_id, "listener": n.listener, "pid": n.pid,
                            "alive": n.alive,
                            "under_replicated_partitions": n.under_replicated_partitions}
