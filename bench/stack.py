@@ -59,25 +59,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_free(port: int) -> bool:
-    if not 0 < port < 65536:
-        return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, attempts: int = 100) -> int:
+def free_ports(count: int) -> int:
     """The first of ``count`` consecutive free TCP ports on 127.0.0.1 (an Apache Kafka node
     listens for clients on the first and for its controller quorum on the next)."""
-    for _ in range(attempts):
-        first = free_port()
-        if all(_port_free(first + i) for i in range(1, count)):
-            return first
-    raise StackFailed(f"no {count} consecutive free ports on 127.0.0.1 after {attempts} tries")
+    from framewire.errors import TransientError
+    from framewire.kafka_cluster import free_port_block
+
+    try:
+        return free_port_block(count)
+    except TransientError as exc:
+        raise StackFailed(str(exc)) from exc
 
 
 def now_s() -> float:

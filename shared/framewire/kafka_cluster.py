@@ -12,13 +12,16 @@ The jars are resolved once with Maven from ``infra/kafka/pom.xml`` into a cache 
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -354,3 +357,28 @@ class KafkaCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """The first of ``count`` consecutive free TCP ports on ``host``, for a cluster's nodes.
+
+    Chosen below the kernel's ephemeral range: a node restarted after a crash must find its
+    port again, and meanwhile an ephemeral port may serve as a client connection's own.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(attempts):
+        first = random.randrange(10_000, max(10_001, low - count))
+        if all(_port_free(host, first + i) for i in range(count)):
+            return first
+    raise TransientError(f"no {count} consecutive free ports on {host} after {attempts} tries")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

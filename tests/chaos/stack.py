@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterable
 
 import pytest
@@ -95,3 +97,17 @@ def group_positions(settings: Settings) -> str:
         finally:
             consumer.close()
     return "; ".join(lines)
+
+
+def assert_stages_alive(site: Site) -> None:
+    exited = [s for s in STAGES if not site.alive(s)]
+    assert not exited, f"{exited} exited; see {site.home}/logs"
+
+
+def ride_out(site: Site, seconds: float) -> None:
+    """Let ``seconds`` pass (a broker away), failing at once if a service gives up and exits."""
+    hold = threading.Event()  # never set: waiting on it spaces the liveness checks
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        assert_stages_alive(site)
+        hold.wait(min(0.5, left))

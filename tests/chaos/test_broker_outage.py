@@ -8,8 +8,6 @@ must be stored.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,16 @@ from tests.chaos.ledger import (
     unaccounted,
     wait_until_accounted,
 )
-from tests.chaos.stack import LONG, PARTITIONS, STAGES, pids, start_stack, stored_count
+from tests.chaos.stack import (
+    LONG,
+    PARTITIONS,
+    STAGES,
+    assert_stages_alive,
+    pids,
+    ride_out,
+    start_stack,
+    stored_count,
+)
 from tests.fixtures.common import free_port
 from tests.fixtures.kafka import Site, wait_until
 
@@ -83,20 +90,6 @@ def crash(broker: EmbeddedBroker) -> None:
     assert proc is not None
     proc.kill()
     proc.wait()
-
-
-def assert_stages_alive(site: Site) -> None:
-    exited = [s for s in STAGES if not site.alive(s)]
-    assert not exited, f"{exited} exited; see {site.home}/logs"
-
-
-def ride_out(site: Site, seconds: float) -> None:
-    """Keep the broker away for ``seconds``, failing at once if a service gives up and exits."""
-    hold = threading.Event()  # never set: waiting on it spaces the liveness checks
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        assert_stages_alive(site)
-        hold.wait(min(0.5, left))
 
 
 @pytest.mark.parametrize("outage", OUTAGES)

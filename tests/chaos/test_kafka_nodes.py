@@ -8,8 +8,6 @@ leaves the cluster as it found it: every node up, every partition fully replicat
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +20,15 @@ from framewire.config import Settings
 from framewire.kafka_cluster import KafkaCluster
 from tests.chaos.ledger import Ledger, SteadyIngest, Workload, count
 from tests.chaos.ledger import wait_until_accounted as wait_accounted
-from tests.chaos.stack import LONG, STAGES, pids, start_stack, stored_count
+from tests.chaos.stack import (
+    LONG,
+    STAGES,
+    assert_stages_alive,
+    pids,
+    ride_out,
+    start_stack,
+    stored_count,
+)
 from tests.fixtures.kafka import Site, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -91,20 +97,6 @@ def busiest_leader(settings: Settings) -> int:
     leaders = Counter(p.leader for name in ("frames.raw", "frames.ready", "detections")
                       for p in topics[settings.topic(name)].partitions.values())
     return leaders.most_common(1)[0][0]
-
-
-def assert_stages_alive(site: Site) -> None:
-    exited = [s for s in STAGES if not site.alive(s)]
-    assert not exited, f"{exited} exited; see {site.home}/logs"
-
-
-def ride_out(site: Site, seconds: float) -> None:
-    """Let ``seconds`` pass, failing at once if a service gives up and exits."""
-    hold = threading.Event()  # never set: waiting on it spaces the liveness checks
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        assert_stages_alive(site)
-        hold.wait(min(0.5, left))
 
 
 def settle(site: Site, published: set[str], what: str, ledger: Ledger, notes: list[str]):

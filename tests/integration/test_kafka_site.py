@@ -22,8 +22,9 @@ from confluent_kafka.admin import (
 )
 
 from framewire.broker import ensure_topics
+from framewire.kafka_cluster import free_port_block
 from tests.fixtures.common import ensure_debian_packages, wait_until
-from tests.fixtures.kafka import Site, free_port_run
+from tests.fixtures.kafka import Site
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +64,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def test_managed_kafka_keeps_topics_records_and_offsets_across_a_restart(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     ensure_debian_packages(request.config, {"java": "default-jre-headless", "mvn": "maven"})
-    port = free_port_run(2)
+    port = free_port_block(2)
     env = {"FRAMEWIRE_HOME": str(tmp_path / "home"),
            "FRAMEWIRE_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "FRAMEWIRE_PARTITIONS": "2"}
     proc = start_broker_command(env, tmp_path / "broker.out")
