@@ -48,7 +48,7 @@ def client_config(settings: Settings, defaults: dict[str, Any] | None = None,
     The user's settings override Framewire's defaults (tuning, TLS, SASL); ``fixed`` holds
     what the code depends on (group ids, callbacks, manual commits).
     """
-    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    conf: dict[str, Any] = {"bootstrap.servers": settings.client_bootstrap_servers}
     conf.update(defaults or {})
     conf.update(settings.kafka)
     conf.update(fixed)
@@ -191,6 +191,16 @@ def topic_plans(settings: Settings, brokers: int) -> list[TopicPlan]:
     return plans
 
 
+def cluster_size(settings: Settings, metadata: Any) -> int:
+    """Brokers the cluster has, not just those up now: a node down must not lower the
+    replication of new topics or make the settings' min ISR look like drift."""
+    if settings.manages_kafka:
+        return settings.broker_nodes
+    replicas = [len(p.replicas) for t in metadata.topics.values()
+                for p in t.partitions.values()]
+    return max([len(metadata.brokers), *replicas])
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create Framewire's missing topics, add partitions where the setting grew, report drift.
 
@@ -200,7 +210,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """
     admin = AdminClient(client_config(settings))
     metadata = admin.list_topics(timeout=timeout_s)
-    plans = topic_plans(settings, len(metadata.brokers))
+    plans = topic_plans(settings, cluster_size(settings, metadata))
     wanted = [p for p in plans if p.name not in metadata.topics]
     created = _create_topics(admin, wanted, timeout_s)
     if not settings.on_tansu:  # the embedded broker cannot add partitions later
@@ -252,8 +262,9 @@ def _grow_partitions(admin: AdminClient, plans: list[TopicPlan], existing: dict[
             future.result(timeout_s)
         except KafkaException as exc:
             raise TransientError(f"could not add partitions to {topic}: {exc}") from exc
-        log.warning("partitions added", extra={"topic": topic,
-                                               "partitions": len(existing[topic].partitions)})
+        wanted = next(p.partitions for p in plans if p.name == topic)
+        log.warning("partitions added", extra={"topic": topic, "partitions": wanted,
+                                               "were": len(existing[topic].partitions)})
 
 
 def topic_drift(settings: Settings, admin: AdminClient | None = None,
@@ -270,7 +281,7 @@ def topic_drift(settings: Settings, admin: AdminClient | None = None,
     metadata = admin.list_topics(timeout=timeout_s)
     problems: list[str] = []
     resources = []
-    for plan in topic_plans(settings, len(metadata.brokers)):
+    for plan in topic_plans(settings, cluster_size(settings, metadata)):
         if only is not None and plan.name not in only:
             continue
         topic = metadata.topics.get(plan.name)

@@ -188,7 +188,9 @@ class Settings(BaseSettings):
         for name, duration in value.items():
             if name not in TOPICS:
                 raise ValueError(f"unknown topic {name!r} in retention; known: {', '.join(TOPICS)}")
-            duration_ms(duration)
+            if duration_ms(duration) == 0 or duration_ms(duration) < -1:
+                raise ValueError(f"retention of {name} is {duration!r}: write a positive "
+                                 "duration such as 6h, or -1 to keep records forever")
         return value
 
     @model_validator(mode="after")
@@ -218,6 +220,15 @@ class Settings(BaseSettings):
     def manages_kafka(self) -> bool:
         """``framewire run`` starts an Apache Kafka cluster of its own."""
         return self.embedded_broker and self.broker == "kafka"
+
+    @property
+    def client_bootstrap_servers(self) -> str:
+        """Servers clients bootstrap from: every node of a cluster framewire manages (so one
+        node down never keeps a client out), else ``bootstrap_servers`` as given."""
+        if not self.manages_kafka or self.broker_nodes == 1:
+            return self.bootstrap_servers
+        host, _, port = self.bootstrap_servers.split(",")[0].strip().rpartition(":")
+        return ",".join(f"{host}:{int(port) + i}" for i in range(self.broker_nodes))
 
     def retention_ms(self, name: str) -> int:
         """How long the logical topic ``name`` keeps records, in milliseconds."""

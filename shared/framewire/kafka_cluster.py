@@ -115,8 +115,12 @@ def java_binary() -> str:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, not starting
+    with "-" (the storage tool would take it for an option)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass
@@ -294,7 +298,8 @@ class KafkaCluster:
                 metadata = AdminClient({"bootstrap.servers": node.listener, "log_level": 0,
                                         "socket.connection.setup.timeout.ms": 1000}
                                        ).list_topics(timeout=1.0)
-                if node.node_id in metadata.brokers and len(metadata.brokers) == self.nodes:
+                everyone = nodes is not None or len(metadata.brokers) == self.nodes
+                if node.node_id in metadata.brokers and everyone:
                     waiting.pop(0)
                     continue
                 last = TransientError(f"cluster lists brokers {sorted(metadata.brokers)}")
@@ -345,6 +350,7 @@ class KafkaCluster:
                             extra={"node": node.node_id})
                 proc.kill()
                 proc.wait()
+            node.process = None  # stopped on purpose: not a node to restart
             node.pid_file.unlink(missing_ok=True)
 
     def dead_nodes(self) -> list[KafkaNode]:

@@ -148,6 +148,10 @@ class LagProbe:
         self.consumer = _reader(settings, settings.group(service))
         self.admin = AdminClient(client_config(settings, {"log_level": 0}))
         self.committed_any = False  # has the group ever committed on this topic
+        # exactly_once: a stage writes its output in transactions, and each commit leaves a
+        # marker at the end of the partition that no consumer ever reads or commits past
+        self.end_marker = 1 if (settings.delivery == "exactly_once"
+                                and CONSUMES[service] != "frames.raw") else 0
         self._partitions: list[TopicPartition] = []
         self._listed_at = 0.0
 
@@ -172,7 +176,7 @@ class LagProbe:
             lags = {}
             for tp in committed:
                 self.committed_any = self.committed_any or tp.offset >= 0
-                high = ends[tp.partition].result().offset
+                high = ends[tp.partition].result().offset - self.end_marker
                 end = max(high, produced.get(f"{self.topic}:{tp.partition}", 0))
                 lags[tp.partition] = max(0, end - max(tp.offset, 0))
             return lags

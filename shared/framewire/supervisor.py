@@ -122,7 +122,7 @@ class Supervisor:
             due = self._node_restart_at.get(node.node_id)
             if due is None:
                 code = node.process.returncode if node.process else None
-                delay = min(30.0, 2.0 ** min(node.restarts, 5))
+                delay = min(30.0, 2.0 ** min(node.restarts + 1, 5))
                 self._node_restart_at[node.node_id] = now + delay
                 events.append(f"Apache Kafka node {node.node_id} exited with code {code}; "
                               f"restarting it in {delay:.0f} s (its data is on disk; see "

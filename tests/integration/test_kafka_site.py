@@ -61,7 +61,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(60)
 
 
-def test_managed_kafka_keeps_topics_records_and_offsets_across_a_restart(
+def test_managed_kafka_keeps_topics_and_records_across_a_restart(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     ensure_debian_packages(request.config, {"java": "default-jre-headless", "mvn": "maven"})
     port = free_port_block(2)

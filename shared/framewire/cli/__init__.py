@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from framewire.config import Settings, load_settings
-from framewire.errors import ConfigError, FramewireError
+from framewire.errors import ConfigError, FramewireError, TransientError
 from framewire.logs import setup_logging
 
 app = typer.Typer(
@@ -83,7 +83,10 @@ def run(
         while not stop.wait(3.0):
             for event in sup.check():
                 console.print(f"[yellow]{event}[/]")
-            line, last = _status_line(site_status(settings, codec), started, last)
+            try:
+                line, last = _status_line(site_status(sup.settings, codec), started, last)
+            except TransientError as exc:  # a broker node restarting: the site goes on
+                line = f"status unavailable for now: {exc}"
             console.print(line, soft_wrap=True)
     finally:
         console.print("stopping: services finish their batch, commit and leave their groups")

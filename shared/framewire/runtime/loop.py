@@ -134,9 +134,9 @@ class StageRunner:
         self.stage, self.settings = stage, settings
         self.stop = stop or StopSignal()
         # exactly_once: each batch's outputs and its consumed offsets commit in one transaction
-        self.transactional = settings.delivery == "exactly_once"
         self.publisher = publisher or Publisher(settings, stage.name,
-                                                transactional=self.transactional)
+                                                transactional=settings.delivery == "exactly_once")
+        self.transactional = self.publisher.transactional
         if stage.uses_gpu:
             self.publisher.energy.gpu = GpuEnergyMeter()
         self.topic = settings.topic(stage.input_topic)
@@ -284,37 +284,94 @@ class StageRunner:
         read again from the last committed offsets and produced once.
         """
         pub, timeout = self.publisher, self.settings.ack_timeout_s
+        messages = self._still_owned(messages)
+        if not messages:
+            return
         batch = InFlight(offset_ranges(messages))
         try:
-            pub.producer.begin_transaction()
+            pub.begin_transaction()
+        except (KafkaException, TransientError) as exc:
+            self._retry_later(str(exc), [batch])  # nothing produced yet
+            return
+        try:
             self.handle_batch(messages, batch.delivery)
+            pub.producer.flush(timeout)
+            if batch.delivery.failures or batch.delivery.pending:
+                raise TransientError("; ".join(batch.delivery.failures[:3]) or
+                                     f"{batch.delivery.pending} records unacknowledged")
             pub.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, last + 1) for (t, p), (_, last) in batch.offsets.items()],
                 self.consumer.consumer_group_metadata(), timeout)
-            pub.producer.commit_transaction(timeout)
-            pub.serve_acknowledgements()
-            if batch.delivery.failures:
-                raise TransientError("; ".join(batch.delivery.failures[:3]))
+            self._commit_transaction(timeout)
         except (KafkaException, TransientError) as exc:
-            self._abort_transaction(exc)
-            self._retry_later(str(exc), [batch])
+            if self._abort_transaction(exc):
+                self._retry_later(str(exc), [batch])
+            else:  # the commit's outcome is unknown: go on from what the group committed
+                self._retry_from_commits(str(exc), batch)
             return
+        except BaseException:
+            # a bug or a stop: leave no transaction open (read_committed consumers downstream
+            # would wait for its timeout), then let it propagate
+            self._abort_transaction(None)
+            raise
         self.backoff.reset()
         pub.counters.last_commit_at = utcnow()
 
-    def _abort_transaction(self, exc: Exception) -> None:
-        """Abort the open transaction; a producer that cannot abort is replaced (fenced...)."""
+    def _still_owned(self, messages: list[Message]) -> list[Message]:
+        """Drop records of partitions revoked while the batch was read (their new owner reads
+        them from the committed offsets; committing them here would produce them twice)."""
+        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        return [m for m in messages if (m.topic(), m.partition()) in owned]
+
+    def _commit_transaction(self, timeout: float) -> None:
+        """Commit, retrying while librdkafka says the commit may still succeed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.publisher.producer.commit_transaction(
+                    max(0.1, deadline - time.monotonic()))
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (err.retriable() and time.monotonic() < deadline):
+                    raise
+
+    def _abort_transaction(self, exc: Exception | None) -> bool:
+        """Abort the open transaction; True when it surely left no output.
+
+        A producer that cannot abort (fenced, fatal, broker away) is replaced: the new one
+        fences the old and the coordinator aborts what it left open, but whether a commit
+        that failed half-way took effect is then unknown.
+        """
         pub = self.publisher
         err = exc.args[0] if isinstance(exc, KafkaException) else None
         if isinstance(err, KafkaError) and err.fatal():
             pub.abandon_unacknowledged()
-            return
+            return False
         try:
             pub.producer.abort_transaction(self.settings.ack_timeout_s)
+            return True
         except KafkaException as abort_error:
             log.warning("could not abort the transaction; replacing the producer",
                         extra={"error": str(abort_error)})
             pub.abandon_unacknowledged()
+            return False
+
+    def _retry_from_commits(self, error: str, batch: InFlight) -> None:
+        """Position each of the batch's partitions at the group's committed offset."""
+        delay = self.backoff.next_delay()
+        log.warning("transaction outcome unknown; resuming from the committed offsets",
+                    extra={"error": error, "retry_in_s": round(delay, 2)})
+        try:
+            committed = self.consumer.committed(
+                [TopicPartition(t, p) for (t, p) in batch.offsets], timeout=10)
+            # no commit at all: this batch's surely did not land, read it again
+            self._rewind({(tp.topic, tp.partition): tp.offset if tp.offset >= 0
+                          else batch.offsets[(tp.topic, tp.partition)][0] for tp in committed})
+        except KafkaException as exc:  # broker away: re-join from the commits when it returns
+            log.warning("could not read committed offsets", extra={"error": str(exc)})
+            self._outage = True
+        self.stop.wait(delay)
 
     def _retry_later(self, error: str, batches: list[InFlight]) -> None:
         """Rewind to the first record of ``batches`` and wait before reading them again."""

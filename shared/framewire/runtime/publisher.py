@@ -124,6 +124,11 @@ class Publisher:
         # exactly_once: outputs and consumed offsets commit in one Kafka transaction; the
         # heartbeats go through a producer of their own, outside every transaction
         self.transactional = transactional
+        # one id for the life of the process: a replacement producer fences its predecessor
+        # and aborts whatever transaction that one left open
+        self._transactional_id = (f"{settings.group(service)}-{socket.gethostname()}-"
+                                  f"{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        self._transactions_ready = False
         self.codec = codec or make_codec(settings.schema_registry_url)
         self.blobs = blobs or BlobStore(settings.resolved_blob_dir)
         self.counters = Counters()
@@ -140,6 +145,7 @@ class Publisher:
         self._partitions_asked: dict[str, float] = {}
         self._failures: list[str] = []
         self.producer = self._new_producer()
+        self._stale_status = False
         self.status_producer = self._new_producer(for_status=True) if transactional \
             else self.producer
         self._reconnected = threading.Event()
@@ -173,22 +179,35 @@ class Publisher:
         fixed: dict[str, Any] = {"client.id": f"framewire-{self.service}",
                                  "error_cb": self._on_error}
         if self.transactional and not for_status:
-            # unique per process: fencing of a zombie goes by the consumer group's generation
-            # (send_offsets_to_transaction with the group metadata), not by this id
-            fixed["transactional.id"] = (f"{self.settings.group(self.service)}-"
-                                         f"{self.instance}-{uuid.uuid4().hex[:8]}")
-            fixed["transaction.timeout.ms"] = int(max(60.0, 3 * self.settings.ack_timeout_s)
+            # a zombie replica is fenced by the consumer group's generation
+            # (send_offsets_to_transaction with the group metadata); the coordinator aborts a
+            # transaction its crashed producer left open after transaction.timeout.ms, and
+            # read_committed consumers downstream wait for that
+            fixed["transactional.id"] = self._transactional_id
+            fixed["transaction.timeout.ms"] = int(max(20.0, 2 * self.settings.ack_timeout_s)
                                                   * 1000)
-        producer = Producer(client_config(self.settings, defaults, **fixed))
-        if "transactional.id" in fixed:
+            self._transactions_ready = False
+        return Producer(client_config(self.settings, defaults, **fixed))
+
+    def begin_transaction(self) -> None:
+        """Open a transaction on the stage's producer (registering it with the broker first,
+        once per producer); TransientError while the broker cannot do so."""
+        if not self._transactions_ready:
             try:
-                producer.init_transactions(self.settings.ack_timeout_s * 3)
+                self.producer.init_transactions(self.settings.ack_timeout_s)
             except KafkaException as exc:
                 raise TransientError(
-                    f"could not start a Kafka transaction producer ({exc}); delivery="
-                    "exactly_once needs Apache Kafka with its transaction log "
-                    "(transaction.state.log.*) available") from exc
-        return producer
+                    f"could not register the transactional producer ({exc}); exactly_once "
+                    "needs Apache Kafka with its transaction log reachable") from exc
+            self._transactions_ready = True
+        self.producer.begin_transaction()
+
+    def _on_status_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        """Heartbeats: a lost one is replaced by the next; a stuck producer is renewed."""
+        if err is not None:
+            log.debug("heartbeat not delivered", extra={"error": err.str()})
+            if err.fatal() or err.code() in PRODUCER_STATE_LOST:
+                self._stale_status = True
 
     def _compression(self) -> str:
         """The producer's compression.type: the setting, or per payload (``auto``)."""
@@ -214,14 +233,16 @@ class Publisher:
                     headers: Headers | None, delivery: Delivery | None = None,
                     partition: int | None = None, producer: Producer | None = None) -> None:
         """Queue already-encoded bytes for a full topic name (retrying while the queue is full)."""
-        on_delivery = self._on_delivery if delivery is None else partial(
+        on_delivery: Callable[..., None] = self._on_delivery if delivery is None else partial(
             self._on_delivery, delivery=delivery)
+        if producer is not None and producer is not self.producer:
+            on_delivery = self._on_status_delivery  # its failures are not the stage's
         while True:
             target = producer or self.producer
             try:
                 target.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=on_delivery,
-                                      partition=UNASSIGNED if partition is None else partition)
+                               on_delivery=on_delivery,
+                               partition=UNASSIGNED if partition is None else partition)
                 if delivery is not None:
                     with self._lock:
                         delivery.pending += 1
@@ -230,8 +251,13 @@ class Publisher:
                 # local queue full: serve delivery reports to make room, then try again
                 target.poll(0.1)
             except KafkaException as exc:
-                if not exc.args[0].fatal() or target is not self.producer:
+                if not exc.args[0].fatal():
                     raise
+                if target is not self.producer:  # heartbeats: a fresh producer, next beat
+                    self._stale_status = True
+                    raise
+                if self.transactional:  # the loop aborts the batch and replaces the producer
+                    raise TransientError(f"transactional producer failed: {exc}") from exc
                 # a fatal producer error (fenced...) never clears: start a fresh producer
                 self._replace_producer(len(self.producer))
 
@@ -416,6 +442,9 @@ class Publisher:
         )
         self.metrics.broker_up.labels(self.service).set(1 if c.broker_ok else 0)
         self.metrics.dropped.labels(self.service).set(c.dropped)
+        if self._stale_status and self.status_producer is not self.producer:
+            self._stale_status = False
+            self.status_producer = self._new_producer(for_status=True)
         self.produce_raw(self.settings.topic("status"), self.codec.encode(beat),
                          self.service.encode(), None, producer=self.status_producer)
         self.status_producer.poll(0)
