@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
-RUN_ARGS ?=
+# make run starts Apache Kafka (one KRaft node): see the README, "Which broker"
+RUN_ARGS ?= --broker kafka
 
 .PHONY: java-maven install run test test-unit test-integration lint bench bench-gpu clean up help
 
 help:
-	@echo "make run    - install, start broker + services + demo cameras (Ctrl-C stops);"
-	@echo "              RUN_ARGS='--broker kafka --broker-nodes 3' for Apache Kafka"
+	@echo "make run    - install, start Apache Kafka + services + demo cameras (Ctrl-C stops);"
+	@echo "              RUN_ARGS='--broker kafka --broker-nodes 3', or '--broker embedded'"
 	@echo "make test   - install, then run unit and integration tests (starts real servers)"
 	@echo "make bench  - Framewire vs a bare loop (BENCH_ARGS=--quick for ~3 min)"
 	@echo "make bench-gpu - Framewire's inference vs raw ONNX Runtime on an NVIDIA GPU"
