@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from framewire.config import Settings
 from framewire.kafka_cluster import KafkaCluster
-from tests.chaos.ledger import Ledger, SteadyIngest, Workload, count
+from tests.chaos.ledger import Ledger, SteadyIngest, Workload, count, detections_repeats
 from tests.chaos.ledger import wait_until_accounted as wait_accounted
 from tests.chaos.stack import (
     LONG,
@@ -104,13 +104,25 @@ def settle(site: Site, published: set[str], what: str, ledger: Ledger, notes: li
     return ledger.record(count(what, site.settings, published, notes))
 
 
+# exactly_once through a node kill: seen once (2026-12-01) with inference silent after two
+# aborted transactions (the dead node led its output partitions) and its consumer left at the
+# committed offsets for 4 minutes; kept with the long runs until understood
+EXACTLY_ONCE_NODE_KILL = pytest.param("exactly_once", marks=[
+    pytest.mark.slow, pytest.mark.xfail(reason="a stage stalled after aborting the "
+                                        "transactions of a killed node", strict=False)])
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", EXACTLY_ONCE_NODE_KILL])
 @pytest.mark.parametrize("load", NODE_KILL)
 def test_kill_9_of_one_of_three_kafka_nodes_mid_stream_loses_and_duplicates_nothing(
-        cluster: KafkaCluster, kafka_site: Site, ledger: Ledger, load: Load):
+        cluster: KafkaCluster, kafka_site: Site, ledger: Ledger, load: Load, delivery: str):
     """Frames stream in; once some are stored, the node leading the most of the site's
     partitions is killed with SIGKILL. Its partitions' leadership moves to the two others,
-    which still make the min ISR of 2: producers and consumers carry on."""
+    which still make the min ISR of 2: producers and consumers carry on. With exactly_once
+    the transactions in flight on the dead node's partitions fail, are aborted and redone:
+    no repeat reaches the ``detections`` topic."""
     site = kafka_site
+    site.env["FRAMEWIRE_DELIVERY"] = delivery
     start_stack(site)
     service_pids = {s: pids(site, s) for s in STAGES}
     ingest = SteadyIngest(site.settings, load.workload).start()
@@ -122,8 +134,10 @@ def test_kill_9_of_one_of_three_kafka_nodes_mid_stream_loses_and_duplicates_noth
     journal = ingest.join(300)
     assert not journal.unacknowledged and not journal.failed
     tally = settle(site, journal.acked, f"kill -9 Kafka node {victim} of 3 "
-                   f"[{load.workload.total} frames] on kafka", ledger,
+                   f"[{load.workload.total} frames] on kafka, {delivery}", ledger,
                    [f"stored when killed {stored_at_kill}", "RF 3, min ISR 2"])
+    if delivery == "exactly_once":
+        assert detections_repeats(site.settings) == 0
 
     assert tally.lost == 0
     assert tally.duplicated == 0
