@@ -42,10 +42,15 @@ def camera_sources(settings: Settings, demo: bool) -> dict[str, SourceFactory]:
 def run_service(name: str, settings: Settings, stop: StopSignal | None = None,
                 demo: bool = False) -> None:
     """Run one service in this process until SIGTERM/SIGINT."""
+    import faulthandler
+    import signal
+
     from framewire.procutil import keep_freed_memory
     from framewire.runtime import run_stage
 
     keep_freed_memory()
+    # `kill -USR1 PID` writes every thread's stack to the service's log: what a hung one waits on
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     if name == "ingest":
         from framewire.services.ingest.service import Ingest
