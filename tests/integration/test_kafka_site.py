@@ -161,3 +161,41 @@ def test_status_lists_every_node_of_an_existing_cluster(kafka_site: Site) -> Non
     assert all(n["alive"] and n["under_replicated_partitions"] == 0
                for n in broker["instances"])
     assert broker["problems"] == []
+
+
+def test_supervisor_restarts_a_killed_kafka_node_which_comes_back_with_its_data(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    from framewire.config import load_settings
+    from framewire.supervisor import Supervisor
+
+    ensure_debian_packages(request.config, {"java": "default-jre-headless", "mvn": "maven"})
+    settings = load_settings(home=tmp_path / "home", broker="kafka", partitions=2,
+                             bootstrap_servers=f"127.0.0.1:{free_port_block(2)}")
+    sup = Supervisor(settings, services=[])
+    sup.start()
+    try:
+        producer = Producer({"bootstrap.servers": sup.settings.bootstrap_servers, "acks": "all"})
+        producer.produce("frames.raw", key=b"cam-1", value=b"kept")
+        assert producer.flush(30) == 0
+        node = sup.kafka_nodes[0]
+        first_pid = node.process.pid if node.process else None
+        os.kill(first_pid, signal.SIGKILL)  # type: ignore[arg-type]
+        events: list[str] = []
+
+        def restarted() -> bool:
+            events.extend(sup.check())
+            return node.alive and node.process is not None and node.process.pid != first_pid
+
+        wait_until(restarted, 60, "the supervisor to restart the killed Kafka node")
+        assert any("Apache Kafka node 1 exited" in e for e in events), events
+        sup.kafka.wait_ready(120)  # type: ignore[union-attr]
+        consumer = Consumer({"bootstrap.servers": sup.settings.bootstrap_servers,
+                             "group.id": "after-restart", "auto.offset.reset": "earliest"})
+        consumer.subscribe(["frames.raw"])
+        got: list[bytes] = []
+        wait_until(lambda: got.extend(m.value() for m in consumer.consume(10, 1.0)
+                                      if m.error() is None) or got, 60, "the record back")
+        consumer.close()
+        assert got == [b"kept"]
+    finally:
+        sup.stop()
