@@ -96,7 +96,11 @@ def read_topic(settings: Settings, topic: str, tail: int | None = None,
         for pid in meta.partitions:
             start = 0
             if tail is not None:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout_s)
+                try:
+                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, pid),
+                                                             timeout_s)
+                except KafkaException as exc:  # a leader being elected: ask again later
+                    raise TransientError(f"cannot read the end of {topic}: {exc}") from exc
                 start = max(0, high - tail)
             assignment.append(TopicPartition(topic, pid, start))
         consumer.assign(assignment)

@@ -16,6 +16,7 @@ since the last commit; the edges (storage upserts by frame id) make the repeat h
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -42,7 +43,13 @@ log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.25
 # How long an idle loop waits for the acknowledgements of batches in flight, each round.
 IDLE_ACK_WAIT_S = 0.05
+# past its own timeout, a send_offsets_to_transaction call is taken for hung after this long
+SEND_OFFSETS_MARGIN_S = 5.0
 Outcome = Contract | DataError | None
+
+
+class ProducerHung(TransientError):
+    """A transactional producer call did not return: the producer is replaced, not reused."""
 OffsetRanges = dict[tuple[str, int], tuple[int, int]]
 
 
@@ -299,10 +306,14 @@ class StageRunner:
             if batch.delivery.failures or batch.delivery.pending:
                 raise TransientError("; ".join(batch.delivery.failures[:3]) or
                                      f"{batch.delivery.pending} records unacknowledged")
-            pub.producer.send_offsets_to_transaction(
+            self._send_offsets(
                 [TopicPartition(t, p, last + 1) for (t, p), (_, last) in batch.offsets.items()],
-                self.consumer.consumer_group_metadata(), timeout)
+                timeout)
             self._commit_transaction(timeout)
+        except ProducerHung as exc:  # the stuck call keeps the old producer: leave it be
+            pub.abandon_unacknowledged(touch_old=False)
+            self._retry_from_commits(str(exc), batch)
+            return
         except (KafkaException, TransientError) as exc:
             if self._abort_transaction(exc):
                 self._retry_later(str(exc), [batch])
@@ -316,6 +327,34 @@ class StageRunner:
             raise
         self.backoff.reset()
         pub.counters.last_commit_at = utcnow()
+
+    def _send_offsets(self, offsets: list[TopicPartition], timeout: float) -> None:
+        """send_offsets_to_transaction, given up on after ``timeout`` (plus a margin).
+
+        librdkafka can block in it past its own timeout when the group coordinator's broker
+        dies (librdkafka issues 5456 and 5511, open at 2.16): the call runs on a thread of its
+        own and ProducerHung is raised when it has not returned in time.
+        """
+        producer, metadata = self.publisher.producer, self.consumer.consumer_group_metadata()
+        outcome: list[BaseException | None] = []
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                producer.send_offsets_to_transaction(offsets, metadata, timeout)
+                outcome.append(None)
+            except BaseException as exc:  # handed to the loop's thread below
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="send-offsets", daemon=True).start()
+        if not done.wait(timeout + SEND_OFFSETS_MARGIN_S):
+            raise ProducerHung(f"send_offsets_to_transaction did not return within "
+                               f"{timeout + SEND_OFFSETS_MARGIN_S:.0f} s (group coordinator "
+                               "lost?); replacing the producer")
+        if outcome[0] is not None:
+            raise outcome[0]
 
     def _still_owned(self, messages: list[Message]) -> list[Message]:
         """Drop records of partitions revoked while the batch was read (their new owner reads

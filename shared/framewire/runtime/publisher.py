@@ -319,11 +319,14 @@ class Publisher:
         if self._stale_producer:
             self._replace_producer(len(self.producer))
 
-    def abandon_unacknowledged(self) -> None:
-        """Give up on records the broker did not acknowledge in time (the caller re-sends)."""
-        self._replace_producer(len(self.producer))
+    def abandon_unacknowledged(self, touch_old: bool = True) -> None:
+        """Give up on records the broker did not acknowledge in time (the caller re-sends).
 
-    def _replace_producer(self, remaining: int) -> None:
+        ``touch_old=False``: a call is still blocked inside the old producer; it is left
+        alone (a transactional replacement fences it and aborts its transaction)."""
+        self._replace_producer(len(self.producer) if touch_old else -1, touch_old)
+
+    def _replace_producer(self, remaining: int, touch_old: bool = True) -> None:
         """Drop a producer whose records are not acknowledged and start a fresh one.
 
         An idempotent producer whose broker came back empty (the embedded broker keeps no
@@ -335,8 +338,13 @@ class Publisher:
                         extra={"unacknowledged": remaining})
             self._stale_producer = False
             old, self.producer = self.producer, self._new_producer()
-        old.purge(in_queue=True, in_flight=True, blocking=False)
-        old.poll(0)
+        if not touch_old:
+            return
+        try:  # fail what the old one held: its callbacks count the batch as not delivered
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+            old.poll(0)
+        except KafkaException as exc:  # a failed transactional producer raises its error here
+            log.info("replaced producer reported its error", extra={"error": str(exc)})
 
     def partition_count(self, topic: str) -> int | None:
         """Partitions of a full topic name, from the broker's metadata; None while unknown.
