@@ -216,7 +216,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     if not settings.on_tansu:  # the embedded broker cannot add partitions later
         _grow_partitions(admin, plans, metadata.topics, timeout_s)
         existed = {p.name for p in plans} - {p.name for p in wanted}
-        for problem in topic_drift(settings, admin, timeout_s, only=existed):
+        for problem in topic_drift(settings, admin, timeout_s, only=existed,
+                                   metadata=metadata):
             log.warning("topic differs from the settings", extra={"drift": problem})
     # wait until metadata shows every partition with a leader, so producers never see an
     # unknown topic and offset look-ups never meet a leader still being elected
@@ -269,16 +270,17 @@ def _grow_partitions(admin: AdminClient, plans: list[TopicPlan], existing: dict[
 
 def topic_drift(settings: Settings, admin: AdminClient | None = None,
                 timeout_s: float = 30.0, apply: bool = False,
-                only: set[str] | None = None) -> list[str]:
+                only: set[str] | None = None, metadata: Any = None) -> list[str]:
     """How the cluster's topics differ from the settings, one line each (describe).
 
     With ``apply``, configs that differ are set back to the settings' values (the
     replication factor and a partition count above the setting are only reported).
+    ``metadata``: the cluster's, when the caller has just listed it.
     """
     if settings.on_tansu:
         return []
     admin = admin or AdminClient(client_config(settings))
-    metadata = admin.list_topics(timeout=timeout_s)
+    metadata = metadata or admin.list_topics(timeout=timeout_s)
     problems: list[str] = []
     resources = []
     for plan in topic_plans(settings, cluster_size(settings, metadata)):

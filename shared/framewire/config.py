@@ -217,6 +217,14 @@ class Settings(BaseSettings):
         return self.embedded_broker and self.broker == "embedded"
 
     @property
+    def broker_kind(self) -> Literal["embedded", "kafka", "external"]:
+        """The broker behind the site: embedded (Tansu), kafka (Apache Kafka framewire
+        manages) or external (a cluster of the user's)."""
+        if self.on_tansu:
+            return "embedded"
+        return "kafka" if self.manages_kafka else "external"
+
+    @property
     def manages_kafka(self) -> bool:
         """``framewire run`` starts an Apache Kafka cluster of its own."""
         return self.embedded_broker and self.broker == "kafka"

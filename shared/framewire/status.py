@@ -338,9 +338,7 @@ def broker_status(settings: Settings, timeout_s: float = 5.0) -> BrokerStatus:
     A partition counts against the node that leads it when fewer replicas are in sync than it
     has (Kafka's UnderReplicatedPartitions).
     """
-    kind = "embedded" if settings.on_tansu else (
-        "kafka" if settings.manages_kafka else "external")
-    status = BrokerStatus(kind)
+    status = BrokerStatus(settings.broker_kind)
     try:
         metadata = AdminClient(client_config(settings, log_level=0)).list_topics(
             timeout=timeout_s)

@@ -105,11 +105,9 @@ def _broker_options(kind: str | None, nodes: int | None) -> None:
 
 
 def _broker_kind(settings: Settings) -> str:
-    if settings.on_tansu:
-        return "embedded, memory only"
-    if settings.manages_kafka:
-        return f"Apache Kafka, {settings.broker_nodes} node(s)"
-    return "existing cluster"
+    return {"embedded": "embedded, memory only",
+            "kafka": f"Apache Kafka, {settings.broker_nodes} node(s)",
+            "external": "existing cluster"}[settings.broker_kind]
 
 
 def parse_replicas(text: str) -> dict[str, int]:
