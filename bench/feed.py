@@ -34,9 +34,9 @@ def _feed(plan: FeedPlan, stop: Any, published: Any) -> None:
 
     from framewire.config import load_settings
     from framewire.contracts import utcnow
-    from framewire.logs import setup_logging
     from framewire.services.ingest.service import Ingest
     from framewire.services.ingest.sources import CapturedImage
+    from framewire.telemetry.logs import setup_logging
 
     settings = load_settings()
     setup_logging("ingest", "WARNING", json_lines=True)

@@ -40,7 +40,7 @@ from bench.stack import (
     prepared_frames,
     site_environment,
 )
-from framewire.energy import GpuEnergyMeter
+from framewire.telemetry.energy import GpuEnergyMeter
 
 RAW_BATCHES = (1, 8, 16, 32, 64)
 TARGET = 0.8
@@ -170,7 +170,7 @@ def measure_service(home: Path, files: dict[str, list[Path]], replicas: list[int
                     seconds: float, warmup_s: float, expected_fps: float,
                     log: Callable[[str], None]) -> dict[str, Any]:
     """Inference replicas through the embedded broker, ``frames.ready`` pre-filled."""
-    from framewire.status import read_topic
+    from framewire.ops.status import read_topic
 
     out: dict[str, Any] = {}
     prepared: list[Any] = []

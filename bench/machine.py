@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from framewire.energy import EnergyMeter, GpuEnergyMeter
 from framewire.procutil import usable_cores
+from framewire.telemetry.energy import EnergyMeter, GpuEnergyMeter
 
 __all__ = ["EnergyMeter", "GpuEnergyMeter"]  # the benchmark's meters live with the services
 

@@ -217,7 +217,7 @@ def run_benchmark(options: Options, console: Console) -> tuple[BenchResult, list
         try:
             phases.tick("inputs")(0.0)
             if "kafka" in sites:  # before anything is measured: Java there, jars resolved
-                from framewire.kafka_cluster import java_binary, resolve_jars
+                from framewire.broker.cluster import java_binary, resolve_jars
 
                 java_binary()
                 resolve_jars()
@@ -228,7 +228,7 @@ def run_benchmark(options: Options, console: Console) -> tuple[BenchResult, list
             bare_env = site_environment(bare_home, "127.0.0.1:9", embedded=False)
             with environment(bare_env):
                 from framewire.config import load_settings
-                from framewire.db import open_database
+                from framewire.store.db import open_database
 
                 settings = load_settings()
                 open_database(settings.resolved_database_url).close()  # tables, once

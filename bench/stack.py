@@ -62,8 +62,8 @@ def free_port() -> int:
 def free_ports(count: int) -> int:
     """The first of ``count`` consecutive free TCP ports on 127.0.0.1 (an Apache Kafka node
     listens for clients on the first and for its controller quorum on the next)."""
+    from framewire.broker.cluster import free_port_block
     from framewire.errors import TransientError
-    from framewire.kafka_cluster import free_port_block
 
     try:
         return free_port_block(count)
@@ -124,7 +124,7 @@ def bench_supervisor(settings: Any, layout: dict[str, int]) -> Any:
     ``Supervisor.start`` starts the broker, waits for its metadata, creates the topics and
     only then starts the services, so the first service start marks the broker's start-up.
     """
-    from framewire.supervisor import Child, Supervisor
+    from framewire.ops.supervisor import Child, Supervisor
 
     class TimedSupervisor(Supervisor):
         topics_ready_at: float | None = None
@@ -224,7 +224,7 @@ class BenchSite:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        from framewire.broker import client_config
+        from framewire.broker.client import client_config
         from framewire.config import TOPICS
 
         admin = AdminClient(client_config(self.supervisor.settings, log_level=0))
@@ -255,7 +255,7 @@ class BenchSite:
     @property
     def db(self) -> Any:
         if self._db is None:
-            from framewire.db import open_database
+            from framewire.store.db import open_database
 
             self._db = open_database(self.settings.resolved_database_url)
         return self._db
@@ -304,7 +304,7 @@ class BenchSite:
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        from framewire.broker import client_config
+        from framewire.broker.client import client_config
 
         with environment(self.env):
             admin = AdminClient(client_config(self.supervisor.settings, log_level=0))
@@ -317,7 +317,7 @@ class BenchSite:
         """Until every replica is running with partitions assigned (group joins done)."""
         from confluent_kafka import KafkaException
 
-        from framewire.status import site_status
+        from framewire.ops.status import site_status
 
         deadline = time.monotonic() + timeout_s
         started = time.monotonic()
@@ -345,7 +345,7 @@ class BenchSite:
         """Per result captured since ``since``: its ``TIMELINE`` times, in epoch seconds."""
         import sqlalchemy as sa
 
-        from framewire.db import result_table
+        from framewire.store.db import result_table
 
         columns = [result_table.c[name] for name in TIMELINE]
         stmt = sa.select(*columns).where(
@@ -389,14 +389,14 @@ class BenchSite:
         return feeder
 
     def dead_lettered(self) -> int:
-        from framewire.status import read_topic
+        from framewire.ops.status import read_topic
 
         with environment(self.env):
             return len(read_topic(self.settings, self.settings.topic("deadletter")))
 
     def bytes_per_frame(self, tail: int = 8) -> dict[str, float]:
         """Mean record size (key + value + headers, before compression) per data topic."""
-        from framewire.status import read_topic
+        from framewire.ops.status import read_topic
 
         sizes: dict[str, float] = {}
         with environment(self.env):
@@ -467,11 +467,11 @@ def measure_full_speed(site: BenchSite, files: dict[str, list[Path]], seconds: f
 
 def prepared_frames(files: dict[str, list[Path]], settings: Any, per_camera: int = 2) -> list[Any]:
     """FramePreprocessed records made by the preprocess stage's own code from cached frames."""
-    from framewire.blobstore import BlobStore
     from framewire.contracts import utcnow
     from framewire.services.ingest.capture import FrameIngestor
     from framewire.services.ingest.sources import CapturedImage
     from framewire.services.preprocess.stage import PreprocessStage
+    from framewire.store.blobs import BlobStore
 
     ingestor = FrameIngestor(BlobStore(settings.resolved_blob_dir), settings.max_upload_bytes,
                              settings.max_inline_bytes)

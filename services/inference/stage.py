@@ -7,17 +7,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from opentelemetry import trace
 
-from framewire.blobstore import BlobStore, resolve_payload
 from framewire.config import Settings
 from framewire.contracts import Detection, FramePreprocessed, InferenceResult, utcnow
 from framewire.errors import DataError
-from framewire.metrics import service_metrics
 from framewire.procutil import usable_cores
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
 from framewire.services.inference.accel import CPU_PROVIDER
 from framewire.services.inference.models import Detector, choose_providers, load_manifest
 from framewire.services.preprocess.imaging import Letterbox, decode_pixels, unletterbox_boxes
+from framewire.store.blobs import BlobStore, resolve_payload
+from framewire.telemetry.metrics import service_metrics
 
 tracer = trace.get_tracer(__name__)
 

@@ -7,11 +7,11 @@ from collections import defaultdict
 
 from ulid import ULID
 
-from framewire.blobstore import BlobStore, inline_or_reference
 from framewire.contracts import FrameCaptured, utcnow
 from framewire.errors import DataError
 from framewire.imageinfo import sniff_image
 from framewire.services.ingest.sources import CapturedImage
+from framewire.store.blobs import BlobStore, inline_or_reference
 
 
 class FrameIngestor:

@@ -17,17 +17,17 @@ from collections.abc import Callable, Iterator
 
 from opentelemetry.trace import SpanKind
 
-from framewire.blobstore import BlobStore
+from framewire.broker.placement import CameraPlacement
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured
 from framewire.errors import DataError, TransientError
-from framewire.placement import CameraPlacement
+from framewire.ops.status import CONSUMES, LagProbe
 from framewire.runtime import Publisher, StopSignal
 from framewire.services.ingest.backpressure import CameraBuffer, RateCap
 from framewire.services.ingest.capture import FrameIngestor
 from framewire.services.ingest.sources import CapturedImage
-from framewire.status import CONSUMES, LagProbe
-from framewire.telemetry import inject
+from framewire.store.blobs import BlobStore
+from framewire.telemetry.tracing import inject
 
 log = logging.getLogger(__name__)
 # the stages whose backlog counts as the pipeline falling behind, in order

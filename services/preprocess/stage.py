@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from framewire.blobstore import BlobStore, inline_or_reference, resolve_payload
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured, FramePreprocessed, utcnow
 from framewire.runtime import Stage, map_records
@@ -22,6 +21,7 @@ from framewire.services.preprocess.imaging import (
     encode_jpeg,
     letterbox,
 )
+from framewire.store.blobs import BlobStore, inline_or_reference, resolve_payload
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from framewire.config import Settings
 from framewire.contracts import InferenceResult, utcnow
-from framewire.db import open_database
-from framewire.metrics import service_metrics
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
+from framewire.store.db import open_database
+from framewire.telemetry.metrics import service_metrics
 
 
 class StorageStage(Stage):

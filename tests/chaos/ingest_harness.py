@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from framewire.config import load_settings
-from framewire.logs import setup_logging
 from framewire.runtime import Publisher
 from framewire.services.ingest.service import Ingest, SourceFactory
 from framewire.services.ingest.sources import CapturedImage, open_source
+from framewire.telemetry.logs import setup_logging
 from tests.chaos.ledger import FileJournal, journal_frames
 
 

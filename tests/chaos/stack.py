@@ -11,12 +11,12 @@ from collections.abc import Iterable
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from framewire.broker import client_config
-from framewire.codec import Codec
+from framewire.broker.client import client_config
 from framewire.config import Settings
 from framewire.contracts import ServiceHeartbeat
+from framewire.contracts.codec import Codec
 from framewire.errors import TransientError
-from framewire.status import CONSUMES, read_topic
+from framewire.ops.status import CONSUMES, read_topic
 from tests.fixtures.common import wait_until
 from tests.fixtures.kafka import Site
 from tests.integration.test_pipeline import stored_count as stored_count  # re-exported

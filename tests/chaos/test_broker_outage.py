@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from framewire.broker import EmbeddedBroker, client_config
+from framewire.broker.client import EmbeddedBroker, client_config
 from framewire.config import TOPICS, Settings
 from tests.chaos.ledger import (
     Ledger,

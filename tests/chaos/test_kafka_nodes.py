@@ -16,8 +16,8 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from framewire.broker.cluster import KafkaCluster
 from framewire.config import Settings
-from framewire.kafka_cluster import KafkaCluster
 from tests.chaos.ledger import Ledger, SteadyIngest, Workload, count, detections_repeats
 from tests.chaos.ledger import wait_until_accounted as wait_accounted
 from tests.chaos.stack import (

@@ -16,8 +16,8 @@ import cv2
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from framewire.broker import client_config
-from framewire.status import LagProbe, read_topic
+from framewire.broker.client import client_config
+from framewire.ops.status import LagProbe, read_topic
 from tests.chaos.ledger import (
     FrameJournal,
     Ledger,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from framewire.broker import EmbeddedBroker
+from framewire.broker.client import EmbeddedBroker
 from framewire.procutil import die_with_parent
 from tests.chaos.ledger import (
     Ledger,

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from framewire import db as framewire_db
 from framewire.contracts import Detection, InferenceResult
-from framewire.db import Database, StoredDetection, open_database
 from framewire.errors import ConfigError, TransientError
+from framewire.store import db as framewire_db
+from framewire.store.db import Database, StoredDetection, open_database
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 S = timedelta(seconds=1)

@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
-from framewire.db import open_database
+from framewire.ops.status import LagProbe, dead_letters, site_status
+from framewire.ops.supervisor import Supervisor
 from framewire.runtime import StopSignal
 from framewire.services.ingest.service import Ingest
-from framewire.status import LagProbe, dead_letters, site_status
-from framewire.supervisor import Supervisor
+from framewire.store.db import open_database
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 from tests.integration.test_pipeline import STAGES, publish, stored_count

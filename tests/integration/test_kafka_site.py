@@ -21,8 +21,8 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from framewire.broker import ensure_topics
-from framewire.kafka_cluster import free_port_block
+from framewire.broker.client import ensure_topics
+from framewire.broker.cluster import free_port_block
 from tests.fixtures.common import ensure_debian_packages, wait_until
 from tests.fixtures.kafka import Site
 
@@ -166,7 +166,7 @@ def test_status_lists_every_node_of_an_existing_cluster(kafka_site: Site) -> Non
 def test_supervisor_restarts_a_killed_kafka_node_which_comes_back_with_its_data(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from framewire.config import load_settings
-    from framewire.supervisor import Supervisor
+    from framewire.ops.supervisor import Supervisor
 
     ensure_debian_packages(request.config, {"java": "default-jre-headless", "mvn": "maven"})
     settings = load_settings(home=tmp_path / "home", broker="kafka", partitions=2,

@@ -12,9 +12,9 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
-from framewire.db import open_database
-from framewire.spanstore import trace_of_frame
-from framewire.status import site_status
+from framewire.ops.status import site_status
+from framewire.store.db import open_database
+from framewire.telemetry.spanstore import trace_of_frame
 from tests.fixtures.images import jpeg, jpeg_claiming_size, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 from tests.integration.test_pipeline import STAGES, publish, stored_count
@@ -75,7 +75,7 @@ def test_a_dead_lettered_frame_trace_ends_in_an_error_span_with_the_reason(site:
         try:
             import sqlalchemy as sa
 
-            from framewire.db import span_table
+            from framewire.store.db import span_table
 
             with db.engine.connect() as conn:
                 return conn.execute(sa.select(span_table).where(

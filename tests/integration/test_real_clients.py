@@ -21,7 +21,7 @@ import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from skimage import data as skdata
 
-from framewire.db import StoredResult, open_database
+from framewire.store.db import StoredResult, open_database
 from tests.fixtures.common import ensure_debian_packages
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from framewire.codec import Codec
 from framewire.contracts import InferenceResult
-from framewire.db import open_database
-from framewire.logreplay import REPLAY_HEADER
-from framewire.status import read_topic
+from framewire.contracts.codec import Codec
+from framewire.ops.logreplay import REPLAY_HEADER
+from framewire.ops.status import read_topic
+from framewire.store.db import open_database
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 from tests.integration.test_pipeline import STAGES, publish, stored_count

@@ -11,8 +11,8 @@ import sys
 import cv2
 import pytest
 
-from framewire.db import open_database
-from framewire.status import site_status
+from framewire.ops.status import site_status
+from framewire.store.db import open_database
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 from tests.integration.test_pipeline import STAGES, publish, stored_count

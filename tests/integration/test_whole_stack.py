@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from framewire.config import load_settings
-from framewire.db import open_database
-from framewire.supervisor import Supervisor
+from framewire.ops.supervisor import Supervisor
+from framewire.store.db import open_database
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site

@@ -7,7 +7,6 @@ from importlib import resources
 
 import pytest
 
-from framewire.codec import MAGIC, Codec, load_schema_versions
 from framewire.contracts import (
     DeadLetter,
     Detection,
@@ -17,6 +16,7 @@ from framewire.contracts import (
     ServiceHeartbeat,
     utcnow,
 )
+from framewire.contracts.codec import MAGIC, Codec, load_schema_versions
 from framewire.errors import DataError
 
 
@@ -127,13 +127,13 @@ def test_a_truncated_body_is_rejected_as_undecodable():
 
 def test_fingerprint_is_the_crc64_avro_of_the_canonical_form():
     # the Avro spec's CRC-64-AVRO of the schema "int" is 0x7275d51a3f395c8f
-    from framewire.codec import schema_fingerprint
+    from framewire.contracts.codec import schema_fingerprint
 
     assert schema_fingerprint("int") == 0x7275D51A3F395C8F
 
 
 def test_a_v1_heartbeat_from_an_older_service_reads_with_v2_defaults():
-    from framewire.codec import load_schema_versions
+    from framewire.contracts.codec import load_schema_versions
 
     texts = schema_texts()
     v1_only = {k: v for k, v in texts.items()
@@ -150,7 +150,7 @@ def test_a_v1_heartbeat_from_an_older_service_reads_with_v2_defaults():
 
 
 def test_a_v3_heartbeat_carries_its_cpu_cost_and_v2_readers_skip_it():
-    from framewire.codec import load_schema_versions
+    from framewire.contracts.codec import load_schema_versions
 
     texts = schema_texts()
     beat = ServiceHeartbeat(service="inference", instance="h:2", host="h", pid=2,

@@ -376,7 +376,7 @@ def test_otlp_endpoint_is_a_port_the_collector_listens_on():
         env = container_env(service)
         url = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
         assert url.hostname == collector_name, f"{name}: spans go to {url.hostname}"
-        # Framewire exports OTLP over HTTP unless told grpc (framewire.telemetry)
+        # Framewire exports OTLP over HTTP unless told grpc (framewire.telemetry.tracing)
         protocol = "grpc" if env.get("OTEL_EXPORTER_OTLP_PROTOCOL") == "grpc" else "http"
         endpoint = config["receivers"]["otlp"]["protocols"][protocol]["endpoint"]
         assert int(endpoint.rsplit(":", 1)[1]) == url.port, (

@@ -96,7 +96,7 @@ def test_camera_id_with_spaces_is_rejected():
 
 
 def test_fetch_waits_are_shorter_where_they_buy_latency_on_the_embedded_broker():
-    from framewire.broker import consumer_defaults
+    from framewire.broker.client import consumer_defaults
 
     embedded = load_settings(embedded_broker=True)
     waits = {s: consumer_defaults(embedded, s)["fetch.wait.max.ms"]

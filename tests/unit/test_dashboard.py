@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from framewire.metrics import service_metrics
+from framewire.telemetry.metrics import service_metrics
 
 DASHBOARD = Path(__file__).parents[2] / "infra" / "observability" / "grafana-dashboard.json"
 METRIC = re.compile(r"\b(framewire_[a-z_]+|process_[a-z_]+)\b")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from framewire.db import open_database
 from framewire.errors import ConfigError, TransientError
+from framewire.store.db import open_database
 
 
 def test_open_creates_missing_parent_folders_of_a_sqlite_file(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from framewire.contracts import ServiceHeartbeat, utcnow
-from framewire.energy import EnergyCounters, EnergyMeter
-from framewire.status import ServiceStatus
+from framewire.ops.status import ServiceStatus
+from framewire.telemetry.energy import EnergyCounters, EnergyMeter
 
 
 def rapl(root: Path, energy_uj: int, range_uj: int = 10_000_000) -> None:

@@ -17,8 +17,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from framewire.codec import MAGIC, Codec
 from framewire.contracts import FrameCaptured, utcnow
+from framewire.contracts.codec import MAGIC, Codec
 from framewire.errors import DataError
 from framewire.imageinfo import ImageInfo, sniff_image
 from framewire.services.preprocess.imaging import decode_image

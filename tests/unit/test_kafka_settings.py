@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from framewire.broker import topic_plans
+from framewire.broker.client import topic_plans
+from framewire.broker.cluster import KafkaCluster, new_cluster_id
 from framewire.config import DEFAULT_RETENTION, TOPICS, duration_ms, load_settings
 from framewire.errors import ConfigError
-from framewire.kafka_cluster import KafkaCluster, new_cluster_id
 
 
 @pytest.mark.parametrize(("text", "ms"), [("500ms", 500), ("90s", 90_000), ("15m", 900_000),

@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from framewire.cli import app
 from framewire.config import Settings
 from framewire.contracts import Detection, InferenceResult
-from framewire.db import Database, open_database
 from framewire.errors import ConfigError
-from framewire.logreplay import (
+from framewire.ops.logreplay import (
     REPLAY_HEADER,
     embedded_refusal,
     parse_time,
@@ -25,6 +24,7 @@ from framewire.logreplay import (
     replay_headers,
     replay_topic,
 )
+from framewire.store.db import Database, open_database
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 T0 = datetime(2026, 11, 25, 10, 0, 0, tzinfo=UTC)

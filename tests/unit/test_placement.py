@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from framewire.placement import CameraPlacement, choose_partition, range_owner, spread_order
+from framewire.broker.placement import CameraPlacement, choose_partition, range_owner, spread_order
 
 BENCH_CAMERAS = [f"bench-720p-{i}" for i in range(1, 5)] + [f"bench-1080p-{i}" for i in range(1, 5)]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from framewire.codec import Codec, RegistryCodec, make_codec
 from framewire.contracts import DeadLetter, FrameCaptured, utcnow
+from framewire.contracts.codec import Codec, RegistryCodec, make_codec
 from framewire.errors import DataError
 
 

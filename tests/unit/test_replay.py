@@ -8,7 +8,7 @@ import pytest
 
 from framewire.contracts import DeadLetter
 from framewire.errors import ConfigError
-from framewire.replay import parse_since, select
+from framewire.ops.replay import parse_since, select
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

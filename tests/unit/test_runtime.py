@@ -76,7 +76,7 @@ def test_backoff_grows_exponentially_up_to_the_cap_and_resets():
 
 
 def test_cpu_cost_per_1000_frames_is_measured_over_the_recent_window():
-    from framewire.metrics import CostWindow
+    from framewire.telemetry.metrics import CostWindow
 
     window = CostWindow(window_s=60.0)
 
@@ -94,7 +94,7 @@ def test_cpu_cost_per_1000_frames_is_measured_over_the_recent_window():
 
 
 def test_power_and_rate_come_from_the_same_window_and_stay_unknown_without_counters():
-    from framewire.metrics import CostWindow
+    from framewire.telemetry.metrics import CostWindow
 
     window = CostWindow(window_s=60.0)
     first = window.sample(0.0, 0.0, 0, host_j=1000.0, gpu_j=None)

@@ -6,8 +6,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from framewire.cli.trace import waterfall_rows
-from framewire.spanstore import StoredSpan
-from framewire.telemetry import extract, inject
+from framewire.telemetry.spanstore import StoredSpan
+from framewire.telemetry.tracing import extract, inject
 
 TRACEPARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

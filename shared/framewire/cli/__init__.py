@@ -13,7 +13,7 @@ from rich.console import Console
 
 from framewire.config import Settings, load_settings
 from framewire.errors import ConfigError, FramewireError, TransientError
-from framewire.logs import setup_logging
+from framewire.telemetry.logs import setup_logging
 
 app = typer.Typer(
     help="Framewire: distributed image processing over Kafka. Start with `framewire run`.",
@@ -60,9 +60,9 @@ def run(
 
     Example: framewire run --broker kafka --broker-nodes 3 --replicas inference=2
     """
-    from framewire.codec import make_codec
-    from framewire.status import site_status
-    from framewire.supervisor import Supervisor
+    from framewire.contracts.codec import make_codec
+    from framewire.ops.status import site_status
+    from framewire.ops.supervisor import Supervisor
 
     _broker_options(broker, broker_nodes)
     settings = settings_for("run")
@@ -183,8 +183,8 @@ def broker(
 
     Example: framewire broker --kind kafka --nodes 3
     """
-    from framewire.broker import EmbeddedBroker, ensure_topics
-    from framewire.supervisor import managed_kafka
+    from framewire.broker.client import EmbeddedBroker, ensure_topics
+    from framewire.ops.supervisor import managed_kafka
 
     _broker_options(kind, nodes)
     if port is not None:
@@ -231,7 +231,7 @@ def topics(
     """
     import json
 
-    from framewire.broker import client_config, ensure_topics, topic_drift, wait_for_broker
+    from framewire.broker.client import client_config, ensure_topics, topic_drift, wait_for_broker
 
     settings = settings_for()
     wait_for_broker(client_config(settings), 30.0)

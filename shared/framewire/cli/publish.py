@@ -24,7 +24,7 @@ def publish(
 
     Example: framewire publish --camera cam-7 --path ./shots --fps 5
     """
-    from framewire.broker import client_config, wait_for_broker
+    from framewire.broker.client import client_config, wait_for_broker
     from framewire.services.ingest.service import Ingest
     from framewire.services.ingest.sources import open_source
 

@@ -59,14 +59,14 @@ def replay(
     Example: framewire replay --topic frames.raw --since 2026-11-25T08:00 --until 90m --camera cam-1
     """
     from framewire.errors import ConfigError
-    from framewire.logreplay import (
+    from framewire.ops.logreplay import (
         RecoveryRefused,
         embedded_refusal,
         parse_time,
         replay_topic,
         retention_of,
     )
-    from framewire.logreplay import replay as run_replay
+    from framewire.ops.logreplay import replay as run_replay
 
     settings = settings_for()
     refusal = embedded_refusal(settings, "replay")
@@ -126,8 +126,8 @@ def rebuild_db(
 
     Example: FRAMEWIRE_DATABASE_URL=sqlite:////var/lib/framewire/new.db framewire rebuild-db --json
     """
-    from framewire.db import open_database
-    from framewire.logreplay import RecoveryRefused, embedded_refusal, rebuild
+    from framewire.ops.logreplay import RecoveryRefused, embedded_refusal, rebuild
+    from framewire.store.db import open_database
 
     settings = settings_for()
     refusal = embedded_refusal(settings, "rebuild-db")

@@ -43,9 +43,9 @@ def trace_command(
 
     Example: framewire trace 01JD3R6K2M8Q... ; framewire trace --slowest 10 --since 10m
     """
-    from framewire.db import open_database
-    from framewire.replay import parse_since
-    from framewire.spanstore import slowest_frames, trace_of_frame
+    from framewire.ops.replay import parse_since
+    from framewire.store.db import open_database
+    from framewire.telemetry.spanstore import slowest_frames, trace_of_frame
 
     settings = settings_for()
     db = open_database(settings.resolved_span_database_url)

@@ -12,7 +12,7 @@ from rich.table import Table
 from framewire.cli import app, console, settings_for
 
 if TYPE_CHECKING:
-    from framewire.status import ServiceStatus
+    from framewire.ops.status import ServiceStatus
 
 
 def _print_json(data: Any) -> None:
@@ -31,7 +31,7 @@ def results(
     """
     from dataclasses import asdict
 
-    from framewire.db import open_database
+    from framewire.store.db import open_database
 
     settings = settings_for()
     db = open_database(settings.resolved_database_url)
@@ -70,7 +70,7 @@ def deadletters(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from framewire.status import dead_letters
+    from framewire.ops.status import dead_letters
 
     letters = dead_letters(settings_for())[-limit:]
     if as_json:
@@ -102,7 +102,7 @@ def status(
 
     Example: framewire status --json
     """
-    from framewire.status import broker_status, site_status
+    from framewire.ops.status import broker_status, site_status
 
     settings = settings_for()
     statuses = site_status(settings)
@@ -191,8 +191,8 @@ def deadletters_replay(
     Replayed records keep their frame id, so a replay never duplicates stored results.
     Example: framewire deadletters replay --reason broker_timeout --since 1h
     """
-    from framewire.replay import parse_since, replay, select
-    from framewire.status import dead_letters
+    from framewire.ops.replay import parse_since, replay, select
+    from framewire.ops.status import dead_letters
 
     settings = settings_for()
     chosen = select(dead_letters(settings), reason,

@@ -28,15 +28,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
-from framewire.broker import client_config, consumer_defaults
+from framewire.broker.client import client_config, consumer_defaults
 from framewire.config import Settings, StageSettings
 from framewire.contracts import Contract, check_camera_id, utcnow
-from framewire.energy import GpuEnergyMeter
 from framewire.errors import DataError, TransientError
+from framewire.ops.status import LagProbe
 from framewire.retry import Backoff
 from framewire.runtime.publisher import Delivery, Publisher, StopSignal, report_broker_error
-from framewire.status import LagProbe
-from framewire.telemetry import extract, inject
+from framewire.telemetry.energy import GpuEnergyMeter
+from framewire.telemetry.tracing import extract, inject
 
 log = logging.getLogger(__name__)
 # How long a poll blocks when there is nothing to do: the stop signal is checked this often.
@@ -548,7 +548,7 @@ class StageRunner:
     def _keeps_partition(self) -> bool:
         """Outputs go to the partition their input came from when both topics have as many
         partitions, so each camera stays on the partition ingest placed it on
-        (``framewire.placement``); otherwise the key's hash picks."""
+        (``framewire.broker.placement``); otherwise the key's hash picks."""
         if self.stage.output_topic is None:
             return False
         pub = self.publisher

@@ -20,15 +20,15 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from framewire import __version__
-from framewire.blobstore import BlobStore, inline_or_reference
-from framewire.broker import client_config
-from framewire.codec import Codec, make_codec
+from framewire.broker.client import client_config
 from framewire.config import Settings
 from framewire.contracts import Contract, DeadLetter, ServiceHeartbeat, utcnow
-from framewire.energy import EnergyCounters
+from framewire.contracts.codec import Codec, make_codec
 from framewire.errors import DataError, TransientError
-from framewire.metrics import CostWindow, service_metrics, start_metrics_server
-from framewire.telemetry import Telemetry, extract
+from framewire.store.blobs import BlobStore, inline_or_reference
+from framewire.telemetry.energy import EnergyCounters
+from framewire.telemetry.metrics import CostWindow, service_metrics, start_metrics_server
+from framewire.telemetry.tracing import Telemetry, extract
 
 log = logging.getLogger(__name__)
 # As confluent-kafka gives them on a consumed message and takes them in produce().
@@ -462,7 +462,7 @@ class Publisher:
         sure every topic exists with its partitions (it may be a new, empty one: the embedded
         broker keeps no data). Producers never auto-create topics (Tansu would make 4
         partitions), so records for a missing topic wait until this has run."""
-        from framewire.broker import ensure_topics
+        from framewire.broker.client import ensure_topics
 
         try:
             created = ensure_topics(self.settings, timeout_s=min(5.0, self.settings.ack_timeout_s))

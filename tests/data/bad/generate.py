@@ -26,8 +26,8 @@ import fastavro
 import numpy as np
 from PIL import Image
 
-from framewire.codec import MAGIC, Codec, schema_fingerprint
 from framewire.contracts import FrameCaptured
+from framewire.contracts.codec import MAGIC, Codec, schema_fingerprint
 from tests.fixtures.images import jpeg, jpeg_claiming_size, synthetic_frame
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parents[1] / "generated" / "bad"

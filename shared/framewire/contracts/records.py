@@ -1,7 +1,7 @@
 """Typed records for the Avro contracts in ``schemas/``: what flows between services.
 
-Each class mirrors one schema (``SCHEMA`` names it); ``framewire.codec`` turns them into bytes
-and back. Timestamps are timezone-aware UTC datetimes (Avro ``timestamp-micros``).
+Each class mirrors one schema (``SCHEMA`` names it); ``framewire.contracts.codec`` turns them
+into bytes and back. Timestamps are timezone-aware UTC datetimes (Avro ``timestamp-micros``).
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from framewire.broker import client_config
-from framewire.codec import Codec, make_codec
+from framewire.broker.client import client_config
 from framewire.config import Settings
 from framewire.contracts import DeadLetter, ServiceHeartbeat
+from framewire.contracts.codec import Codec, make_codec
 from framewire.errors import DataError, TransientError
 
 # which group consumes which topic (ingest only produces)
@@ -356,7 +356,7 @@ def broker_status(settings: Settings, timeout_s: float = 5.0) -> BrokerStatus:
             elif len(part.isrs) < len(part.replicas):
                 under[part.leader] = under.get(part.leader, 0) + 1
     if settings.manages_kafka:
-        from framewire.supervisor import managed_kafka
+        from framewire.ops.supervisor import managed_kafka
 
         for node in managed_kafka(settings).members:
             up = node.node_id in listed

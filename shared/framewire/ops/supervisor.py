@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from framewire.broker import EmbeddedBroker, client_config, ensure_topics, wait_for_broker
+from framewire.broker.client import EmbeddedBroker, client_config, ensure_topics, wait_for_broker
+from framewire.broker.cluster import KafkaCluster, KafkaNode
 from framewire.config import Settings
-from framewire.kafka_cluster import KafkaCluster, KafkaNode
 from framewire.procutil import die_with_parent
 from framewire.retry import Backoff
 
@@ -195,7 +195,7 @@ class Supervisor:
         broker empty, recreate the topics and start everything again. Returns False (and
         changes nothing but a short ingest pause) when the pipeline does not drain in time.
         """
-        from framewire.status import site_status
+        from framewire.ops.status import site_status
 
         ingest = [c for c in self.children if c.service == "ingest"]
         stages = [c for c in self.children if c.service != "ingest"]

@@ -8,9 +8,9 @@ its log: Apache Kafka with retention. The embedded broker (Tansu) keeps records 
 only and cannot look offsets up by time, so both refuse to run on it (``embedded_refusal``).
 
 Replayed frames keep their bytes, so their frame ids: storage replaces a stored result only
-when the new one comes from another model and was inferred later (``framewire.db.supersedes``),
-so a replay after a model change updates each frame's row in place, and a replay with the
-same model changes nothing.
+when the new one comes from another model and was inferred later
+(``framewire.store.db.supersedes``), so a replay after a model change updates each frame's
+row in place, and a replay with the same model changes nothing.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from framewire.broker import client_config
-from framewire.codec import Codec, make_codec
+from framewire.broker.client import client_config
 from framewire.config import DEFAULT_RETENTION, Settings, duration_ms
 from framewire.contracts import InferenceResult, check_camera_id
+from framewire.contracts.codec import Codec, make_codec
 from framewire.errors import ConfigError, DataError, FramewireError, TransientError
 
 if TYPE_CHECKING:
-    from framewire.db import Database
+    from framewire.store.db import Database
 
 # Topics whose records re-run the pipeline from there on: raw frames (preprocess, inference,
 # storage) and ready frames (inference, storage). Results and the rest make no sense again.
@@ -293,7 +293,7 @@ def replay(settings: Settings, topic: str, since: datetime, until: datetime,
     from opentelemetry.trace import SpanKind
 
     from framewire.runtime import Publisher
-    from framewire.telemetry import inject
+    from framewire.telemetry.tracing import inject
 
     replay_topic(topic)
     refusal = embedded_refusal(settings, "replay")
@@ -326,7 +326,7 @@ def replay(settings: Settings, topic: str, since: datetime, until: datetime,
                 span = publisher.telemetry.start(
                     "replay publish", kind=SpanKind.PRODUCER, attributes={
                         "messaging.system": "kafka", "messaging.destination.name": full,
-                        "framewire.replay": replay_id,
+                        "framewire.ops.replay": replay_id,
                         "framewire.camera_id": (msg.key() or b"").decode(errors="replace")})
                 headers = inject(span, replay_headers(msg.headers(), replay_id))
                 span.end()
@@ -375,7 +375,7 @@ def decode_result(codec: Codec, msg: Message) -> InferenceResult:
 def rebuild(settings: Settings, database: Database, force: bool = False,
             progress: Progress | None = None) -> RebuildCounts:
     """Read the retained ``detections`` topic from its beginning to its end offsets (as of
-    the start) and store every result in ``database`` (a ``framewire.db.Database``).
+    the start) and store every result in ``database`` (a ``framewire.store.db.Database``).
 
     Refuses (RecoveryRefused) on the embedded broker, and when the database already holds
     results unless ``force``: the rows already there are then kept, and only frames missing

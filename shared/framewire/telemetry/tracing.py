@@ -36,12 +36,12 @@ class DatabaseSpanExporter(SpanExporter):
     """Writes finished spans to the ``spans`` table (the embedded span store)."""
 
     def __init__(self, database_url: str) -> None:
-        from framewire.db import open_database
+        from framewire.store.db import open_database
 
         self.db = open_database(database_url)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        from framewire.spanstore import insert_spans
+        from framewire.telemetry.spanstore import insert_spans
 
         try:
             insert_spans(self.db, spans)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
-from framewire.db import Database, span_table
+from framewire.store.db import Database, span_table
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from framewire.blobstore import BlobStore, resolve_payload
 from framewire.config import Settings
 from framewire.contracts import DeadLetter
 from framewire.errors import ConfigError, DataError
+from framewire.store.blobs import BlobStore, resolve_payload
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

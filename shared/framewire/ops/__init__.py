@@ -1,0 +1,1 @@
+"""Operating a site: the supervisor, status, replay and recovery from the log."""

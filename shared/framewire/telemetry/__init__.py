@@ -1,0 +1,1 @@
+"""Telemetry: traces, metrics, structured logs, the embedded span store, energy meters."""
