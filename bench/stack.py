@@ -225,10 +225,10 @@ class BenchSite:
         from confluent_kafka.admin import AdminClient
 
         from framewire.broker.client import client_config
-        from framewire.config import TOPICS
+        from framewire.topology import topology
 
         admin = AdminClient(client_config(self.supervisor.settings, log_level=0))
-        names = [self.settings.topic(name) for name in TOPICS]
+        names = [self.settings.topic(name) for name in topology(self.settings).topics]
         deadline = time.monotonic() + timeout_s
         first = True
         while True:

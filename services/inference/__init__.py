@@ -1,1 +1,15 @@
-"""Framewire services: stage logic plus thin entry points."""
+"""Inference: the model on micro-batches of letterboxed frames, boxes in frame pixels."""
+
+from framewire.config import InferenceSettings
+from framewire.contracts import FramePreprocessed, InferenceResult
+from framewire.topology import Output, StageSpec
+
+STAGE = StageSpec(
+    name="inference",
+    summary="runs the detection model (ONNX Runtime, CPU or GPU) on micro-batches",
+    entry="framewire.services.inference.stage:InferenceStage",
+    input="frames.ready",
+    input_contract=FramePreprocessed,
+    outputs=(Output("detections", InferenceResult, retention="30d"),),
+    settings=InferenceSettings,
+)

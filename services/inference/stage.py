@@ -13,6 +13,7 @@ from framewire.errors import DataError
 from framewire.procutil import usable_cores
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
+from framewire.services.inference import STAGE
 from framewire.services.inference.accel import CPU_PROVIDER
 from framewire.services.inference.models import Detector, choose_providers, load_manifest
 from framewire.services.preprocess.imaging import Letterbox, decode_pixels, unletterbox_boxes
@@ -25,10 +26,7 @@ tracer = trace.get_tracer(__name__)
 class InferenceStage(Stage):
     """frames.ready (FramePreprocessed) → detections (InferenceResult)."""
 
-    name = "inference"
-    input_topic = "frames.ready"
-    input_type = FramePreprocessed
-    output_topic = "detections"
+    spec = STAGE
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

@@ -1,1 +1,14 @@
-"""Framewire services: stage logic plus thin entry points."""
+"""Ingest: cameras, files and streams in; validated frames out to ``frames.raw``."""
+
+from framewire.config import IngestSettings
+from framewire.contracts import FrameCaptured
+from framewire.topology import Output, StageSpec
+
+STAGE = StageSpec(
+    name="ingest",
+    summary="reads cameras, checks each frame, publishes it keyed by camera",
+    entry="framewire.services.ingest.service:main",
+    # raw frames long enough to replay a day after a model change
+    outputs=(Output("frames.raw", FrameCaptured, retention="24h"),),
+    settings=IngestSettings,
+)

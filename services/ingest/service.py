@@ -18,20 +18,19 @@ from collections.abc import Callable, Iterator
 from opentelemetry.trace import SpanKind
 
 from framewire.broker.placement import CameraPlacement
-from framewire.config import Settings
+from framewire.broker.reading import LagProbe
+from framewire.config import CameraSettings, Settings
 from framewire.contracts import FrameCaptured
 from framewire.errors import DataError, TransientError
-from framewire.ops.status import CONSUMES, LagProbe
 from framewire.runtime import Publisher, StopSignal
 from framewire.services.ingest.backpressure import CameraBuffer, RateCap
 from framewire.services.ingest.capture import FrameIngestor
 from framewire.services.ingest.sources import CapturedImage
 from framewire.store.blobs import BlobStore
 from framewire.telemetry.tracing import inject
+from framewire.topology import topology
 
 log = logging.getLogger(__name__)
-# the stages whose backlog counts as the pipeline falling behind, in order
-PIPELINE_STAGES = tuple(CONSUMES)
 SourceFactory = Callable[[threading.Event], Iterator[CapturedImage]]
 
 
@@ -137,8 +136,9 @@ class Ingest:
         return lags
 
     def _watch_lag(self) -> None:
-        probes = {service: LagProbe(self.settings, service, timeout_s=2.0)
-                  for service in PIPELINE_STAGES}
+        # every stage's backlog counts as the pipeline falling behind
+        probes = {spec.name: LagProbe(self.settings, spec.name, timeout_s=2.0)
+                  for spec in topology(self.settings).consumers}
         was_behind = False
         try:
             while not self.stop.wait(0.5):
@@ -262,3 +262,32 @@ class Ingest:
         except TransientError as exc:
             log.error("frames left unpublished at shutdown", extra={"error": str(exc)})
         pub.close()
+
+
+def camera_sources(settings: Settings, demo: bool) -> dict[str, SourceFactory]:
+    """Source factories for the configured cameras, plus the demo cameras when ``demo``."""
+    from framewire.services.ingest.demo import demo_source
+    from framewire.services.ingest.sources import open_source
+
+    sources: dict[str, SourceFactory] = {}
+    if demo:
+        for i in range(settings.demo_cameras):
+            camera_id = f"demo-{i + 1}"
+
+            def make_demo(stop: threading.Event, cid: str = camera_id) -> Iterator[CapturedImage]:
+                return demo_source(cid, settings.demo_fps, stop, settings.demo_width,
+                                   settings.demo_height)
+
+            sources[camera_id] = make_demo
+    for cam in settings.cameras:
+
+        def make(stop: threading.Event, c: CameraSettings = cam) -> Iterator[CapturedImage]:
+            return open_source(c.url, fps=c.fps, loop=c.loop, stop=stop)
+
+        sources[cam.camera_id] = make
+    return sources
+
+
+def main(settings: Settings, stop: StopSignal | None = None, demo: bool = False) -> None:
+    """The ingest process: every configured camera (and the demo ones) until stopped."""
+    Ingest(settings, stop).run(camera_sources(settings, demo))

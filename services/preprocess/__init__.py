@@ -1,1 +1,15 @@
-"""Framewire services: stage logic plus thin entry points."""
+"""Preprocess: decode, check quality, letterbox to the model's input size."""
+
+from framewire.config import PreprocessSettings
+from framewire.contracts import FrameCaptured, FramePreprocessed
+from framewire.topology import Output, StageSpec
+
+STAGE = StageSpec(
+    name="preprocess",
+    summary="decodes, measures quality and letterboxes frames to the model's input size",
+    entry="framewire.services.preprocess.stage:PreprocessStage",
+    input="frames.raw",
+    input_contract=FrameCaptured,
+    outputs=(Output("frames.ready", FramePreprocessed, retention="1h"),),
+    settings=PreprocessSettings,
+)

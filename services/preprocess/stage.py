@@ -11,6 +11,7 @@ from framewire.contracts import FrameCaptured, FramePreprocessed, utcnow
 from framewire.runtime import Stage, map_records
 from framewire.runtime.loop import Outcome
 from framewire.services.inference.models import load_manifest
+from framewire.services.preprocess import STAGE
 from framewire.services.preprocess.imaging import (
     FrozenDetector,
     Letterbox,
@@ -39,10 +40,7 @@ class Examined:
 class PreprocessStage(Stage):
     """frames.raw (FrameCaptured) → frames.ready (FramePreprocessed)."""
 
-    name = "preprocess"
-    input_topic = "frames.raw"
-    input_type = FrameCaptured
-    output_topic = "frames.ready"
+    spec = STAGE
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -50,6 +48,11 @@ class PreprocessStage(Stage):
         self.width, self.height = manifest.input_width, manifest.input_height
         self.frozen = FrozenDetector()
         self.blobs = BlobStore(settings.resolved_blob_dir)
+
+    @property
+    def output_compression(self) -> str:
+        """Raw pixels compress (lz4 costs little); JPEG payloads do not."""
+        return "lz4" if self.settings.preprocess.pixel_format == "bgr8" else "none"
 
     def process(self, records: list[FrameCaptured]) -> list[Outcome]:
         return map_records(self.prepare, records)

@@ -1,1 +1,14 @@
-"""Framewire services: stage logic plus thin entry points."""
+"""Storage: results into the database, idempotent by frame id."""
+
+from framewire.config import StorageSettings
+from framewire.contracts import InferenceResult
+from framewire.topology import StageSpec
+
+STAGE = StageSpec(
+    name="storage",
+    summary="upserts results into the database by frame id (a redelivery makes no row)",
+    entry="framewire.services.storage.stage:StorageStage",
+    input="detections",
+    input_contract=InferenceResult,
+    settings=StorageSettings,
+)

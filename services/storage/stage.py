@@ -6,6 +6,7 @@ from framewire.config import Settings
 from framewire.contracts import InferenceResult, utcnow
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
+from framewire.services.storage import STAGE
 from framewire.store.db import open_database
 from framewire.telemetry.metrics import service_metrics
 
@@ -13,10 +14,7 @@ from framewire.telemetry.metrics import service_metrics
 class StorageStage(Stage):
     """detections (InferenceResult) → SQL rows."""
 
-    name = "storage"
-    input_topic = "detections"
-    input_type = InferenceResult
-    output_topic = None
+    spec = STAGE
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)

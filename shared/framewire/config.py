@@ -18,12 +18,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from framewire.contracts import CAMERA_ID_PATTERN
 from framewire.errors import ConfigError
 
-TOPICS = ("frames.raw", "frames.ready", "detections", "deadletter", "status")
-
-# How long each topic keeps records on a broker that enforces retention (Apache Kafka):
-# raw frames long enough to replay a day after a model change, results for a month.
-DEFAULT_RETENTION = {"frames.raw": "24h", "frames.ready": "1h", "detections": "30d",
-                     "deadletter": "7d", "status": "1h"}
 _DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -42,8 +36,13 @@ def duration_ms(value: str | int) -> int:
 
 
 class StageSettings(BaseModel):
-    """Micro-batching of one Kafka-side service."""
+    """The knobs every stage the runtime's loop runs has: micro-batching, fetching, replicas.
 
+    A stage's declaration names its settings model (this one, or a subclass with its own
+    knobs and defaults)."""
+
+    replicas: int = Field(1, ge=1, le=64, description="processes of this stage `framewire run` "
+                          "starts (--replicas overrides); each is a member of the stage's group")
     batch_size: int = Field(16, ge=1, le=10_000, description="most records per micro-batch")
     batch_linger_ms: int = Field(0, ge=0, le=60_000, description="after the first record, how "
                                  "long to wait for more; 0 = take what is already fetched")
@@ -52,6 +51,9 @@ class StageSettings(BaseModel):
         "the site's (on the embedded broker, which answers a waiting fetch only when the wait "
         "ends: 25 for inference, 20 for storage, 50 otherwise; shorter waits cut latency and "
         "cost broker CPU)")
+    embedded_fetch_wait_ms: int = Field(
+        50, ge=1, le=60_000, description="fetch.wait.max.ms on the embedded broker when "
+        "fetch_wait_ms is unset")
 
 
 class PreprocessSettings(StageSettings):
@@ -63,6 +65,8 @@ class PreprocessSettings(StageSettings):
 
 class InferenceSettings(StageSettings):
     batch_size: int = Field(8, ge=1, le=256)
+    # at 65 % load on 2 cores: p99 124 -> 100 ms, full speed -2 % (docs/benchmarks.md)
+    embedded_fetch_wait_ms: int = Field(25, ge=1, le=60_000)
     model: str = "centerface"
     providers: str = "auto"
     intra_op_threads: int = Field(1, ge=0, le=256)
@@ -79,6 +83,7 @@ class StorageSettings(StageSettings):
     # one database transaction per batch; a backlog fills batches without any linger (a 5 ms
     # linger added 5 ms to each frame at moderate rates and saved no CPU: docs/benchmarks.md)
     batch_size: int = Field(64, ge=1, le=10_000)
+    embedded_fetch_wait_ms: int = Field(20, ge=1, le=60_000)
 
 
 class IngestSettings(BaseModel):
@@ -128,7 +133,8 @@ class Settings(BaseSettings):
         "acknowledged (acks=all); unset = replication factor - 1, at least 1")
     retention: dict[str, str | int] = Field(
         default_factory=dict, description="per logical topic, how long records are kept "
-        "(e.g. {\"frames.raw\": \"6h\"}); unset topics keep DEFAULT_RETENTION")
+        "(e.g. {\"frames.raw\": \"6h\"}); unset topics keep the retention their stage "
+        "declares (`framewire topology`)")
     compression: Literal["auto", "none", "lz4", "zstd", "snappy", "gzip"] = Field(
         "auto", description="producers' compression.type; auto = lz4 for raw pixels, none for "
         "JPEG payloads (they do not compress)")
@@ -169,6 +175,12 @@ class Settings(BaseSettings):
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    stages: list[str] = Field(
+        default_factory=list, description="more stage declarations, as module:attribute of a "
+        "StageSpec, beside those registered in the framewire.stages entry-point group")
+    stage_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="settings of stages that are not Framewire's own, "
+        "per stage name (e.g. FRAMEWIRE_STAGE_OPTIONS__CONFIDENT__MIN_SCORE=0.6)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("bootstrap_servers")
@@ -184,14 +196,27 @@ class Settings(BaseSettings):
 
     @field_validator("retention")
     @classmethod
-    def _retention_is_known(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+    def _retention_is_positive(cls, value: dict[str, str | int]) -> dict[str, str | int]:
         for name, duration in value.items():
-            if name not in TOPICS:
-                raise ValueError(f"unknown topic {name!r} in retention; known: {', '.join(TOPICS)}")
             if duration_ms(duration) == 0 or duration_ms(duration) < -1:
                 raise ValueError(f"retention of {name} is {duration!r}: write a positive "
                                  "duration such as 6h, or -1 to keep records forever")
         return value
+
+    @model_validator(mode="after")
+    def _stages_fit(self) -> Settings:
+        """The stages (with those of ``stages``) fit together; every named topic and stage
+        option belongs to one of them."""
+        from framewire.topology import stage_settings, topology
+
+        site = topology(self)
+        for name in self.retention:
+            if name not in site.topics:
+                raise ValueError(f"unknown topic {name!r} in retention; known: "
+                                 f"{', '.join(site.topics)}")
+        for name in self.stage_options:
+            stage_settings(self, site.stage(name))
+        return self
 
     @model_validator(mode="after")
     def _replication_fits(self) -> Settings:
@@ -240,7 +265,9 @@ class Settings(BaseSettings):
 
     def retention_ms(self, name: str) -> int:
         """How long the logical topic ``name`` keeps records, in milliseconds."""
-        return duration_ms(self.retention.get(name, DEFAULT_RETENTION[name]))
+        from framewire.topology import topology
+
+        return duration_ms(self.retention.get(name, topology(self).topic(name).retention))
 
     def replication(self, brokers: int) -> tuple[int, int]:
         """(replication factor, min.insync.replicas) for a cluster of ``brokers`` brokers."""
@@ -287,8 +314,9 @@ class Settings(BaseSettings):
 
     def topic(self, name: str) -> str:
         """The full topic name for a logical topic (``frames.raw`` ...), with the prefix."""
-        if name not in TOPICS:
-            raise KeyError(f"unknown topic {name!r}; known: {', '.join(TOPICS)}")
+        from framewire.topology import topology
+
+        topology(self).topic(name)  # KeyError naming the known topics
         return f"{self.topic_prefix}{name}"
 
     def group(self, service: str) -> str:

@@ -16,7 +16,8 @@ from framewire.config import Settings
 from framewire.contracts import ServiceHeartbeat
 from framewire.contracts.codec import Codec
 from framewire.errors import TransientError
-from framewire.ops.status import CONSUMES, read_topic
+from framewire.ops.status import read_topic
+from framewire.topology import topology
 from tests.fixtures.common import wait_until
 from tests.fixtures.kafka import Site
 from tests.integration.test_pipeline import stored_count as stored_count  # re-exported
@@ -80,7 +81,7 @@ def wait_for_groups(settings: Settings, replicas: dict[str, list[int]], partitio
 def group_positions(settings: Settings) -> str:
     """Per stage, per partition: committed offset / end offset of its input topic (diagnosis)."""
     lines = []
-    for service, topic_name in CONSUMES.items():
+    for service, topic_name in ((s.name, s.input) for s in topology(settings).consumers):
         topic = settings.topic(topic_name)
         consumer = Consumer(client_config(settings, **{
             "group.id": settings.group(service), "enable.auto.commit": False, "log_level": 0}))

@@ -17,7 +17,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from framewire.broker.client import EmbeddedBroker, client_config
-from framewire.config import TOPICS, Settings
+from framewire.config import Settings
+from framewire.topology import topology
 from tests.chaos.ledger import (
     Ledger,
     SteadyIngest,
@@ -73,6 +74,7 @@ def own_site(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, Site]]:
         broker.stop()
 
 
+TOPICS = tuple(topology().topics)
 EXPECTED_PARTITIONS = {name: 1 if name == "status" else PARTITIONS for name in TOPICS}
 
 

@@ -140,11 +140,12 @@ def test_a_publisher_never_auto_creates_a_topic_and_its_heartbeats_make_missing_
     producer writes to with 4 partitions: records must wait for ensure_topics instead."""
     from confluent_kafka.admin import AdminClient
 
-    from framewire.config import TOPICS
     from framewire.runtime import Publisher
+    from framewire.topology import topology
 
     fresh = Site(broker, tmp_path / "home", partitions=3)  # no create_topics: none exist
     settings = fresh.settings
+    TOPICS = list(topology(settings).topics)  # noqa: N806
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     pub = Publisher(settings, "preprocess")
     try:

@@ -27,7 +27,9 @@ from pydantic import BaseModel
 import framewire.cli
 from framewire.config import Settings, load_settings
 from framewire.errors import ConfigError
-from framewire.services import SERVICES as FRAMEWIRE_SERVICES
+from framewire.topology import topology
+
+FRAMEWIRE_SERVICES = topology().names
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

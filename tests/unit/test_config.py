@@ -99,10 +99,10 @@ def test_fetch_waits_are_shorter_where_they_buy_latency_on_the_embedded_broker()
     from framewire.broker.client import consumer_defaults
 
     embedded = load_settings(embedded_broker=True)
-    waits = {s: consumer_defaults(embedded, s)["fetch.wait.max.ms"]
-             for s in ("preprocess", "inference", "storage")}
+    waits = {s: consumer_defaults(embedded, getattr(embedded, s).embedded_fetch_wait_ms)
+             ["fetch.wait.max.ms"] for s in ("preprocess", "inference", "storage")}
     assert waits == {"preprocess": 50, "inference": 25, "storage": 20}
-    assert consumer_defaults(load_settings(embedded_broker=False), "inference") == {}
+    assert consumer_defaults(load_settings(embedded_broker=False), 25) == {}
 
 
 def test_a_stage_fetch_wait_of_zero_is_refused_with_the_field_named():

@@ -8,7 +8,7 @@ import pytest
 
 from framewire.broker.client import topic_plans
 from framewire.broker.cluster import KafkaCluster, new_cluster_id
-from framewire.config import DEFAULT_RETENTION, TOPICS, duration_ms, load_settings
+from framewire.config import duration_ms, load_settings
 from framewire.errors import ConfigError
 
 
@@ -39,10 +39,11 @@ def test_data_topics_on_kafka_carry_retention_min_isr_and_replication_from_setti
     assert (raw.partitions, raw.replication) == (6, 3)
     assert raw.configs["retention.ms"] == str(6 * 3_600_000)
     assert raw.configs["min.insync.replicas"] == "2"
-    assert plans["site1.detections"].configs["retention.ms"] == str(
-        duration_ms(DEFAULT_RETENTION["detections"]))
+    # unset: the retention the writing stage declares (inference: 30 days)
+    assert plans["site1.detections"].configs["retention.ms"] == str(duration_ms("30d"))
     assert plans["site1.status"].partitions == 1
-    assert set(DEFAULT_RETENTION) == set(TOPICS)
+    assert set(plans) == {f"site1.{t}" for t in
+                          ("frames.raw", "frames.ready", "detections", "deadletter", "status")}
 
 
 def test_topics_on_the_embedded_broker_get_no_configs_and_one_replica() -> None:

@@ -28,9 +28,10 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from framewire.config import TOPICS, Settings
+from framewire.config import Settings
 from framewire.errors import ConfigError, TransientError
 from framewire.procutil import die_with_parent
+from framewire.topology import topology
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,18 @@ def client_config(settings: Settings, defaults: dict[str, Any] | None = None,
     return conf
 
 
-# Shorter waits where they buy latency cheaply (at 65 % load, 2 cores: p99 124 → 100 ms,
-# full speed −2 %; a shorter wait for preprocess or storage below 20 ms only cost CPU).
-# docs/benchmarks.md, "fetch waits by stage".
-EMBEDDED_FETCH_WAIT_MS = {"inference": 25, "storage": 20}
+def consumer_defaults(settings: Settings, embedded_fetch_wait_ms: int | None = None
+                      ) -> dict[str, Any]:
+    """Group timing suited to the broker in use (the user's ``kafka`` settings still win).
 
-
-def consumer_defaults(settings: Settings, service: str | None = None) -> dict[str, Any]:
-    """Group timing suited to the broker in use (the user's ``kafka`` settings still win)."""
+    On the embedded broker, a stage's own fetch wait (``embedded_fetch_wait_ms`` of its
+    settings) replaces the site's: shorter waits buy latency where they are cheap
+    (docs/benchmarks.md, "fetch waits by stage")."""
     if not settings.on_tansu:
         return {}
     defaults: dict[str, Any] = dict(EMBEDDED_CLIENT_DEFAULTS)
-    if service in EMBEDDED_FETCH_WAIT_MS:
-        defaults["fetch.wait.max.ms"] = EMBEDDED_FETCH_WAIT_MS[service]
+    if embedded_fetch_wait_ms is not None:
+        defaults["fetch.wait.max.ms"] = embedded_fetch_wait_ms
     return defaults
 
 
@@ -176,8 +176,8 @@ class TopicPlan:
 def topic_plans(settings: Settings, brokers: int) -> list[TopicPlan]:
     """Every Framewire topic as the settings want it on a cluster of ``brokers`` brokers."""
     plans = []
-    for name in TOPICS:
-        partitions = 1 if name == "status" else settings.topic_partitions
+    for name, info in topology(settings).topics.items():
+        partitions = 1 if info.single_partition else settings.topic_partitions
         if settings.on_tansu:  # one node in memory: no replicas, no retention to enforce
             plans.append(TopicPlan(settings.topic(name), partitions, 1, {}))
             continue

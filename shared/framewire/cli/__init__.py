@@ -45,10 +45,12 @@ def _global(
 @app.command()
 def run(
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Start the demo cameras.")] = True,
-    services: Annotated[str, typer.Option(help="Comma list of services to start.")] =
-        "ingest,preprocess,inference,storage",
+    services: Annotated[str, typer.Option(
+        help="Comma list of services to start (default: every registered stage, as "
+        "`framewire topology` lists them).")] = "",
     replicas: Annotated[str, typer.Option(
-        help="Processes per service, e.g. inference=2,preprocess=2 (default 1 each).")] = "",
+        help="Processes per service, e.g. inference=2,preprocess=2 (default: each stage's "
+        "replicas setting, 1).")] = "",
     broker: Annotated[str | None, typer.Option(
         "--broker", help="Broker to start: embedded (memory only) or kafka (Apache Kafka, "
         "KRaft, data in FRAMEWIRE_HOME). Default: FRAMEWIRE_BROKER.")] = None,
@@ -66,8 +68,8 @@ def run(
 
     _broker_options(broker, broker_nodes)
     settings = settings_for("run")
-    sup = Supervisor(settings, [s.strip() for s in services.split(",") if s.strip()], demo,
-                     parse_replicas(replicas))
+    sup = Supervisor(settings, parse_services(settings, services), demo,
+                     parse_replicas(settings, replicas))
     console.print(f"[bold]Framewire[/] home={settings.home.resolve()} "
                   f"broker={settings.bootstrap_servers} ({_broker_kind(settings)}) "
                   f"db={settings.resolved_database_url}")
@@ -84,7 +86,8 @@ def run(
             for event in sup.check():
                 console.print(f"[yellow]{event}[/]")
             try:
-                line, last = _status_line(site_status(sup.settings, codec), started, last)
+                line, last = _status_line(sup.settings, site_status(sup.settings, codec),
+                                          started, last)
             except TransientError as exc:  # a broker node restarting: the site goes on
                 line = f"status unavailable for now: {exc}"
             console.print(line, soft_wrap=True)
@@ -110,16 +113,30 @@ def _broker_kind(settings: Settings) -> str:
             "external": "existing cluster"}[settings.broker_kind]
 
 
-def parse_replicas(text: str) -> dict[str, int]:
-    """``inference=2,preprocess=2`` → {"inference": 2, "preprocess": 2}."""
-    from framewire.services import SERVICES
+def parse_services(settings: Settings, text: str) -> list[str]:
+    """``ingest,storage`` → those stages, checked; empty → every registered stage."""
+    from framewire.topology import topology
 
+    names = topology(settings).names
+    chosen = [s.strip() for s in text.split(",") if s.strip()] or list(names)
+    for name in chosen:
+        if name not in names:
+            raise ConfigError(f"--services: unknown service {name!r}; choose among "
+                              f"{', '.join(names)}")
+    return chosen
+
+
+def parse_replicas(settings: Settings, text: str) -> dict[str, int]:
+    """``inference=2,preprocess=2`` → {"inference": 2, "preprocess": 2}."""
+    from framewire.topology import topology
+
+    names = topology(settings).names
     counts: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, number = part.partition("=")
-        if name not in SERVICES or not number.isdigit() or int(number) < 1:
+        if name not in names or not number.isdigit() or int(number) < 1:
             raise ConfigError(f"--replicas {part!r}: write SERVICE=N with N ≥ 1 and SERVICE one "
-                              f"of {', '.join(SERVICES)}, e.g. inference=2")
+                              f"of {', '.join(names)}, e.g. inference=2")
         counts[name] = int(number)
     return counts
 
@@ -130,12 +147,17 @@ def _stop_on_signals():  # noqa: ANN202
     return StopSignal()
 
 
-def _status_line(statuses: list, started: float,
+def _status_line(settings: Settings, statuses: list, started: float,
                  last: tuple[float, int]) -> tuple[str, tuple[float, int]]:
     """One line of live status; ``last`` is (when, stored) at the previous line, for the rate."""
+    from framewire.topology import topology
+
+    site = topology(settings)
     by = {s.service: s for s in statuses}
-    frames_in = by["ingest"].total("records_out") if "ingest" in by else 0
-    stored = by["storage"].total("records_out") if "storage" in by else 0
+    # frames in: what the sources published; stored: what the last stages (no output) took
+    frames_in = sum(by[s.name].total("records_out") for s in site.sources if s.name in by)
+    stored = sum(by[s.name].total("records_out") for s in site.consumers
+                 if not s.outputs and s.name in by)
     dead = sum(s.total("dead_lettered") for s in statuses)
     lag = sum(s.lag or 0 for s in statuses)
     alive = sum(1 for s in statuses if s.alive)
@@ -152,7 +174,9 @@ def _status_line(statuses: list, started: float,
 
 @app.command()
 def service(
-    name: Annotated[str, typer.Argument(help="ingest, preprocess, inference or storage.")],
+    name: Annotated[str, typer.Argument(
+        help="A registered stage: ingest, preprocess, inference, storage, or a plug-in's "
+        "(`framewire topology`).")],
     demo: Annotated[
         bool, typer.Option("--demo/--no-demo", help="ingest: add demo cameras.")
     ] = False,
@@ -161,11 +185,9 @@ def service(
 
     Example: framewire service inference
     """
-    from framewire.services import SERVICES, run_service
+    from framewire.ops.launch import run_service
 
-    if name not in SERVICES:
-        raise ConfigError(f"unknown service {name!r}; choose one of {', '.join(SERVICES)}")
-    run_service(name, settings_for(name), demo=demo)
+    run_service(name, settings_for(name), demo=demo)  # an unknown name: ConfigError
 
 
 @app.command()
@@ -254,6 +276,7 @@ def topics(
 from framewire.cli import bench as _bench  # noqa: E402,F401
 from framewire.cli import publish as _publish  # noqa: E402,F401  (registers commands)
 from framewire.cli import recover as _recover  # noqa: E402,F401
+from framewire.cli import topology as _topology  # noqa: E402,F401
 from framewire.cli import trace as _trace  # noqa: E402,F401
 from framewire.cli import views as _views  # noqa: E402,F401
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from framewire.cli import app, parse_replicas
+from framewire.config import load_settings
 from framewire.errors import ConfigError
 
 # shared/framewire/cli/bench.py -> the repository root, where the bench/ package lives
@@ -85,7 +86,7 @@ def bench(
 
     if broker not in ("embedded", "kafka"):
         raise ConfigError(f"--broker {broker!r}: give embedded or kafka")
-    layout = parse_replicas(replicas)
+    layout = parse_replicas(load_settings(), replicas)
     if "ingest" in layout:
         raise ConfigError("--replicas: the benchmark feeds the cameras itself; give "
                           "preprocess, inference or storage")

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from framewire.broker.client import client_config
-from framewire.config import DEFAULT_RETENTION, Settings, duration_ms
+from framewire.config import Settings, duration_ms
 from framewire.contracts import InferenceResult, check_camera_id
 from framewire.contracts.codec import Codec, make_codec
 from framewire.errors import ConfigError, DataError, FramewireError, TransientError
+from framewire.topology import topology
 
 if TYPE_CHECKING:
     from framewire.store.db import Database
@@ -428,4 +429,4 @@ def rebuild(settings: Settings, database: Database, force: bool = False,
 
 def retention_of(settings: Settings, topic: str) -> str:
     """How long ``topic`` keeps records on this site, as written in the settings."""
-    return str(settings.retention.get(topic, DEFAULT_RETENTION[topic]))
+    return str(settings.retention.get(topic, topology(settings).topic(topic).retention))

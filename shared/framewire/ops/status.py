@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from framewire.broker.client import client_config
+from framewire.broker.reading import LagProbe, read_topic
 from framewire.config import Settings
 from framewire.contracts import DeadLetter, ServiceHeartbeat
 from framewire.contracts.codec import Codec, make_codec
-from framewire.errors import DataError, TransientError
+from framewire.errors import DataError
+from framewire.topology import topology
 
-# which group consumes which topic (ingest only produces)
-CONSUMES = {"preprocess": "frames.raw", "inference": "frames.ready", "storage": "detections"}
-
+__all__ = ["LagProbe", "read_topic"]  # the readers status is built on, for its callers
 
 @dataclass
 class ServiceStatus:
@@ -72,53 +70,6 @@ class ServiceStatus:
         return round(watts / frames_per_s * 1000, 1) if frames_per_s > 0 else None
 
 
-def _reader(settings: Settings, group: str | None = None) -> Consumer:
-    # a short fetch wait, so that reading to the end of a busy topic (status) ends quickly
-    return Consumer(client_config(settings, {"auto.offset.reset": "earliest", "log_level": 0,
-                                             "fetch.wait.max.ms": 50}, **{
-        "group.id": group or f"framewire-reader-{uuid.uuid4().hex[:8]}",
-        "enable.auto.commit": False, "enable.partition.eof": True,
-    }))
-
-
-def read_topic(settings: Settings, topic: str, tail: int | None = None,
-               idle_s: float = 0.5, timeout_s: float = 10.0) -> list[Any]:
-    """Every message of a topic (or the last ``tail`` per partition), without joining a group."""
-    consumer = _reader(settings)
-    try:
-        try:
-            meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        except KafkaException as exc:
-            raise TransientError(f"cannot reach the broker to read {topic}: {exc}") from exc
-        if meta.error is not None or not meta.partitions:
-            return []
-        assignment = []
-        for pid in meta.partitions:
-            start = 0
-            if tail is not None:
-                try:
-                    _, high = consumer.get_watermark_offsets(TopicPartition(topic, pid),
-                                                             timeout_s)
-                except KafkaException as exc:  # a leader being elected: ask again later
-                    raise TransientError(f"cannot read the end of {topic}: {exc}") from exc
-                start = max(0, high - tail)
-            assignment.append(TopicPartition(topic, pid, start))
-        consumer.assign(assignment)
-        pending, out = {tp.partition for tp in assignment}, []
-        deadline, last = time.monotonic() + timeout_s, time.monotonic()
-        while pending and time.monotonic() < deadline and time.monotonic() - last < idle_s * 4:
-            for msg in consumer.consume(500, idle_s):
-                last = time.monotonic()
-                err = msg.error()
-                if err is None:
-                    out.append(msg)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-        return out
-    finally:
-        consumer.close()
-
-
 def heartbeats(settings: Settings, codec: Codec, max_age_s: float = 30.0) -> list[ServiceHeartbeat]:
     """The latest heartbeat of each process seen in the last ``max_age_s`` seconds."""
     latest: dict[str, ServiceHeartbeat] = {}
@@ -135,77 +86,9 @@ def heartbeats(settings: Settings, codec: Codec, max_age_s: float = 30.0) -> lis
     return list(latest.values())
 
 
-class LagProbe:
-    """Reads one service group's lag, per partition, with clients kept open between reads.
-
-    Two requests per read (committed offsets, end offsets of every partition at once); the
-    topic's partitions are looked up again every ``PARTITIONS_TTL_S``. End offsets are the
-    larger of the broker's and what producers report as acknowledged: some brokers (the
-    embedded Tansu) under-report the end of a partition by up to one producer batch.
-    """
-
-    PARTITIONS_TTL_S = 30.0
-
-    def __init__(self, settings: Settings, service: str, timeout_s: float = 5.0) -> None:
-        self.topic = settings.topic(CONSUMES[service])
-        self.timeout_s = timeout_s
-        self.consumer = _reader(settings, settings.group(service))
-        self.admin = AdminClient(client_config(settings, {"log_level": 0}))
-        self.committed_any = False  # has the group ever committed on this topic
-        # exactly_once: a stage writes its output in transactions, and each commit leaves a
-        # marker at the end of the partition that no consumer ever reads or commits past
-        self.end_marker = 1 if (settings.delivery == "exactly_once"
-                                and CONSUMES[service] != "frames.raw") else 0
-        self._partitions: list[TopicPartition] = []
-        self._listed_at = 0.0
-
-    def _topic_partitions(self) -> list[TopicPartition]:
-        if not self._partitions or time.monotonic() - self._listed_at > self.PARTITIONS_TTL_S:
-            meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(
-                self.topic)
-            found = sorted(meta.partitions) if meta is not None and meta.error is None else []
-            self._partitions = [TopicPartition(self.topic, p) for p in found]
-            self._listed_at = time.monotonic()
-        return self._partitions
-
-    def partition_lags(self, produced: dict[str, int]) -> dict[int, int] | None:
-        """Uncommitted records per partition, or None when the broker does not answer."""
-        try:
-            parts = self._topic_partitions()
-            if not parts:
-                return None
-            ends = {tp.partition: future for tp, future in self.admin.list_offsets(
-                {tp: OffsetSpec.latest() for tp in parts}, request_timeout=self.timeout_s).items()}
-            committed = self.consumer.committed(parts, timeout=self.timeout_s)
-            lags = {}
-            for tp in committed:
-                self.committed_any = self.committed_any or tp.offset >= 0
-                high = ends[tp.partition].result().offset - self.end_marker
-                end = max(high, produced.get(f"{self.topic}:{tp.partition}", 0))
-                lags[tp.partition] = max(0, end - max(tp.offset, 0))
-            return lags
-        except KafkaException:
-            self._partitions = []  # look again: the topic may have been recreated
-            return None
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def group_lag(settings: Settings, service: str, produced: dict[str, int]) -> int | None:
-    """Records the service's group has not yet committed, over every partition of its topic."""
-    probe = LagProbe(settings, service)
-    try:
-        lags = probe.partition_lags(produced)
-        return None if lags is None else sum(lags.values())
-    finally:
-        probe.close()
-
-
 def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceStatus]:
-    """Per service: latest heartbeats of its processes, its consumer lag, and its problems."""
-    from framewire.services import SERVICES
-
+    """Per stage (in pipeline order): latest heartbeats of its processes, its consumer lag,
+    and its problems."""
     codec = codec or make_codec(settings.schema_registry_url)
     beats = heartbeats(settings, codec)
     produced: dict[str, int] = {}
@@ -214,10 +97,11 @@ def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceS
             produced[tp] = max(produced.get(tp, 0), offset)
     fresh_s = max(3 * settings.heartbeat_interval_s, 5.0)
     result = []
-    for service in SERVICES:
+    for spec in topology(settings).stages:
+        service = spec.name
         status = ServiceStatus(service, [b for b in beats if b.service == service],
                                fresh_s=fresh_s)
-        if service in CONSUMES:
+        if not spec.is_source:
             probe = LagProbe(settings, service)
             try:
                 lags = probe.partition_lags(produced)

@@ -17,6 +17,7 @@ from framewire.broker.cluster import KafkaCluster, KafkaNode
 from framewire.config import Settings
 from framewire.procutil import die_with_parent
 from framewire.retry import Backoff
+from framewire.topology import stage_settings, topology
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,18 @@ class Supervisor:
         self.kafka: KafkaCluster | None = None
         self._node_restart_at: dict[int, float] = {}
         self.children = []
+        site = topology(settings)
+        self.sources = {s.name for s in site.sources}
         for name in services:
+            spec = site.stage(name)
             args = [sys.executable, "-m", "framewire.cli", "service", name]
-            if name == "ingest" and demo:
+            if spec.is_source and demo:
                 args.append("--demo")
-            count = (replicas or {}).get(name, 1)
+            # a source runs once (two would publish every camera twice); a stage's replicas
+            # setting gives its default count
+            default = 1 if spec.is_source else getattr(stage_settings(settings, spec),
+                                                        "replicas", 1)
+            count = (replicas or {}).get(name, default)
             for i in range(count):
                 log_name = f"{name}.log" if count == 1 else f"{name}-{i + 1}.log"
                 self.children.append(Child(name, args, self.logs / log_name))
@@ -197,8 +205,8 @@ class Supervisor:
         """
         from framewire.ops.status import site_status
 
-        ingest = [c for c in self.children if c.service == "ingest"]
-        stages = [c for c in self.children if c.service != "ingest"]
+        ingest = [c for c in self.children if c.service in self.sources]
+        stages = [c for c in self.children if c.service not in self.sources]
         log.warning("broker over its memory budget: recycling it",
                     extra={"rss_mb": self.broker_rss_mb(),
                            "budget_mb": self.settings.broker_memory_budget_mb})

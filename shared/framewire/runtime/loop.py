@@ -29,14 +29,15 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind
 
 from framewire.broker.client import client_config, consumer_defaults
+from framewire.broker.reading import LagProbe
 from framewire.config import Settings, StageSettings
 from framewire.contracts import Contract, check_camera_id, utcnow
 from framewire.errors import DataError, TransientError
-from framewire.ops.status import LagProbe
 from framewire.retry import Backoff
 from framewire.runtime.publisher import Delivery, Publisher, StopSignal, report_broker_error
 from framewire.telemetry.energy import GpuEnergyMeter
 from framewire.telemetry.tracing import extract, inject
+from framewire.topology import StageSpec, stage_settings
 
 log = logging.getLogger(__name__)
 # How long a poll blocks when there is nothing to do: the stop signal is checked this often.
@@ -63,20 +64,47 @@ class InFlight:
 
 
 class Stage(ABC):
-    """A service's pure logic plus its declaration; the runtime owns all Kafka work."""
+    """A stage's pure logic; the runtime owns all Kafka work.
 
+    ``spec`` is the stage's declaration (``framewire.topology.StageSpec``): name, topics,
+    contracts and settings model come from it.
+    """
+
+    spec: ClassVar[StageSpec | None] = None
     name: ClassVar[str]
     input_topic: ClassVar[str]
     input_type: ClassVar[type[Contract]]
     output_topic: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:
+            if spec.input is None or spec.input_contract is None:
+                raise TypeError(f"{cls.__name__}: stage {spec.name} is declared as a source; "
+                                "the loop runs stages that consume a topic")
+            cls.name, cls.input_topic = spec.name, spec.input
+            cls.input_type, cls.output_topic = spec.input_contract, spec.output_topic
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     @property
     def batching(self) -> StageSettings:
-        """Batch size and linger for this stage (``settings.<name>``)."""
-        return getattr(self.settings, self.name)  # type: ignore[no-any-return]
+        """This stage's settings (batch size, linger, fetch wait... and its own knobs)."""
+        if self.spec is None:  # a stage made in code, without a declaration
+            own = getattr(self.settings, self.name, None)
+            return own if isinstance(own, StageSettings) else StageSettings()
+        found = stage_settings(self.settings, self.spec)
+        if not isinstance(found, StageSettings):
+            raise TypeError(f"stage {self.name}: its settings model must extend StageSettings")
+        return found
+
+    @property
+    def output_compression(self) -> str:
+        """The producer's compression under ``compression=auto``: none, since most payloads
+        (JPEG) do not compress; a stage whose output does compress says so."""
+        return "none"
 
     @abstractmethod
     def process(self, records: list[Any]) -> list[Outcome]:
@@ -141,18 +169,21 @@ class StageRunner:
         self.stage, self.settings = stage, settings
         self.stop = stop or StopSignal()
         # exactly_once: each batch's outputs and its consumed offsets commit in one transaction
-        self.publisher = publisher or Publisher(settings, stage.name,
-                                                transactional=settings.delivery == "exactly_once")
+        self.publisher = publisher or Publisher(
+            settings, stage.name, transactional=settings.delivery == "exactly_once",
+            auto_compression=stage.output_compression)
         self.transactional = self.publisher.transactional
         if stage.uses_gpu:
             self.publisher.energy.gpu = GpuEnergyMeter()
         self.topic = settings.topic(stage.input_topic)
-        defaults = {**consumer_defaults(settings, stage.name), "auto.offset.reset": "earliest",
+        batching = stage.batching
+        defaults = {**consumer_defaults(settings, batching.embedded_fetch_wait_ms),
+                    "auto.offset.reset": "earliest",
                     "max.partition.fetch.bytes": 16 * 1024 * 1024,
                     "fetch.max.bytes": 64 * 1024 * 1024,
                     # notice a topic recreated after a broker outage within seconds
                     "topic.metadata.refresh.interval.ms": 5000,
-                    **prefetch_limits(stage.batching.batch_size),
+                    **prefetch_limits(batching.batch_size),
                     # records of aborted transactions (a crashed upstream stage) are skipped
                     "isolation.level": "read_committed"}
         self.consumer = Consumer(client_config(
@@ -160,8 +191,8 @@ class StageRunner:
             **{"group.id": settings.group(stage.name), "enable.auto.commit": False,
                "client.id": f"framewire-{stage.name}", "error_cb": self._on_error,
                "on_commit": self._on_commit,
-               **({"fetch.wait.max.ms": stage.batching.fetch_wait_ms}
-                  if stage.batching.fetch_wait_ms is not None else {})},
+               **({"fetch.wait.max.ms": batching.fetch_wait_ms}
+                  if batching.fetch_wait_ms is not None else {})},
         ))
         self.backoff = Backoff()
         self._in_flight: deque[InFlight] = deque()

@@ -119,8 +119,11 @@ class Publisher:
     """A producer for one service: encodes contracts, tracks acknowledgements, dead-letters."""
 
     def __init__(self, settings: Settings, service: str, codec: Codec | None = None,
-                 blobs: BlobStore | None = None, transactional: bool = False) -> None:
+                 blobs: BlobStore | None = None, transactional: bool = False,
+                 auto_compression: str = "none") -> None:
         self.settings, self.service = settings, service
+        # compression=auto: what suits this service's payloads (its stage says)
+        self.auto_compression = auto_compression
         # exactly_once: outputs and consumed offsets commit in one Kafka transaction; the
         # heartbeats go through a producer of their own, outside every transaction
         self.transactional = transactional
@@ -213,10 +216,7 @@ class Publisher:
         """The producer's compression.type: the setting, or per payload (``auto``)."""
         if self.settings.compression != "auto":
             return self.settings.compression
-        return "lz4" if self._carries_raw_pixels() else "none"
-
-    def _carries_raw_pixels(self) -> bool:
-        return self.service == "preprocess" and self.settings.preprocess.pixel_format == "bgr8"
+        return self.auto_compression
 
     def publish(self, topic: str, record: Contract, key: str,
                 headers: Headers | None = None, delivery: Delivery | None = None,

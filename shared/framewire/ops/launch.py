@@ -1,0 +1,31 @@
+"""Starting one stage's process: found in the registry, loaded through its declaration."""
+
+from __future__ import annotations
+
+import faulthandler
+import signal
+
+from framewire.config import Settings
+from framewire.procutil import keep_freed_memory
+from framewire.runtime import Stage, StopSignal, run_stage
+from framewire.topology import topology
+
+
+def run_service(name: str, settings: Settings, stop: StopSignal | None = None,
+                demo: bool = False) -> None:
+    """Run the stage ``name`` in this process until SIGTERM/SIGINT (or ``stop``).
+
+    A source's entry is its ``main(settings, stop, demo)``; any other stage's is a ``Stage``
+    subclass, which the runtime's loop runs.
+    """
+    spec = topology(settings).stage(name)  # ConfigError naming the stages
+    keep_freed_memory()
+    # `kill -USR1 PID` writes every thread's stack to the service's log: what a hung one waits on
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    code = spec.load()
+    if spec.is_source:
+        code(settings, stop, demo)
+        return
+    if not (isinstance(code, type) and issubclass(code, Stage)):
+        raise TypeError(f"stage {name}: entry {spec.entry} is not a framewire.runtime.Stage")
+    run_stage(code(settings), settings, stop)
