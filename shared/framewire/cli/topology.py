@@ -77,6 +77,6 @@ def show_topology(
         flow = ("every process" if t["system"] else ", ".join(t["writers"])) + " -> " + (
             ", ".join(t["readers"]) or "(no stage reads it)")
         contract = f"{t['contract'].rpartition('.')[2]} v{t['version']}"
-        print(f"  {t['name']:<14} {contract:<22} partitions {t['partitions']:<3} "
+        print(f"  {t['name']:<20} {contract:<22} partitions {t['partitions']:<3} "
               f"retention {t['retention']:<5} {flow}")
     console.print("details: framewire topology --json")
