@@ -139,3 +139,16 @@ def test_topology_json_lists_stages_groups_contracts_and_versions(monkeypatch):
     assert topics["detections"]["readers"] == ["storage"]
     assert set(topics["frames.raw"]) == {"topic", "name", "contract", "version", "retention",
                                          "partitions", "writers", "readers", "system"}
+
+
+def test_the_extending_page_shows_the_plugin_as_it_is_and_it_stays_under_50_lines():
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    code = (root / "tests/plugins/confident/framewire_confident/__init__.py").read_text()
+    toml = (root / "tests/plugins/confident/pyproject.toml").read_text()
+    page = (root / "docs/extending.md").read_text()
+    assert code in page and toml in page
+    lines = len(code.splitlines())
+    assert lines < 50
+    assert f"A whole stage in {lines} lines" in page
