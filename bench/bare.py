@@ -56,11 +56,11 @@ def _worker(index: int, workers: int, files: dict[str, list[Path]], duration_s: 
 
     cv2.setNumThreads(1)
     keep_freed_memory()  # as every service does at start
+    from framewire.capture.ingestor import FrameIngestor
+    from framewire.capture.sources import CapturedImage
     from framewire.config import load_settings
     from framewire.contracts import InferenceResult, utcnow
     from framewire.services.inference.stage import InferenceStage
-    from framewire.services.ingest.capture import FrameIngestor
-    from framewire.services.ingest.sources import CapturedImage
     from framewire.services.preprocess.stage import PreprocessStage
     from framewire.services.storage.stage import StorageStage
     from framewire.store.blobs import BlobStore

@@ -32,10 +32,10 @@ def _feed(plan: FeedPlan, stop: Any, published: Any) -> None:
     log_file = plan.log_path.open("ab")
     os.dup2(log_file.fileno(), 2)  # librdkafka and logging write to stderr: keep the terminal clean
 
+    from framewire.capture.ingest import Ingest
+    from framewire.capture.sources import CapturedImage
     from framewire.config import load_settings
     from framewire.contracts import utcnow
-    from framewire.services.ingest.service import Ingest
-    from framewire.services.ingest.sources import CapturedImage
     from framewire.telemetry.logs import setup_logging
 
     settings = load_settings()

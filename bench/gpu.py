@@ -58,7 +58,7 @@ def timed_rate(step: Callable[[], int], seconds: float, warmup: int = 3) -> floa
 
 def letterboxed_images(records: list[Any]) -> list[np.ndarray]:
     """The letterboxed BGR pixels of prepared ``frames.ready`` records."""
-    from framewire.services.preprocess.imaging import decode_pixels
+    from framewire.pixels.encoding import decode_pixels
 
     return [decode_pixels(r.pixels, r.pixel_format, r.input_width, r.input_height)
             for r in records]
@@ -76,13 +76,8 @@ def measure_raw(model_name: str, providers: list[str], images: list[np.ndarray],
     import cv2
     import onnxruntime as ort
 
-    from framewire.services.inference.models import (
-        blob_params,
-        load_manifest,
-        model_file,
-        pixel_input,
-        prepare_model,
-    )
+    from framewire.models.manifest import load_manifest, model_file
+    from framewire.services.inference.models import blob_params, pixel_input, prepare_model
 
     manifest = load_manifest(model_name)
     pixels = pixel_input(manifest)
@@ -118,7 +113,8 @@ def measure_raw(model_name: str, providers: list[str], images: list[np.ndarray],
 def measure_detector(model_name: str, providers: list[str], images: list[np.ndarray],
                      batch: int, seconds: float) -> dict[str, Any]:
     """Framewire's Detector at ``batch`` frames, each accelerator feature on and off."""
-    from framewire.services.inference.models import Detector, load_manifest
+    from framewire.models.manifest import load_manifest
+    from framewire.services.inference.models import Detector
 
     manifest = load_manifest(model_name)
     chunk = cycle(images, batch)

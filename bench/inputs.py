@@ -29,7 +29,7 @@ CAMERAS = tuple(
 def cached_frames(cache_dir: Path, per_camera: int,
                   cameras: tuple[BenchCamera, ...] = CAMERAS) -> dict[str, list[Path]]:
     """JPEG files of the first ``per_camera`` frames of each camera, rendered once and kept."""
-    from framewire.services.ingest.demo import DemoScene
+    from framewire.capture.demo import DemoScene
 
     files: dict[str, list[Path]] = {}
     for cam in cameras:

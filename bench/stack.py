@@ -467,9 +467,9 @@ def measure_full_speed(site: BenchSite, files: dict[str, list[Path]], seconds: f
 
 def prepared_frames(files: dict[str, list[Path]], settings: Any, per_camera: int = 2) -> list[Any]:
     """FramePreprocessed records made by the preprocess stage's own code from cached frames."""
+    from framewire.capture.ingestor import FrameIngestor
+    from framewire.capture.sources import CapturedImage
     from framewire.contracts import utcnow
-    from framewire.services.ingest.capture import FrameIngestor
-    from framewire.services.ingest.sources import CapturedImage
     from framewire.services.preprocess.stage import PreprocessStage
     from framewire.store.blobs import BlobStore
 

@@ -10,13 +10,15 @@ from opentelemetry import trace
 from framewire.config import Settings
 from framewire.contracts import Detection, FramePreprocessed, InferenceResult, utcnow
 from framewire.errors import DataError
+from framewire.models.manifest import load_manifest
+from framewire.pixels.encoding import decode_pixels
+from framewire.pixels.letterbox import Letterbox, unletterbox_boxes
 from framewire.procutil import usable_cores
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
 from framewire.services.inference import STAGE
 from framewire.services.inference.accel import CPU_PROVIDER
-from framewire.services.inference.models import Detector, choose_providers, load_manifest
-from framewire.services.preprocess.imaging import Letterbox, decode_pixels, unletterbox_boxes
+from framewire.services.inference.models import Detector, choose_providers
 from framewire.store.blobs import BlobStore, resolve_payload
 from framewire.telemetry.metrics import service_metrics
 

@@ -8,20 +8,13 @@ import numpy as np
 
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured, FramePreprocessed, utcnow
+from framewire.models.manifest import load_manifest
+from framewire.pixels.encoding import decode_for_model, encode_jpeg
+from framewire.pixels.letterbox import Letterbox, content, letterbox
 from framewire.runtime import Stage, map_records
 from framewire.runtime.loop import Outcome
-from framewire.services.inference.models import load_manifest
 from framewire.services.preprocess import STAGE
-from framewire.services.preprocess.imaging import (
-    FrozenDetector,
-    Letterbox,
-    Quality,
-    assess_quality,
-    content,
-    decode_for_model,
-    encode_jpeg,
-    letterbox,
-)
+from framewire.services.preprocess.quality import FrozenDetector, Quality, assess_quality
 from framewire.store.blobs import BlobStore, inline_or_reference, resolve_payload
 
 

@@ -15,10 +15,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from framewire.capture.ingest import Ingest, SourceFactory
+from framewire.capture.sources import CapturedImage, open_source
 from framewire.config import load_settings
 from framewire.runtime import Publisher
-from framewire.services.ingest.service import Ingest, SourceFactory
-from framewire.services.ingest.sources import CapturedImage, open_source
 from framewire.telemetry.logs import setup_logging
 from tests.chaos.ledger import FileJournal, journal_frames
 

@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framewire.capture.ingest import Ingest
+from framewire.capture.sources import CapturedImage
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured, InferenceResult, utcnow
 from framewire.contracts.codec import Codec
 from framewire.errors import TransientError
 from framewire.ops.status import dead_letters, read_topic
 from framewire.runtime import Publisher, StopSignal
-from framewire.services.ingest.service import Ingest
-from framewire.services.ingest.sources import CapturedImage
 from framewire.store.db import open_database
 from tests.chaos.stack import group_positions
 from tests.fixtures.common import wait_until

@@ -14,12 +14,12 @@ import pytest
 from confluent_kafka import Producer
 
 from framewire.broker.client import EmbeddedBroker, client_config
+from framewire.capture.ingest import Ingest
+from framewire.capture.sources import CapturedImage
 from framewire.contracts import DeadLetter, utcnow
 from framewire.errors import TransientError
 from framewire.ops.status import dead_letters
 from framewire.runtime import StopSignal
-from framewire.services.ingest.service import Ingest
-from framewire.services.ingest.sources import CapturedImage
 from framewire.store.db import StoredResult, open_database
 from tests.data.bad.generate import EXIF_SHOWN_SIZE, IMAGE_FILES, RECORDS, generate
 from tests.fixtures.images import jpeg, synthetic_frame

@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
+from framewire.capture.ingest import Ingest
 from framewire.ops.status import LagProbe, dead_letters, site_status
 from framewire.ops.supervisor import Supervisor
 from framewire.runtime import StopSignal
-from framewire.services.ingest.service import Ingest
 from framewire.store.db import open_database
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
@@ -65,8 +65,8 @@ def test_a_camera_that_stops_delivering_is_reported_as_stalled(site: Site):
     stop = StopSignal(install=False)
 
     def quiet_camera(_stop):
+        from framewire.capture.sources import CapturedImage
         from framewire.contracts import utcnow
-        from framewire.services.ingest.sources import CapturedImage
 
         yield CapturedImage(jpeg(synthetic_frame(0)), utcnow(), "test")
         gate.wait(60)  # then nothing: a camera that went dark

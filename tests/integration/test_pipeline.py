@@ -8,12 +8,12 @@ import cv2
 import pytest
 from skimage import data as skdata
 
+from framewire.capture.ingest import Ingest
+from framewire.capture.sources import CapturedImage
 from framewire.contracts import FrameCaptured, InferenceResult, utcnow
 from framewire.contracts.codec import Codec
 from framewire.ops.status import dead_letters, read_topic
 from framewire.runtime import Publisher, StopSignal
-from framewire.services.ingest.service import Ingest
-from framewire.services.ingest.sources import CapturedImage
 from framewire.store.db import open_database
 from tests.fixtures.images import ASTRONAUT_FACE, bad_inputs, jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until

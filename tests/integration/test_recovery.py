@@ -72,7 +72,7 @@ def stop_service(site: Site, name: str) -> None:
 def manifest_with_version(folder: Path, version: str) -> Path:
     """The built-in CenterFace manifest as a file of its own, naming another version: a model
     change as an operator makes one (FRAMEWIRE_INFERENCE__MODEL=path)."""
-    builtin = resources.files("framewire.services.inference").joinpath("models/centerface.yaml")
+    builtin = resources.files("framewire.models").joinpath("centerface.yaml")
     path = folder / "centerface-next.yaml"
     path.write_text(builtin.read_text() + f"\nversion: {version}\n")
     return path

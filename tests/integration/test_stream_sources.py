@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from framewire.services.ingest import sources
-from framewire.services.ingest.sources import open_source
+from framewire.capture import sources
+from framewire.capture.sources import open_source
 from tests.fixtures.cameras import FrameTap, MjpegCamera, RtspCamera
 
 pytestmark = pytest.mark.integration

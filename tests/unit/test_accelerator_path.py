@@ -14,11 +14,12 @@ from skimage import data as samples
 from bench.stack import prepared_frames
 from framewire.config import load_settings
 from framewire.errors import DataError
+from framewire.models.manifest import load_manifest
+from framewire.pixels.letterbox import letterbox
 from framewire.services.inference import models
 from framewire.services.inference.accel import batch_buckets, bucket_for, provider_options
-from framewire.services.inference.models import Detector, load_manifest
+from framewire.services.inference.models import Detector
 from framewire.services.inference.stage import InferenceStage
-from framewire.services.preprocess.imaging import letterbox
 
 CPU = ["CPUExecutionProvider"]
 

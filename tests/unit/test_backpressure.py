@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from framewire.services.ingest.backpressure import CameraBuffer, RateCap
+from framewire.capture.backpressure import CameraBuffer, RateCap
 
 
 def test_rate_cap_lets_through_at_most_fps_frames_per_second():

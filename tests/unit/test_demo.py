@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from framewire.services.ingest.demo import FACE_BOX, DemoScene, demo_source
+from framewire.capture.demo import FACE_BOX, DemoScene, demo_source
 
 
 def face_reference(size: tuple[int, int]) -> np.ndarray:

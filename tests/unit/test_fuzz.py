@@ -20,8 +20,8 @@ from PIL import Image
 from framewire.contracts import FrameCaptured, utcnow
 from framewire.contracts.codec import MAGIC, Codec
 from framewire.errors import DataError
-from framewire.imageinfo import ImageInfo, sniff_image
-from framewire.services.preprocess.imaging import decode_image
+from framewire.pixels.encoding import decode_image
+from framewire.pixels.imageinfo import ImageInfo, sniff_image
 from tests.data.bad.generate import image_cases
 from tests.fixtures.images import jpeg, synthetic_frame
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from framewire.errors import DataError
-from framewire.imageinfo import ImageInfo, sniff_image
+from framewire.pixels.imageinfo import ImageInfo, sniff_image
 
 WIDTH, HEIGHT = 257, 123
 

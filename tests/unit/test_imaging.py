@@ -1,4 +1,4 @@
-"""Preprocess pixel work: decode limits and errors, letterbox geometry, quality, frozen frames."""
+"""Pixel work: decode limits and errors, letterbox geometry, quality, frozen frames."""
 
 from __future__ import annotations
 
@@ -10,19 +10,10 @@ import pytest
 from PIL import Image
 
 from framewire.errors import DataError
-from framewire.services.preprocess import imaging
-from framewire.services.preprocess.imaging import (
-    FrozenDetector,
-    Letterbox,
-    assess_quality,
-    content,
-    decode_for_model,
-    decode_image,
-    decode_pixels,
-    encode_jpeg,
-    letterbox,
-    unletterbox_boxes,
-)
+from framewire.pixels import encoding
+from framewire.pixels.encoding import decode_for_model, decode_image, decode_pixels, encode_jpeg
+from framewire.pixels.letterbox import Letterbox, content, letterbox, unletterbox_boxes
+from framewire.services.preprocess.quality import FrozenDetector, assess_quality
 from tests.fixtures.images import jpeg_claiming_size, synthetic_frame
 
 LIMIT = 40_000_000
@@ -65,7 +56,7 @@ def test_jpeg_header_claiming_60000x60000_is_rejected_before_decoding(
     def must_not_decode(*args: object) -> None:
         raise AssertionError("cv2.imdecode was called on a decompression bomb")
 
-    monkeypatch.setattr(imaging.cv2, "imdecode", must_not_decode)
+    monkeypatch.setattr(encoding.cv2, "imdecode", must_not_decode)
     err = decode_error(jpeg_claiming_size(60000, 60000))
     assert err.code == "too_many_pixels"
     assert "60000x60000" in err.reason and str(LIMIT) in err.reason

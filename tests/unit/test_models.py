@@ -15,10 +15,11 @@ from onnx import TensorProto, helper
 from skimage import data as samples
 
 from framewire.errors import ConfigError
+from framewire.models.manifest import load_manifest
+from framewire.pixels.letterbox import letterbox, unletterbox_boxes
 from framewire.services.inference import models
 from framewire.services.inference.decoders import decode_centerface, decode_yolov8, nms
-from framewire.services.inference.models import Detector, choose_providers, load_manifest
-from framewire.services.preprocess.imaging import letterbox, unletterbox_boxes
+from framewire.services.inference.models import Detector, choose_providers
 from tests.fixtures.images import ASTRONAUT_FACE as FACE_BOX
 
 CPU = ["CPUExecutionProvider"]

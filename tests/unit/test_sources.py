@@ -13,16 +13,16 @@ import cv2
 import numpy as np
 import pytest
 
-from framewire.errors import ConfigError
-from framewire.retry import Backoff
-from framewire.services.ingest import sources
-from framewire.services.ingest.sources import (
+from framewire.capture import sources
+from framewire.capture.sources import (
     CapturedImage,
     Pacer,
     open_source,
     redact,
     rtsp_capture,
 )
+from framewire.errors import ConfigError
+from framewire.retry import Backoff
 from tests.fixtures.images import jpeg, synthetic_frame
 
 # A regression here tends to turn a finite source into an endless one: fail fast, not in 300 s.

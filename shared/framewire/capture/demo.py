@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import skimage.data
 
+from framewire.capture.sources import CapturedImage, Pacer, encode_jpeg
 from framewire.contracts import utcnow
-from framewire.services.ingest.sources import CapturedImage, Pacer, encode_jpeg
 
 Box = tuple[int, int, int, int]
 

@@ -1,4 +1,4 @@
-"""The ingest service: reads cameras and publishes validated frames to ``frames.raw``.
+"""Ingest: reads cameras and publishes validated frames to ``frames.raw``.
 
 Back-pressure: each camera's frames wait in a small bounded buffer; a sender publishes them
 while the pipeline keeps up. When it falls behind (more than ``max_lag_frames`` frames waiting
@@ -19,13 +19,13 @@ from opentelemetry.trace import SpanKind
 
 from framewire.broker.placement import CameraPlacement
 from framewire.broker.reading import LagProbe
-from framewire.config import CameraSettings, Settings
+from framewire.capture.backpressure import CameraBuffer, RateCap
+from framewire.capture.ingestor import FrameIngestor
+from framewire.capture.sources import CapturedImage
+from framewire.config import Settings
 from framewire.contracts import FrameCaptured
 from framewire.errors import DataError, TransientError
 from framewire.runtime import Publisher, StopSignal
-from framewire.services.ingest.backpressure import CameraBuffer, RateCap
-from framewire.services.ingest.capture import FrameIngestor
-from framewire.services.ingest.sources import CapturedImage
 from framewire.store.blobs import BlobStore
 from framewire.telemetry.tracing import inject
 from framewire.topology import topology
@@ -262,32 +262,3 @@ class Ingest:
         except TransientError as exc:
             log.error("frames left unpublished at shutdown", extra={"error": str(exc)})
         pub.close()
-
-
-def camera_sources(settings: Settings, demo: bool) -> dict[str, SourceFactory]:
-    """Source factories for the configured cameras, plus the demo cameras when ``demo``."""
-    from framewire.services.ingest.demo import demo_source
-    from framewire.services.ingest.sources import open_source
-
-    sources: dict[str, SourceFactory] = {}
-    if demo:
-        for i in range(settings.demo_cameras):
-            camera_id = f"demo-{i + 1}"
-
-            def make_demo(stop: threading.Event, cid: str = camera_id) -> Iterator[CapturedImage]:
-                return demo_source(cid, settings.demo_fps, stop, settings.demo_width,
-                                   settings.demo_height)
-
-            sources[camera_id] = make_demo
-    for cam in settings.cameras:
-
-        def make(stop: threading.Event, c: CameraSettings = cam) -> Iterator[CapturedImage]:
-            return open_source(c.url, fps=c.fps, loop=c.loop, stop=stop)
-
-        sources[cam.camera_id] = make
-    return sources
-
-
-def main(settings: Settings, stop: StopSignal | None = None, demo: bool = False) -> None:
-    """The ingest process: every configured camera (and the demo ones) until stopped."""
-    Ingest(settings, stop).run(camera_sources(settings, demo))

@@ -7,10 +7,10 @@ from collections import defaultdict
 
 from ulid import ULID
 
+from framewire.capture.sources import CapturedImage
 from framewire.contracts import FrameCaptured, utcnow
 from framewire.errors import DataError
-from framewire.imageinfo import sniff_image
-from framewire.services.ingest.sources import CapturedImage
+from framewire.pixels.imageinfo import sniff_image
 from framewire.store.blobs import BlobStore, inline_or_reference
 
 

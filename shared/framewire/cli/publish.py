@@ -25,8 +25,8 @@ def publish(
     Example: framewire publish --camera cam-7 --path ./shots --fps 5
     """
     from framewire.broker.client import client_config, wait_for_broker
-    from framewire.services.ingest.service import Ingest
-    from framewire.services.ingest.sources import open_source
+    from framewire.capture.ingest import Ingest
+    from framewire.capture.sources import open_source
 
     settings = settings_for("ingest")
     wait_for_broker(client_config(settings), 15.0)

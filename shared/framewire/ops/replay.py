@@ -49,9 +49,9 @@ def replay(settings: Settings, letters: list[tuple[Any, DeadLetter]]) -> Counter
     Letters rejected at ingest (no source topic: the frame was never published) go through
     ingest validation again as new frames. Returns how many were replayed, per outcome.
     """
+    from framewire.capture.ingest import Ingest
+    from framewire.capture.sources import CapturedImage
     from framewire.runtime import Publisher, StopSignal
-    from framewire.services.ingest.service import Ingest
-    from framewire.services.ingest.sources import CapturedImage
 
     blobs = BlobStore(settings.resolved_blob_dir)
     publisher = Publisher(settings, "replay")

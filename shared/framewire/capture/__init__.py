@@ -1,0 +1,1 @@
+"""Frames in: sources (files, videos, streams, demo cameras), validation, back-pressure, Ingest."""

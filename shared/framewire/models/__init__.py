@@ -1,0 +1,1 @@
+"""Detection models as data: manifests (file, input size, normalisation, decoder), built-ins."""

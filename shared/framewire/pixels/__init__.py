@@ -1,0 +1,1 @@
+"""Pixels: image headers, decoding and JPEG encoding with limits, letterbox geometry."""
