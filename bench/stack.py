@@ -496,7 +496,9 @@ def preload_ready(settings: Any, frames: list[Any], count: int) -> None:
     publisher = Publisher(quiet, "bench")
     try:
         for n in range(count):
-            frame = replace(frames[n % len(frames)], frame_id=str(ULID()), captured_at=utcnow())
+            prepared = frames[n % len(frames)]
+            frame = replace(prepared, header=replace(prepared.header, frame_id=str(ULID()),
+                                                     captured_at=utcnow()))
             publisher.publish("frames.ready", frame, key=frame.camera_id)
             if n % 256 == 0:
                 publisher.producer.poll(0)

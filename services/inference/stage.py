@@ -115,11 +115,10 @@ class InferenceStage(Stage):
             for x1, y1, x2, y2, s, c in mapped[:, :6]
         ]
         return InferenceResult(
-            frame_id=frame.frame_id, camera_id=frame.camera_id, seq=frame.seq,
-            captured_at=frame.captured_at, ingested_at=frame.ingested_at,
+            header=frame.header,
             preprocessed_at=frame.preprocessed_at, inferred_at=utcnow(),
             orig_width=frame.orig_width, orig_height=frame.orig_height,
             model_name=self.manifest.name, model_version=self.manifest.version,
             provider=self.detector.provider, too_dark=frame.too_dark, blurred=frame.blurred,
-            frozen=frame.frozen, detections=detections, image_uri=frame.image_uri,
+            frozen=frame.frozen, detections=detections,
         )

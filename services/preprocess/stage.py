@@ -81,12 +81,11 @@ class PreprocessStage(Stage):
         """The frames.ready record of an examined frame, with its pixels as given."""
         lb, quality = seen.letterbox, seen.quality
         return FramePreprocessed(
-            frame_id=frame.frame_id, camera_id=frame.camera_id, seq=frame.seq,
-            captured_at=frame.captured_at, ingested_at=frame.ingested_at,
+            header=frame.header,
             preprocessed_at=utcnow(), orig_width=seen.width, orig_height=seen.height,
             input_width=lb.input_width, input_height=lb.input_height, scale=lb.scale,
             pad_x=lb.pad_x, pad_y=lb.pad_y, pixel_format=pixel_format,
             brightness=quality.brightness, sharpness=quality.sharpness,
             too_dark=quality.too_dark, blurred=quality.blurred, frozen=seen.frozen,
-            pixels=pixels, pixels_uri=uri, pixels_sha256=digest, image_uri=frame.image_uri,
+            pixels=pixels, pixels_uri=uri, pixels_sha256=digest,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from framewire.contracts import Detection, InferenceResult
+from framewire.contracts import Detection, FrameHeader, InferenceResult
 from framewire.errors import ConfigError, TransientError
 from framewire.store import db as framewire_db
 from framewire.store.db import Database, StoredDetection, open_database
@@ -33,11 +33,14 @@ def make_result(
 ) -> InferenceResult:
     """An InferenceResult with plausible stage timestamps after ``captured_at``."""
     return InferenceResult(
-        frame_id=frame_id,
-        camera_id=camera_id,
-        seq=zlib.crc32(frame_id.encode()),
-        captured_at=captured_at,
-        ingested_at=captured_at + timedelta(milliseconds=5),
+        header=FrameHeader(
+            frame_id=frame_id,
+            camera_id=camera_id,
+            seq=zlib.crc32(frame_id.encode()),
+            captured_at=captured_at,
+            ingested_at=captured_at + timedelta(milliseconds=5),
+            image_uri=f"file:///frames/{frame_id}.jpg",
+        ),
         preprocessed_at=captured_at + timedelta(milliseconds=12),
         inferred_at=captured_at + timedelta(milliseconds=40),
         orig_width=1280,
@@ -49,7 +52,6 @@ def make_result(
         blurred=True,
         frozen=False,
         detections=detections or [],
-        image_uri=f"file:///frames/{frame_id}.jpg",
     )
 
 

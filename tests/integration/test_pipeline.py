@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import cv2
 import pytest
@@ -10,7 +11,7 @@ from skimage import data as skdata
 
 from framewire.capture.ingest import Ingest
 from framewire.capture.sources import CapturedImage
-from framewire.contracts import FrameCaptured, InferenceResult, utcnow
+from framewire.contracts import FrameCaptured, FrameHeader, InferenceResult, utcnow
 from framewire.contracts.codec import Codec
 from framewire.ops.status import dead_letters, read_topic
 from framewire.runtime import Publisher, StopSignal
@@ -105,15 +106,16 @@ def test_the_same_frame_delivered_twice_makes_one_row(site: Site):
     site.start(*STAGES)
     settings = site.settings
     frame = FrameCaptured(
-        frame_id="01JTESTDUPLICATEFRAME00000", camera_id="cam-dup", seq=0,
-        captured_at=utcnow(), ingested_at=utcnow(), source="test", content_type="image/jpeg",
-        width=640, height=360, image=jpeg(synthetic_frame(7)),
+        header=FrameHeader(frame_id="01JTESTDUPLICATEFRAME00000", camera_id="cam-dup", seq=0,
+                           captured_at=utcnow(), ingested_at=utcnow()),
+        source="test", content_type="image/jpeg", width=640, height=360,
+        image=jpeg(synthetic_frame(7)),
     )
     pub = Publisher(settings, "test")
     pub.publish("frames.raw", frame, key=frame.camera_id)
     pub.publish("frames.raw", frame, key=frame.camera_id)
-    pub.publish("frames.raw", FrameCaptured(**{**frame.to_avro(), "frame_id": "01JOTHER",
-                                                "seq": 1}), key=frame.camera_id)
+    other = replace(frame, header=replace(frame.header, frame_id="01JOTHER", seq=1))
+    pub.publish("frames.raw", other, key=frame.camera_id)
     pub.flush()
     # the third, distinct frame arrives after both copies: once it is stored, so are they
     wait_until(lambda: stored_count(site) >= 2, 120, "results stored")

@@ -14,7 +14,7 @@ import pytest
 
 from framewire.broker.client import ensure_topics
 from framewire.broker.reading import read_topic
-from framewire.contracts import Detection, InferenceResult, utcnow
+from framewire.contracts import Detection, FrameHeader, InferenceResult, utcnow
 from framewire.contracts.codec import Codec
 from framewire.runtime import Publisher
 from tests.fixtures.kafka import Site, wait_until
@@ -44,8 +44,9 @@ def framewire(site: Site, plugin: Path, *args: str) -> subprocess.CompletedProce
 def result(camera: str, seq: int, scores: list[float]) -> InferenceResult:
     now = utcnow()
     return InferenceResult(
-        frame_id=f"{camera}-{seq}", camera_id=camera, seq=seq, captured_at=now,
-        ingested_at=now, preprocessed_at=now, inferred_at=now, orig_width=640,
+        header=FrameHeader(frame_id=f"{camera}-{seq}", camera_id=camera, seq=seq,
+                           captured_at=now, ingested_at=now),
+        preprocessed_at=now, inferred_at=now, orig_width=640,
         orig_height=480, model_name="test", model_version="1", provider="cpu",
         too_dark=False, blurred=False, frozen=False,
         detections=[Detection("face", 0, s, 1, 2, 3, 4) for s in scores])

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import astuple, replace
 from importlib import resources
 
 import pytest
 
 from framewire.contracts import (
+    HEADER_FIELDS,
     DeadLetter,
     Detection,
     FrameCaptured,
+    FrameHeader,
     FramePreprocessed,
     InferenceResult,
     ServiceHeartbeat,
@@ -21,9 +24,10 @@ from framewire.errors import DataError
 
 
 def frame(**changes) -> FrameCaptured:
-    base = dict(frame_id="01HZX", camera_id="cam-1", seq=3, captured_at=utcnow(),
-                ingested_at=utcnow(), source="test", content_type="image/jpeg", width=64,
-                height=48, image=b"\xff\xd8jpeg")
+    header = FrameHeader(frame_id="01HZX", camera_id="cam-1", seq=3, captured_at=utcnow(),
+                         ingested_at=utcnow())
+    base = dict(header=header, source="test", content_type="image/jpeg", width=64, height=48,
+                image=b"\xff\xd8jpeg")
     return FrameCaptured(**{**base, **changes})
 
 
@@ -32,28 +36,29 @@ def schema_texts() -> dict[str, str]:
     return {p.name: p.read_text() for p in folder.iterdir() if p.name.endswith(".avsc")}
 
 
-def with_v2_frame_captured(texts: dict[str, str]) -> dict[str, str]:
-    """The shipped schemas plus a FrameCaptured v2 that adds a defaulted field."""
-    v2 = json.loads(texts["FrameCaptured.v1.avsc"])
-    v2["fields"].append({"name": "exposure_ms", "type": ["null", "float"], "default": None})
-    return {**texts, "FrameCaptured.v2.avsc": json.dumps(v2)}
+def with_v3_frame_captured(texts: dict[str, str]) -> dict[str, str]:
+    """The shipped schemas plus a FrameCaptured v3 that adds a defaulted field to v2."""
+    v3 = json.loads(texts["FrameCaptured.v2.avsc"])
+    v3["fields"].append({"name": "exposure_ms", "type": ["null", "float"], "default": None})
+    return {**texts, "FrameCaptured.v3.avsc": json.dumps(v3)}
 
 
 def test_every_contract_round_trips():
     codec = Codec()
     now = utcnow()
+    header = FrameHeader(frame_id="f", camera_id="c", seq=1, captured_at=now, ingested_at=now,
+                         image_uri="file:///blobs/cd.bin")
     records = [
         frame(),
-        frame(image=None, image_uri="file:///blobs/ab.bin", image_sha256="ab" * 32),
-        FramePreprocessed(frame_id="f", camera_id="c", seq=1, captured_at=now, ingested_at=now,
-                          preprocessed_at=now, orig_width=1280, orig_height=720,
+        frame(header=replace(frame().header, image_uri="file:///blobs/ab.bin"), image=None,
+              image_sha256="ab" * 32),
+        FramePreprocessed(header=header, preprocessed_at=now, orig_width=1280, orig_height=720,
                           input_width=640, input_height=384, scale=0.5, pad_x=0.0, pad_y=12.0,
                           pixel_format="jpeg", brightness=120.5, sharpness=300.0,
                           too_dark=False, blurred=False, frozen=True, pixels=b"px"),
-        InferenceResult(frame_id="f", camera_id="c", seq=1, captured_at=now, ingested_at=now,
-                        preprocessed_at=now, inferred_at=now, orig_width=1280, orig_height=720,
-                        model_name="centerface", model_version="1.5.0", provider="CPU",
-                        too_dark=False, blurred=False, frozen=False,
+        InferenceResult(header=header, preprocessed_at=now, inferred_at=now, orig_width=1280,
+                        orig_height=720, model_name="centerface", model_version="1.5.0",
+                        provider="CPU", too_dark=False, blurred=False, frozen=False,
                         detections=[Detection("face", 0, 0.875, 1.5, 2.5, 30.0, 40.0)]),
         DeadLetter(service="preprocess", code="corrupt_image", reason="bad", failed_at=now,
                    source_topic="frames.raw", source_partition=3, source_offset=42,
@@ -69,31 +74,59 @@ def test_every_contract_round_trips():
         assert codec.decode(encoded, type(record)) == record
 
 
-def test_v2_reader_reads_v1_records_with_the_default():
+def test_frame_records_read_their_header_fields_by_the_old_names():
+    record = frame()
+    assert (record.frame_id, record.camera_id, record.seq, record.captured_at,
+            record.ingested_at, record.image_uri) == astuple(record.header)
+
+
+def test_a_stage_carries_the_header_forward_as_it_is():
+    captured = frame()
+    now = utcnow()
+    ready = FramePreprocessed(header=captured.header, preprocessed_at=now, orig_width=64,
+                              orig_height=48, input_width=64, input_height=48, scale=1.0,
+                              pad_x=0.0, pad_y=0.0, pixel_format="jpeg", brightness=1.0,
+                              sharpness=1.0, too_dark=False, blurred=False, frozen=False)
+    codec = Codec()
+    assert codec.decode(codec.encode(ready), FramePreprocessed).header == captured.header
+
+
+def test_a_newer_reader_reads_older_records_with_the_default():
     texts = schema_texts()
     old, new = Codec(load_schema_versions(texts)), Codec(load_schema_versions(
-        with_v2_frame_captured(texts)))
+        with_v3_frame_captured(texts)))
     decoded = new.decode_dict(old.encode(frame()), FrameCaptured.SCHEMA)
     assert decoded["exposure_ms"] is None
-    assert decoded["frame_id"] == "01HZX"
+    assert decoded["header"]["frame_id"] == "01HZX"
 
 
-def test_v1_reader_reads_v2_records_ignoring_the_new_field():
+def test_a_v1_record_is_upgraded_then_resolved_to_a_newer_version():
+    texts = schema_texts()
+    v1 = {k: v for k, v in texts.items() if k != "FrameCaptured.v2.avsc"}
+    data = {**frame().to_avro(), **frame().header.to_avro(), "schema_version": 1}
+    del data["header"]
+    encoded = Codec(load_schema_versions(v1)).encode_dict(FrameCaptured.SCHEMA, data)
+    decoded = Codec(load_schema_versions(with_v3_frame_captured(texts))).decode_dict(
+        encoded, FrameCaptured.SCHEMA)
+    assert decoded["exposure_ms"] is None
+    assert decoded["header"] == {k: data[k] for k in HEADER_FIELDS}
+
+
+def test_an_older_reader_reads_newer_records_ignoring_the_new_field():
     texts = schema_texts()
     old, new = Codec(load_schema_versions(texts)), Codec(load_schema_versions(
-        with_v2_frame_captured(texts)))
+        with_v3_frame_captured(texts)))
     data = {**frame().to_avro(), "exposure_ms": 8.5}
     encoded = new.encode_dict(FrameCaptured.SCHEMA, data)
-    # the v1-only reader does not know v2's fingerprint: it must be told about v2 ...
+    # the v2-only reader does not know v3's fingerprint: it must be told about v3 ...
     with pytest.raises(DataError) as err:
         old.decode(encoded, FrameCaptured)
     assert err.value.code == "unknown_schema"
-    # ... and a reader that ships v2 but reads as v1 (rolling back) resolves it
-    rollback = Codec([v for v in load_schema_versions(with_v2_frame_captured(texts))])
-    rollback._latest[FrameCaptured.SCHEMA] = next(
-        v for v in load_schema_versions(texts) if v.full_name == FrameCaptured.SCHEMA)
+    # ... and a reader that ships v3 but reads as v2 (rolling back) resolves it
+    rollback = Codec(load_schema_versions(with_v3_frame_captured(texts)))
+    rollback._latest[FrameCaptured.SCHEMA] = old.latest(FrameCaptured.SCHEMA)
     assert rollback.decode(encoded, FrameCaptured) == frame(
-        captured_at=data["captured_at"], ingested_at=data["ingested_at"])
+        header=FrameHeader.from_avro(data["header"]))
 
 
 @pytest.mark.parametrize(("payload", "code"), [

@@ -8,17 +8,21 @@ instead of a dead letter with a reason. Inputs are arbitrary bytes and mutated v
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import replace
 from datetime import datetime
+from importlib import resources
 
 import cv2
+import fastavro
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from framewire.contracts import FrameCaptured, utcnow
-from framewire.contracts.codec import MAGIC, Codec
+from framewire.contracts import FrameCaptured, FrameHeader, utcnow
+from framewire.contracts.codec import MAGIC, Codec, schema_fingerprint
 from framewire.errors import DataError
 from framewire.pixels.encoding import decode_image
 from framewire.pixels.imageinfo import ImageInfo, sniff_image
@@ -46,29 +50,33 @@ def _gif(img: np.ndarray) -> bytes:
 
 def _valid_frames() -> list[bytes]:
     now = utcnow()
+    header = FrameHeader(frame_id="01JFUZZ0000000000000000000", camera_id="cam-fuzz", seq=7,
+                         captured_at=now, ingested_at=now)
     base = FrameCaptured(
-        frame_id="01JFUZZ0000000000000000000",
-        camera_id="cam-fuzz",
-        seq=7,
-        captured_at=now,
-        ingested_at=now,
+        header=header,
         source="fuzz",
         content_type="image/jpeg",
         width=64,
         height=48,
         image=b"\xff\xd8\xff" + bytes(range(40)),
     )
-    by_reference = FrameCaptured(
-        **{
-            **base.to_avro(),
-            "image": None,
-            "image_uri": "file:///blobs/ab.bin",
-            "image_sha256": "ab" * 32,
-            "camera_id": "caméra-ü",
-            "seq": 2**40,
-        }
+    by_reference = replace(
+        base,
+        header=replace(header, camera_id="caméra-ü", seq=2**40, image_uri="file:///blobs/ab.bin"),
+        image=None,
+        image_sha256="ab" * 32,
     )
-    return [CODEC.encode(base), CODEC.encode(by_reference)]
+    return [CODEC.encode(base), CODEC.encode(by_reference), _v1_frame(base)]
+
+
+def _v1_frame(frame: FrameCaptured) -> bytes:
+    """``frame`` as a producer of FrameCaptured v1 wrote it: the header's fields at the top."""
+    text = resources.files("framewire.schemas").joinpath("FrameCaptured.v1.avsc").read_text()
+    parsed = fastavro.parse_schema(json.loads(text), named_schemas={})
+    data = {**frame.to_avro(), **frame.header.to_avro(), "schema_version": 1}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, parsed, data)
+    return MAGIC + schema_fingerprint(parsed).to_bytes(8, "little") + body.getvalue()
 
 
 _SMALL = synthetic_frame(5, width=64, height=48)
@@ -148,7 +156,7 @@ def check_decode(data: bytes) -> None:
 
 
 # The mutations only test anything if they start from inputs that parse.
-@pytest.mark.parametrize("data", VALID_FRAMES, ids=["inline", "by_reference"])
+@pytest.mark.parametrize("data", VALID_FRAMES, ids=["inline", "by_reference", "v1"])
 def test_fuzz_seed_frames_decode(data: bytes):
     assert isinstance(CODEC.decode(data, FrameCaptured), FrameCaptured)
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from framewire.cli import app
 from framewire.config import Settings
-from framewire.contracts import Detection, InferenceResult
+from framewire.contracts import Detection, FrameHeader, InferenceResult
 from framewire.errors import ConfigError
 from framewire.ops.logreplay import (
     REPLAY_HEADER,
@@ -170,8 +170,10 @@ def make_result(frame_id: str, version: str = "1.0", inferred: timedelta = timed
                 detections: list[Detection] | None = None, model: str = "centerface",
                 camera_id: str = "cam-1") -> InferenceResult:
     return InferenceResult(
-        frame_id=frame_id, camera_id=camera_id, seq=int(frame_id.rsplit("-", 1)[-1]),
-        captured_at=T0, ingested_at=T0, preprocessed_at=T0, inferred_at=T0 + inferred,
+        header=FrameHeader(frame_id=frame_id, camera_id=camera_id,
+                           seq=int(frame_id.rsplit("-", 1)[-1]), captured_at=T0,
+                           ingested_at=T0),
+        preprocessed_at=T0, inferred_at=T0 + inferred,
         orig_width=640, orig_height=360, model_name=model, model_version=version,
         provider="CPUExecutionProvider", too_dark=False, blurred=False, frozen=False,
         detections=detections or [])

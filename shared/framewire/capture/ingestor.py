@@ -8,7 +8,7 @@ from collections import defaultdict
 from ulid import ULID
 
 from framewire.capture.sources import CapturedImage
-from framewire.contracts import FrameCaptured, utcnow
+from framewire.contracts import FrameCaptured, FrameHeader, utcnow
 from framewire.errors import DataError
 from framewire.pixels.imageinfo import sniff_image
 from framewire.store.blobs import BlobStore, inline_or_reference
@@ -38,8 +38,9 @@ class FrameIngestor:
             self._seq[camera_id] = seq + 1
         inline, uri, digest = inline_or_reference(image.data, self.max_inline_bytes, self.blobs)
         return FrameCaptured(
-            frame_id=str(ULID()), camera_id=camera_id, seq=seq, captured_at=image.captured_at,
-            ingested_at=utcnow(), source=image.source, content_type=info.content_type,
-            width=info.width, height=info.height, image=inline, image_uri=uri,
-            image_sha256=digest,
+            header=FrameHeader(frame_id=str(ULID()), camera_id=camera_id, seq=seq,
+                               captured_at=image.captured_at, ingested_at=utcnow(),
+                               image_uri=uri),
+            source=image.source, content_type=info.content_type, width=info.width,
+            height=info.height, image=inline, image_sha256=digest,
         )

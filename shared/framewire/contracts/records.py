@@ -2,11 +2,14 @@
 
 Each class mirrors one schema (``SCHEMA`` names it); ``framewire.contracts.codec`` turns them
 into bytes and back. Timestamps are timezone-aware UTC datetimes (Avro ``timestamp-micros``).
+The per-frame records start with one ``FrameHeader``, which each stage carries forward as it is.
+A schema change that Avro resolution cannot bridge comes with an entry in ``UPGRADES``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
@@ -37,6 +40,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass ``cls``'s field names, in order (looked up once per class)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    return names
+
+
 @dataclass(slots=True)
 class Contract:
     """Base of every record type; ``SCHEMA`` is the Avro full name it is written with."""
@@ -45,43 +59,101 @@ class Contract:
 
     def to_avro(self) -> dict[str, Any]:
         """The record as the plain dict fastavro writes."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in field_names(type(self))}
 
     @classmethod
     def from_avro(cls, data: dict[str, Any]) -> Self:
         """Build from a dict read by fastavro (fields unknown to this version are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{name: data[name] for name in field_names(cls) if name in data})
 
 
-@dataclass(slots=True)
-class FrameCaptured(Contract):
-    SCHEMA: ClassVar[str] = "io.framewire.FrameCaptured"
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    """What every per-frame record carries, set at capture and passed on unchanged at each hop."""
 
     frame_id: str
     camera_id: str
     seq: int
     captured_at: datetime
     ingested_at: datetime
+    image_uri: str | None = None  # the original frame in the blob store, when stored
+
+    def to_avro(self) -> dict[str, Any]:
+        """The header as the plain dict fastavro writes."""
+        return {name: getattr(self, name) for name in HEADER_FIELDS}
+
+    @classmethod
+    def from_avro(cls, data: dict[str, Any]) -> Self:
+        """Build from a dict read by fastavro (fields unknown to this version are ignored)."""
+        return cls(**{name: data[name] for name in HEADER_FIELDS if name in data})
+
+
+HEADER_FIELDS = field_names(FrameHeader)
+
+
+@dataclass(slots=True)
+class FrameRecord(Contract):
+    """Base of the per-frame records: the frame header first; its fields read as the record's.
+
+    A stage passes the header on in one line: ``FramePreprocessed(header=frame.header, ...)``.
+    """
+
+    header: FrameHeader
+
+    @property
+    def frame_id(self) -> str:
+        return self.header.frame_id
+
+    @property
+    def camera_id(self) -> str:
+        return self.header.camera_id
+
+    @property
+    def seq(self) -> int:
+        return self.header.seq
+
+    @property
+    def captured_at(self) -> datetime:
+        return self.header.captured_at
+
+    @property
+    def ingested_at(self) -> datetime:
+        return self.header.ingested_at
+
+    @property
+    def image_uri(self) -> str | None:
+        return self.header.image_uri
+
+    def to_avro(self) -> dict[str, Any]:
+        data = Contract.to_avro(self)
+        data["header"] = self.header.to_avro()
+        return data
+
+    @classmethod
+    def from_avro(cls, data: dict[str, Any]) -> Self:
+        header = data["header"]
+        if not isinstance(header, FrameHeader):
+            data = {**data, "header": FrameHeader.from_avro(header)}
+        return super(FrameRecord, cls).from_avro(data)
+
+
+@dataclass(slots=True)
+class FrameCaptured(FrameRecord):
+    SCHEMA: ClassVar[str] = "io.framewire.FrameCaptured"
+
     source: str
     content_type: str
     width: int
     height: int
     image: bytes | None = None
-    image_uri: str | None = None
-    image_sha256: str | None = None
-    schema_version: int = 1
+    image_sha256: str | None = None  # with header.image_uri when the image rides by reference
+    schema_version: int = 2
 
 
 @dataclass(slots=True)
-class FramePreprocessed(Contract):
+class FramePreprocessed(FrameRecord):
     SCHEMA: ClassVar[str] = "io.framewire.FramePreprocessed"
 
-    frame_id: str
-    camera_id: str
-    seq: int
-    captured_at: datetime
-    ingested_at: datetime
     preprocessed_at: datetime
     orig_width: int
     orig_height: int
@@ -99,8 +171,7 @@ class FramePreprocessed(Contract):
     pixels: bytes | None = None
     pixels_uri: str | None = None
     pixels_sha256: str | None = None
-    image_uri: str | None = None
-    schema_version: int = 1
+    schema_version: int = 2
 
 
 @dataclass(slots=True)
@@ -117,14 +188,9 @@ class Detection:
 
 
 @dataclass(slots=True)
-class InferenceResult(Contract):
+class InferenceResult(FrameRecord):
     SCHEMA: ClassVar[str] = "io.framewire.InferenceResult"
 
-    frame_id: str
-    camera_id: str
-    seq: int
-    captured_at: datetime
-    ingested_at: datetime
     preprocessed_at: datetime
     inferred_at: datetime
     orig_width: int
@@ -136,25 +202,20 @@ class InferenceResult(Contract):
     blurred: bool
     frozen: bool
     detections: list[Detection] = field(default_factory=list)
-    image_uri: str | None = None
-    schema_version: int = 1
+    schema_version: int = 2
 
     def to_avro(self) -> dict[str, Any]:
-        data = Contract.to_avro(self)
-        data["detections"] = [
-            {f.name: getattr(d, f.name) for f in fields(Detection)} for d in self.detections
-        ]
+        data = FrameRecord.to_avro(self)
+        names = field_names(Detection)
+        data["detections"] = [{n: getattr(d, n) for n in names} for d in self.detections]
         return data
 
     @classmethod
     def from_avro(cls, data: dict[str, Any]) -> Self:
-        # zero-argument super() does not work in slotted dataclasses
-        data = dict(data)
-        data["detections"] = [
+        data = {**data, "detections": [
             d if isinstance(d, Detection) else Detection(**d) for d in data.get("detections", [])
-        ]
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        ]}
+        return super(InferenceResult, cls).from_avro(data)
 
 
 @dataclass(slots=True)
@@ -209,4 +270,23 @@ class ServiceHeartbeat(Contract):
 CONTRACTS: dict[str, type[Contract]] = {
     c.SCHEMA: c for c in (FrameCaptured, FramePreprocessed, InferenceResult, DeadLetter,
                           ServiceHeartbeat)
+}
+
+
+# A record of version N of a contract, read with its own schema, in the shape of version N + 1:
+# for the changes Avro's writer → reader resolution cannot make. The codec chains them.
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def nest_frame_header(data: dict[str, Any]) -> dict[str, Any]:
+    """A v1 frame record (header fields at the top level) in the v2 shape (under ``header``)."""
+    nested = {k: v for k, v in data.items() if k not in HEADER_FIELDS}
+    nested["header"] = {name: data[name] for name in HEADER_FIELDS}
+    return nested
+
+
+UPGRADES: dict[tuple[str, int], Upgrade] = {
+    (FrameCaptured.SCHEMA, 1): nest_frame_header,
+    (FramePreprocessed.SCHEMA, 1): nest_frame_header,
+    (InferenceResult.SCHEMA, 1): nest_frame_header,
 }

@@ -26,7 +26,7 @@ import fastavro
 import numpy as np
 from PIL import Image
 
-from framewire.contracts import FrameCaptured
+from framewire.contracts import FrameCaptured, FrameHeader
 from framewire.contracts.codec import MAGIC, Codec, schema_fingerprint
 from tests.fixtures.images import jpeg, jpeg_claiming_size, synthetic_frame
 
@@ -135,11 +135,13 @@ def image_cases() -> dict[str, bytes]:
 
 def _frame(name: str, routing: RecordRouting) -> FrameCaptured:
     return FrameCaptured(
-        frame_id=routing.frame_id or "01BADUNDEC0DABLE0000000000",
-        camera_id=_CAMERA_IN_RECORD.get(name, routing.key),
-        seq=0,
-        captured_at=_CAPTURED_AT,
-        ingested_at=_CAPTURED_AT,
+        header=FrameHeader(
+            frame_id=routing.frame_id or "01BADUNDEC0DABLE0000000000",
+            camera_id=_CAMERA_IN_RECORD.get(name, routing.key),
+            seq=0,
+            captured_at=_CAPTURED_AT,
+            ingested_at=_CAPTURED_AT,
+        ),
         source="tests/data/bad",
         content_type="image/jpeg",
         width=160,
@@ -149,7 +151,7 @@ def _frame(name: str, routing: RecordRouting) -> FrameCaptured:
 
 
 def _frame_captured_schema() -> dict[str, Any]:
-    text = resources.files("framewire.schemas").joinpath("FrameCaptured.v1.avsc").read_text()
+    text = resources.files("framewire.schemas").joinpath("FrameCaptured.v2.avsc").read_text()
     return json.loads(text)  # type: ignore[no-any-return]
 
 
@@ -160,10 +162,11 @@ def _without_camera_id(frame: FrameCaptured, fingerprint: int | None) -> bytes:
     ``fingerprint`` (which then misdescribes the body).
     """
     schema = _frame_captured_schema()
-    schema["fields"] = [f for f in schema["fields"] if f["name"] != "camera_id"]
+    header = next(f["type"] for f in schema["fields"] if f["name"] == "header")
+    header["fields"] = [f for f in header["fields"] if f["name"] != "camera_id"]
     parsed = fastavro.parse_schema(schema, named_schemas={})
     data = frame.to_avro()
-    del data["camera_id"]
+    del data["header"]["camera_id"]
     body = io.BytesIO()
     fastavro.schemaless_writer(body, parsed, data)
     header = struct.pack(
