@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from framewire.contracts import Detection, FrameHeader, InferenceResult
+from framewire.contracts.records import field_names
 from framewire.errors import ConfigError, TransientError
 from framewire.store import db as framewire_db
 from framewire.store.db import Database, StoredDetection, open_database
@@ -120,29 +121,27 @@ def test_detections_of_an_already_stored_frame_are_not_stored_again(db: Database
     assert [d.label for d in stored.detections] == ["person"]
 
 
-def test_result_fields_round_trip(db: Database) -> None:
+def test_a_stored_result_reads_back_as_the_contract_it_stored(db: Database) -> None:
     result = make_result("f-7", detections=[detection("cat", 0.25, 4.0)])
     db.upsert_results([result])
     [stored] = db.query_results()
-    for name in (
-        "frame_id",
-        "camera_id",
-        "seq",
-        "orig_width",
-        "orig_height",
-        "model_name",
-        "model_version",
-        "provider",
-        "image_uri",
-        "too_dark",
-        "blurred",
-        "frozen",
-        "captured_at",
-        "ingested_at",
-        "preprocessed_at",
-        "inferred_at",
-    ):
-        assert getattr(stored, name) == getattr(result, name), name
+    assert isinstance(stored, InferenceResult)
+    assert stored.header == result.header
+    assert {n: getattr(stored, n) for n in field_names(InferenceResult)} == {
+        n: getattr(result, n) for n in field_names(InferenceResult)}
+    assert (stored.frame_id, stored.camera_id, stored.image_uri) == (
+        "f-7", "cam-1", "file:///frames/f-7.jpg")
+
+
+def test_a_stored_result_flattens_to_its_row_and_detections(db: Database) -> None:
+    db.upsert_results([make_result("f-1", detections=[detection("cat", 0.25, 4.0)])])
+    [stored] = db.query_results()
+    flat = stored.as_flat_dict()
+    assert list(flat) == [c.name for c in framewire_db.result_table.c] + ["detections"]
+    assert (flat["frame_id"], flat["seq"], flat["detection_count"]) == (
+        "f-1", stored.seq, 1)
+    assert flat["detections"] == [{"label": "cat", "class_id": 3, "score": 0.25, "x1": 4.0,
+                                   "y1": 5.5, "x2": 14.25, "y2": 24.125}]
 
 
 def test_timestamps_come_back_as_aware_utc_for_the_same_instant(db: Database) -> None:

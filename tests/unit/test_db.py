@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from framewire.contracts import HEADER_FIELDS, InferenceResult
+from framewire.contracts.records import field_names
 from framewire.errors import ConfigError, TransientError
-from framewire.store.db import open_database
+from framewire.store.db import open_database, result_table
 
 
 def test_open_creates_missing_parent_folders_of_a_sqlite_file(tmp_path: Path) -> None:
@@ -73,3 +75,20 @@ def test_password_is_hidden_in_errors() -> None:
         open_database("postgresql://app:s3cret@127.0.0.1:1/framewire")
     assert "s3cret" not in str(caught.value)
     assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
+
+
+# The results table as databases already hold it; the header nesting in the contract kept it.
+RESULT_COLUMNS = ("frame_id", "camera_id", "seq", "captured_at", "ingested_at", "preprocessed_at",
+                  "inferred_at", "stored_at", "orig_width", "orig_height", "model_name",
+                  "model_version", "provider", "image_uri", "too_dark", "blurred", "frozen",
+                  "detection_count")
+
+
+def test_the_results_table_keeps_its_columns_for_existing_databases() -> None:
+    assert tuple(c.name for c in result_table.c) == RESULT_COLUMNS
+
+
+def test_every_result_column_but_the_storage_facts_is_a_contract_field() -> None:
+    contract = {*HEADER_FIELDS, *field_names(InferenceResult)} - {
+        "header", "detections", "schema_version"}
+    assert contract == set(RESULT_COLUMNS) - {"stored_at", "detection_count"}

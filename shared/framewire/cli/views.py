@@ -29,8 +29,6 @@ def results(
 
     Example: framewire results --camera cam-7 --limit 5 --json
     """
-    from dataclasses import asdict
-
     from framewire.store.db import open_database
 
     settings = settings_for()
@@ -40,7 +38,7 @@ def results(
     finally:
         db.close()
     if as_json:
-        _print_json([asdict(r) for r in rows])
+        _print_json([r.as_flat_dict() for r in rows])
         return
     table = Table("frame id", "camera", "seq", "captured", "model", "detections")
     for r in rows:

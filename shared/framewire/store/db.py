@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -21,7 +21,8 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, StatementError
 from sqlalchemy.pool import StaticPool
 
-from framewire.contracts import Detection, InferenceResult, utcnow
+from framewire.contracts import HEADER_FIELDS, Detection, FrameHeader, InferenceResult, utcnow
+from framewire.contracts.records import field_names
 from framewire.errors import ConfigError, TransientError
 
 log = logging.getLogger(__name__)
@@ -140,41 +141,35 @@ detection_table = sa.Table(
 )
 
 
-# Result columns that hold an InferenceResult field of the same name.
-_COPIED_COLUMNS = tuple(
-    c.name for c in result_table.c if c.name not in ("stored_at", "detection_count")
+# InferenceResult fields that are result columns of the same name; the header's fields are
+# columns too. The detections have their own table, and a row keeps no schema version.
+_RESULT_FIELD_COLUMNS = tuple(
+    name for name in field_names(InferenceResult)
+    if name not in ("header", "detections", "schema_version")
 )
+# Result columns copied from the contract; the others are ``stored_at`` and ``detection_count``.
+_COPIED_COLUMNS = HEADER_FIELDS + _RESULT_FIELD_COLUMNS
 
 
 # A stored detection is the contract's Detection; the old name stays for existing callers.
 StoredDetection = Detection
 
-_DETECTION_FIELDS = tuple(f.name for f in fields(Detection))
+_DETECTION_FIELDS = field_names(Detection)
 
 
 @dataclass(slots=True)
-class StoredResult:
-    """One stored inference result with its detections in their original order."""
+class StoredResult(InferenceResult):
+    """One stored inference result: the contract as stored, with its detections in their
+    original order, when it was stored and how many detections it has."""
 
-    frame_id: str
-    camera_id: str
-    seq: int
-    captured_at: datetime
-    ingested_at: datetime
-    preprocessed_at: datetime
-    inferred_at: datetime
-    stored_at: datetime
-    orig_width: int
-    orig_height: int
-    model_name: str
-    model_version: str
-    provider: str
-    image_uri: str | None
-    too_dark: bool
-    blurred: bool
-    frozen: bool
-    detection_count: int
-    detections: list[Detection] = field(default_factory=list)
+    stored_at: datetime = field(kw_only=True)
+    detection_count: int = field(kw_only=True)
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """The result as one flat dict: its row's columns (header fields among them), then
+        its detections as dicts; what ``framewire results --json`` prints."""
+        row = {c.name: getattr(self, c.name) for c in result_table.c}
+        return {**row, "detections": [_detection_fields(d) for d in self.detections]}
 
 
 @dataclass(slots=True)
@@ -331,7 +326,7 @@ class Database:
                     detections[d["frame_id"]].append(
                         Detection(**{k: d[k] for k in _DETECTION_FIELDS})
                     )
-        return [StoredResult(**row, detections=detections[row["frame_id"]]) for row in rows]
+        return [_stored_result(row, detections[row["frame_id"]]) for row in rows]
 
     def count_results(self, camera_id: str | None = None) -> int:
         """How many results are stored, for all cameras or one."""
@@ -506,6 +501,16 @@ def _open_failure(err: DBAPIError, where: str) -> ConfigError | TransientError:
 def _result_row(result: InferenceResult, stored_at: datetime) -> dict[str, Any]:
     row = {name: getattr(result, name) for name in _COPIED_COLUMNS}
     return {**row, "stored_at": stored_at, "detection_count": len(result.detections)}
+
+
+def _stored_result(row: sa.RowMapping, detections: list[Detection]) -> StoredResult:
+    return StoredResult(
+        header=FrameHeader(**{name: row[name] for name in HEADER_FIELDS}),
+        **{name: row[name] for name in _RESULT_FIELD_COLUMNS},
+        detections=detections,
+        stored_at=row["stored_at"],
+        detection_count=row["detection_count"],
+    )
 
 
 def _detection_fields(detection: Detection) -> dict[str, Any]:
