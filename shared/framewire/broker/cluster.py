@@ -37,7 +37,7 @@ from framewire.procutil import die_with_parent
 
 log = logging.getLogger(__name__)
 
-POM = Path(__file__).resolve().parents[2] / "infra" / "kafka" / "pom.xml"
+POM = Path(__file__).resolve().parents[3] / "infra" / "kafka" / "pom.xml"
 MAVEN_TIMEOUT_S = 900.0
 STOP_TIMEOUT_S = 30.0
 # a node's metadata log and group state make the cluster's own topics; small partition counts
