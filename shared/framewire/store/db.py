@@ -1,4 +1,4 @@
-"""Where results are kept: the SQL tables and the one place that opens a database.
+"""Where results are kept: the one place that opens a database, and the queries on it.
 
 SQLAlchemy Core over SQLite (a file on one machine) or PostgreSQL (``postgresql+psycopg://``).
 Every timestamp goes in and comes out as a timezone-aware UTC datetime.
@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,9 +20,29 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, StatementError
 from sqlalchemy.pool import StaticPool
 
-from framewire.contracts import HEADER_FIELDS, Detection, FrameHeader, InferenceResult, utcnow
-from framewire.contracts.records import field_names
+from framewire.contracts import Detection, InferenceResult, utcnow
 from framewire.errors import ConfigError, TransientError
+from framewire.store.tables import (
+    DETECTION_FIELDS,
+    StoreCounts,
+    StoredCamera,
+    StoredDetection,
+    StoredResult,
+    camera_rows,
+    camera_table,
+    detection_fields,
+    detection_table,
+    metadata,
+    result_row,
+    result_table,
+    span_table,
+    stored_result,
+    supersedes,
+)
+
+# the tables and the read model, for callers that take them from here
+__all__ = ["Database", "StoreCounts", "StoredCamera", "StoredDetection", "StoredResult",
+           "metadata", "open_database", "result_table", "span_table", "supersedes"]
 
 log = logging.getLogger(__name__)
 
@@ -40,163 +59,6 @@ _WRONG_URL_SIGNS = (
 URL_EXAMPLES = (
     "sqlite:////var/lib/framewire/results.db or postgresql+psycopg://USER@HOST:5432/DBNAME"
 )
-
-
-class UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """A DateTime column that takes only aware datetimes and gives back aware UTC ones."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.utcoffset() is None:
-            raise ValueError(
-                f"naive datetime {value!r} cannot be stored: pass a timezone-aware UTC datetime "
-                "(framewire.contracts.utcnow())"
-            )
-        value = value.astimezone(UTC)
-        # SQLite keeps text without an offset; all-UTC text sorts in time order.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-metadata = sa.MetaData()
-
-camera_table = sa.Table(
-    "cameras",
-    metadata,
-    sa.Column("camera_id", sa.String, primary_key=True),
-    sa.Column("first_seen", UTCDateTime, nullable=False),
-    sa.Column("last_seen", UTCDateTime, nullable=False),
-    sa.Column("frames_stored", sa.BigInteger, nullable=False),
-)
-
-result_table = sa.Table(
-    "results",
-    metadata,
-    sa.Column("frame_id", sa.String, primary_key=True),
-    sa.Column("camera_id", sa.String, nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("captured_at", UTCDateTime, nullable=False),
-    sa.Column("ingested_at", UTCDateTime, nullable=False),
-    sa.Column("preprocessed_at", UTCDateTime, nullable=False),
-    sa.Column("inferred_at", UTCDateTime, nullable=False),
-    sa.Column("stored_at", UTCDateTime, nullable=False),
-    sa.Column("orig_width", sa.Integer, nullable=False),
-    sa.Column("orig_height", sa.Integer, nullable=False),
-    sa.Column("model_name", sa.String, nullable=False),
-    sa.Column("model_version", sa.String, nullable=False),
-    sa.Column("provider", sa.String, nullable=False),
-    sa.Column("image_uri", sa.String, nullable=True),
-    sa.Column("too_dark", sa.Boolean, nullable=False),
-    sa.Column("blurred", sa.Boolean, nullable=False),
-    sa.Column("frozen", sa.Boolean, nullable=False),
-    sa.Column("detection_count", sa.Integer, nullable=False),
-    # (camera_id, captured_at) also serves lookups by camera_id alone, so no separate index.
-    sa.Index("ix_results_camera_id_captured_at", "camera_id", "captured_at"),
-    # The dashboard's "newest across all cameras" query.
-    sa.Index("ix_results_captured_at", "captured_at"),
-)
-
-# The embedded span store: where traces go when no OTLP endpoint is configured.
-span_table = sa.Table(
-    "spans",
-    metadata,
-    sa.Column("span_id", sa.String(16), primary_key=True),
-    sa.Column("trace_id", sa.String(32), nullable=False, index=True),
-    sa.Column("parent_id", sa.String(16), nullable=True),
-    sa.Column("service", sa.String, nullable=False),
-    sa.Column("name", sa.String, nullable=False),
-    sa.Column("start_ns", sa.BigInteger, nullable=False),
-    sa.Column("end_ns", sa.BigInteger, nullable=False),
-    sa.Column("status", sa.String, nullable=False),
-    sa.Column("frame_id", sa.String, nullable=True, index=True),
-    sa.Column("camera_id", sa.String, nullable=True),
-    sa.Column("attributes", sa.JSON, nullable=False),
-)
-
-detection_table = sa.Table(
-    "detections",
-    metadata,
-    sa.Column(
-        "frame_id",
-        sa.String,
-        sa.ForeignKey("results.frame_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    sa.Column("idx", sa.Integer, primary_key=True),
-    sa.Column("label", sa.String, nullable=False),
-    sa.Column("class_id", sa.Integer, nullable=False),
-    sa.Column("score", sa.Double, nullable=False),
-    sa.Column("x1", sa.Double, nullable=False),
-    sa.Column("y1", sa.Double, nullable=False),
-    sa.Column("x2", sa.Double, nullable=False),
-    sa.Column("y2", sa.Double, nullable=False),
-)
-
-
-# InferenceResult fields that are result columns of the same name; the header's fields are
-# columns too. The detections have their own table, and a row keeps no schema version.
-_RESULT_FIELD_COLUMNS = tuple(
-    name for name in field_names(InferenceResult)
-    if name not in ("header", "detections", "schema_version")
-)
-# Result columns copied from the contract; the others are ``stored_at`` and ``detection_count``.
-_COPIED_COLUMNS = HEADER_FIELDS + _RESULT_FIELD_COLUMNS
-
-
-# A stored detection is the contract's Detection; the old name stays for existing callers.
-StoredDetection = Detection
-
-_DETECTION_FIELDS = field_names(Detection)
-
-
-@dataclass(slots=True)
-class StoredResult(InferenceResult):
-    """One stored inference result: the contract as stored, with its detections in their
-    original order, when it was stored and how many detections it has."""
-
-    stored_at: datetime = field(kw_only=True)
-    detection_count: int = field(kw_only=True)
-
-    def as_flat_dict(self) -> dict[str, Any]:
-        """The result as one flat dict: its row's columns (header fields among them), then
-        its detections as dicts; what ``framewire results --json`` prints."""
-        row = {c.name: getattr(self, c.name) for c in result_table.c}
-        return {**row, "detections": [_detection_fields(d) for d in self.detections]}
-
-
-@dataclass(slots=True)
-class StoredCamera:
-    """A camera that has stored results: the capture times of its earliest and latest frames."""
-
-    camera_id: str
-    first_seen: datetime
-    last_seen: datetime
-    frames_stored: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoreCounts:
-    """What one ``store_results`` call did with its results."""
-
-    inserted: int  # new frames
-    replaced: int  # frames stored before, now with a newer result of another model
-    unchanged: int  # frames already stored as they are (redeliveries, repeats in the batch)
-
-
-def supersedes(result: InferenceResult, model_name: str, model_version: str,
-               inferred_at: datetime) -> bool:
-    """Whether ``result`` should replace a stored result of the same frame made by
-    ``model_name`` ``model_version`` at ``inferred_at``: another model, inferred later."""
-    return ((result.model_name, result.model_version) != (model_name, model_version)
-            and result.inferred_at > inferred_at)
 
 
 class Database:
@@ -246,7 +108,7 @@ class Database:
             .on_conflict_do_nothing(index_elements=["frame_id"])
             .returning(result_table.c.frame_id)
         )
-        rows = [_result_row(result, stored_at) for result in batch]
+        rows = [result_row(result, stored_at) for result in batch]
         with self._translate_errors("storing results"), self._engine.begin() as conn:
             # RETURNING names only the rows this transaction inserted, also under races.
             inserted = set(conn.execute(insert_results, rows).scalars())
@@ -257,15 +119,15 @@ class Database:
                 conn.execute(sa.delete(detection_table).where(
                     detection_table.c.frame_id.in_([r.frame_id for r in replaced])))
             detection_rows = [
-                {"frame_id": r.frame_id, "idx": idx, **_detection_fields(d)}
+                {"frame_id": r.frame_id, "idx": idx, **detection_fields(d)}
                 for r in new + replaced
                 for idx, d in enumerate(r.detections)
             ]
             if detection_rows:
                 conn.execute(sa.insert(detection_table), detection_rows)
-            camera_rows = _camera_rows(new)
-            if camera_rows:
-                conn.execute(self._camera_upsert(), camera_rows)
+            cameras = camera_rows(new)
+            if cameras:
+                conn.execute(self._camera_upsert(), cameras)
         log.debug("stored results", extra={"received": len(results), "new": len(new),
                                            "replaced": len(replaced)})
         return StoreCounts(len(new), len(replaced), len(results) - len(new) - len(replaced))
@@ -293,7 +155,7 @@ class Database:
                        sa.or_(c.model_name != result.model_name,
                               c.model_version != result.model_version),
                        c.inferred_at < result.inferred_at)
-                .values(_result_row(result, stored_at)))
+                .values(result_row(result, stored_at)))
             if done.rowcount == 1:
                 replaced.append(result)
         return replaced
@@ -324,9 +186,9 @@ class Database:
                 )
                 for d in conn.execute(detection_stmt).mappings():
                     detections[d["frame_id"]].append(
-                        Detection(**{k: d[k] for k in _DETECTION_FIELDS})
+                        Detection(**{k: d[k] for k in DETECTION_FIELDS})
                     )
-        return [_stored_result(row, detections[row["frame_id"]]) for row in rows]
+        return [stored_result(row, detections[row["frame_id"]]) for row in rows]
 
     def count_results(self, camera_id: str | None = None) -> int:
         """How many results are stored, for all cameras or one."""
@@ -496,41 +358,3 @@ def _open_failure(err: DBAPIError, where: str) -> ConfigError | TransientError:
         f"cannot open database {where!r}: {reason}; fix the path, user, password, database "
         "name or the user's rights in the database url"
     )
-
-
-def _result_row(result: InferenceResult, stored_at: datetime) -> dict[str, Any]:
-    row = {name: getattr(result, name) for name in _COPIED_COLUMNS}
-    return {**row, "stored_at": stored_at, "detection_count": len(result.detections)}
-
-
-def _stored_result(row: sa.RowMapping, detections: list[Detection]) -> StoredResult:
-    return StoredResult(
-        header=FrameHeader(**{name: row[name] for name in HEADER_FIELDS}),
-        **{name: row[name] for name in _RESULT_FIELD_COLUMNS},
-        detections=detections,
-        stored_at=row["stored_at"],
-        detection_count=row["detection_count"],
-    )
-
-
-def _detection_fields(detection: Detection) -> dict[str, Any]:
-    return {name: getattr(detection, name) for name in _DETECTION_FIELDS}
-
-
-def _camera_rows(new: Sequence[InferenceResult]) -> list[dict[str, Any]]:
-    seen: dict[str, dict[str, Any]] = {}
-    for result in new:
-        row = seen.setdefault(
-            result.camera_id,
-            {
-                "camera_id": result.camera_id,
-                "first_seen": result.captured_at,
-                "last_seen": result.captured_at,
-                "frames_stored": 0,
-            },
-        )
-        row["first_seen"] = min(row["first_seen"], result.captured_at)
-        row["last_seen"] = max(row["last_seen"], result.captured_at)
-        row["frames_stored"] += 1
-    # Sorted for the same lock-ordering reason as the results.
-    return [seen[camera_id] for camera_id in sorted(seen)]
