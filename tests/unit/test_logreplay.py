@@ -16,11 +16,10 @@ from framewire.cli import app
 from framewire.config import Settings
 from framewire.contracts import Detection, FrameHeader, InferenceResult
 from framewire.errors import ConfigError
+from framewire.ops.logranges import parse_time, plan_range
 from framewire.ops.logreplay import (
     REPLAY_HEADER,
     embedded_refusal,
-    parse_time,
-    plan_range,
     replay_headers,
     replay_topic,
 )

@@ -59,10 +59,10 @@ def replay(
     Example: framewire replay --topic frames.raw --since 2026-11-25T08:00 --until 90m --camera cam-1
     """
     from framewire.errors import ConfigError
+    from framewire.ops.logranges import parse_time
     from framewire.ops.logreplay import (
         RecoveryRefused,
         embedded_refusal,
-        parse_time,
         replay_topic,
         retention_of,
     )
