@@ -5,11 +5,7 @@ from framewire.contracts import FramePreprocessed, InferenceResult
 from framewire.topology import Output, StageSpec
 
 STAGE = StageSpec(
-    name="inference",
-    summary="runs the detection model (ONNX Runtime, CPU or GPU) on micro-batches",
-    entry="framewire.services.inference.stage:InferenceStage",
-    input="frames.ready",
-    input_contract=FramePreprocessed,
+    name="inference", entry="framewire.services.inference.stage:InferenceStage",
+    input="frames.ready", input_contract=FramePreprocessed, settings=InferenceSettings,
     outputs=(Output("detections", InferenceResult, retention="30d"),),
-    settings=InferenceSettings,
-)
+    summary="runs the detection model (ONNX Runtime, CPU or GPU) on micro-batches")

@@ -5,10 +5,7 @@ from framewire.contracts import FrameCaptured
 from framewire.topology import Output, StageSpec
 
 STAGE = StageSpec(
-    name="ingest",
-    summary="reads cameras, checks each frame, publishes it keyed by camera",
-    entry="framewire.services.ingest.service:main",
+    name="ingest", entry="framewire.services.ingest.service:main", settings=IngestSettings,
     # raw frames long enough to replay a day after a model change
     outputs=(Output("frames.raw", FrameCaptured, retention="24h"),),
-    settings=IngestSettings,
-)
+    summary="reads cameras, checks each frame, publishes it keyed by camera")

@@ -5,11 +5,7 @@ from framewire.contracts import FrameCaptured, FramePreprocessed
 from framewire.topology import Output, StageSpec
 
 STAGE = StageSpec(
-    name="preprocess",
-    summary="decodes, measures quality and letterboxes frames to the model's input size",
-    entry="framewire.services.preprocess.stage:PreprocessStage",
-    input="frames.raw",
-    input_contract=FrameCaptured,
+    name="preprocess", entry="framewire.services.preprocess.stage:PreprocessStage",
+    input="frames.raw", input_contract=FrameCaptured, settings=PreprocessSettings,
     outputs=(Output("frames.ready", FramePreprocessed, retention="1h"),),
-    settings=PreprocessSettings,
-)
+    summary="decodes, measures quality and letterboxes frames to the model's input size")

@@ -5,10 +5,6 @@ from framewire.contracts import InferenceResult
 from framewire.topology import StageSpec
 
 STAGE = StageSpec(
-    name="storage",
-    summary="upserts results into the database by frame id (a redelivery makes no row)",
-    entry="framewire.services.storage.stage:StorageStage",
-    input="detections",
-    input_contract=InferenceResult,
-    settings=StorageSettings,
-)
+    name="storage", entry="framewire.services.storage.stage:StorageStage",
+    input="detections", input_contract=InferenceResult, settings=StorageSettings,
+    summary="upserts results into the database by frame id (a redelivery makes no row)")

@@ -23,14 +23,10 @@ def keep_confident(result: InferenceResult, min_score: float) -> InferenceResult
 
 
 STAGE = StageSpec(
-    name="confident",
-    summary="keeps the detections scoring at least min_score",
-    entry="framewire_confident:ConfidentStage",
-    input="detections",
-    input_contract=InferenceResult,
+    name="confident", entry="framewire_confident:ConfidentStage", settings=ConfidentSettings,
+    input="detections", input_contract=InferenceResult,
     outputs=(Output("detections.confident", InferenceResult, retention="7d"),),
-    settings=ConfidentSettings,
-)
+    summary="keeps the detections scoring at least min_score")
 
 
 class ConfidentStage(Stage):
