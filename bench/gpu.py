@@ -32,14 +32,8 @@ import numpy as np
 
 from bench.inputs import cached_frames
 from bench.machine import machine_description
-from bench.stack import (
-    BenchSite,
-    environment,
-    free_port,
-    preload_ready,
-    prepared_frames,
-    site_environment,
-)
+from bench.phases import preload_ready, prepared_frames
+from bench.stack import BenchSite, environment, free_port, site_environment
 from framewire.telemetry.energy import GpuEnergyMeter
 
 RAW_BATCHES = (1, 8, 16, 32, 64)

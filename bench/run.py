@@ -23,18 +23,20 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bench.bare import run_bare
 from bench.inputs import CAMERAS, JPEG_QUALITY, cached_frames
 from bench.machine import NOT_READABLE, load_average, machine_description
+from bench.phases import (
+    FullSpeed,
+    LatencyRun,
+    measure_full_speed,
+    measure_inference_scale,
+    measure_latency,
+)
 from bench.stack import (
     BENCH_MAX_LAG_FRAMES,
     TIMELINE,
     BenchSite,
-    FullSpeed,
-    LatencyRun,
     default_layout,
     environment,
     free_ports,
-    measure_full_speed,
-    measure_inference_scale,
-    measure_latency,
     site_environment,
 )
 from bench.stats import (

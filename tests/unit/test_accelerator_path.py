@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from skimage import data as samples
 
-from bench.stack import prepared_frames
+from bench.phases import prepared_frames
 from framewire.config import load_settings
 from framewire.errors import DataError
 from framewire.models.manifest import load_manifest

@@ -17,6 +17,7 @@ from bench.machine import (
     memory_from_status,
     other_cores,
 )
+from bench.phases import cost
 from bench.report import (
     DOCS_END,
     DOCS_START,
@@ -27,7 +28,7 @@ from bench.report import (
     summary_rows,
 )
 from bench.run import phase_names, scale_steps, sites_for
-from bench.stack import Sample, cost, default_layout, free_ports, noise_cores, site_environment
+from bench.stack import Sample, default_layout, free_ports, noise_cores, site_environment
 from bench.stats import (
     BenchResult,
     BrokerRun,
