@@ -8,7 +8,7 @@ from framewire.config import load_settings
 from framewire.errors import DataError, TransientError
 from framewire.retry import Backoff
 from framewire.runtime import Stage, map_records
-from framewire.runtime.loop import process_isolating
+from framewire.runtime.stage import process_isolating
 
 
 class Doubler(Stage):
@@ -121,7 +121,7 @@ class RecordingConsumer:
 @pytest.fixture
 def runner(tmp_path, monkeypatch):
     from framewire.runtime.loop import StageRunner
-    from framewire.runtime.publisher import StopSignal
+    from framewire.runtime.stop import StopSignal
 
     monkeypatch.setenv("FRAMEWIRE_HOME", str(tmp_path))
     settings = load_settings(bootstrap_servers="127.0.0.1:9", commit_interval_ms=60_000)
@@ -129,18 +129,18 @@ def runner(tmp_path, monkeypatch):
     run.consumer.close()
     run.consumer = RecordingConsumer()
     run._outage = False  # closing the unconnected consumer may have reported "all brokers down"
-    run.publisher.serve_acknowledgements = lambda wait_s=0.0: None
+    run.output.serve_acknowledgements = lambda wait_s=0.0: None
     run.stop.wait = lambda timeout: False  # no backoff sleep in a unit test
     yield run
-    run.publisher.producer.purge()
+    run.output.producer.purge()
 
 
 def in_flight(run, offsets, pending=0, failures=()):
-    from framewire.runtime.loop import InFlight
+    from framewire.runtime.inflight import InFlight
 
     batch = InFlight(offsets)
     batch.delivery.pending, batch.delivery.failures = pending, list(failures)
-    run._in_flight.append(batch)
+    run.in_flight.append(batch)
     return batch
 
 
@@ -153,7 +153,7 @@ def test_offsets_are_committed_only_up_to_the_first_batch_still_awaiting_acks(ru
     first.delivery.pending = 0
     runner._settle(idle=True)
     assert runner.consumer.commits == [({("t", 0): 10, ("t", 1): 3}, True)]
-    assert not runner._in_flight
+    assert not runner.in_flight
 
 
 def test_a_busy_loop_commits_at_most_once_per_commit_interval(runner):
@@ -174,7 +174,7 @@ def test_a_failed_acknowledgement_rewinds_that_batch_and_every_later_one(runner)
     runner._settle(idle=True)
     assert runner.consumer.commits == [({("t", 0): 5}, True)]  # only what precedes the failure
     assert sorted(runner.consumer.seeks) == [("t", 0, 5), ("t", 1, 3), ("t", 2, 7)]
-    assert not runner._in_flight
+    assert not runner.in_flight
 
 
 def test_stopping_waits_for_acks_and_commits_synchronously(runner):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from framewire.runtime import loop
-from framewire.runtime.loop import ProducerHung, StageRunner
+from framewire.runtime import transactions
+from framewire.runtime.transactions import ProducerHung, Transactions
 
 
 class BlockingProducer:
@@ -31,18 +32,21 @@ class FailingProducer:
         raise RuntimeError("coordinator said no")
 
 
-def runner_with(producer: object) -> SimpleNamespace:
-    return SimpleNamespace(publisher=SimpleNamespace(producer=producer),
-                           consumer=SimpleNamespace(consumer_group_metadata=lambda: "meta"))
+def transactions_with(producer: object) -> Transactions:
+    """Transactions over stand-ins: the producer given, a consumer with group metadata."""
+    output: Any = SimpleNamespace(producer=producer)
+    consumer: Any = SimpleNamespace(consumer_group_metadata=lambda: "meta")
+    settings: Any = SimpleNamespace(ack_timeout_s=1.0)
+    return Transactions(output, consumer, settings)
 
 
 def test_a_send_offsets_call_that_never_returns_is_given_up_as_producer_hung(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loop, "SEND_OFFSETS_MARGIN_S", 0.1)
+    monkeypatch.setattr(transactions, "SEND_OFFSETS_MARGIN_S", 0.1)
     producer = BlockingProducer()
     try:
         with pytest.raises(ProducerHung, match="did not return"):
-            StageRunner._send_offsets(runner_with(producer), [], 0.1)  # type: ignore[arg-type]
+            transactions_with(producer).send_offsets([], 0.1)
         assert producer.calls == 1
     finally:
         producer.release.set()
@@ -50,4 +54,4 @@ def test_a_send_offsets_call_that_never_returns_is_given_up_as_producer_hung(
 
 def test_an_error_of_send_offsets_reaches_the_loop_unchanged() -> None:
     with pytest.raises(RuntimeError, match="coordinator said no"):
-        StageRunner._send_offsets(runner_with(FailingProducer()), [], 1.0)  # type: ignore[arg-type]
+        transactions_with(FailingProducer()).send_offsets([], 1.0)

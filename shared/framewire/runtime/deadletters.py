@@ -1,0 +1,71 @@
+"""Dead letters: a record that could not be processed goes to the dead-letter topic with its
+reason, ends its frame's trace in an error span, and is counted."""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from framewire.config import Settings
+from framewire.contracts import DeadLetter, utcnow
+from framewire.contracts.codec import Codec
+from framewire.errors import DataError
+from framewire.runtime.heartbeat import Counters
+from framewire.runtime.producer import Delivery, Headers, TrackedProducer
+from framewire.store.blobs import BlobStore, inline_or_reference
+from framewire.telemetry.metrics import ServiceMetrics
+from framewire.telemetry.tracing import Telemetry, extract
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetters:
+    """Sends a service's dead letters through its producer."""
+
+    def __init__(self, settings: Settings, service: str, codec: Codec, blobs: BlobStore,
+                 output: TrackedProducer, telemetry: Telemetry, metrics: ServiceMetrics,
+                 counters: Counters) -> None:
+        self.settings, self.service, self.codec, self.blobs = settings, service, codec, blobs
+        self.output, self.telemetry, self.metrics = output, telemetry, metrics
+        self.counters = counters
+
+    def send(self, error: DataError, *, payload: bytes | None, key: bytes | None = None,
+             source: tuple[str | None, int | None, int | None] | None = None,
+             camera_id: str | None = None, frame_id: str | None = None,
+             headers: Headers | None = None, span: Span | None = None,
+             delivery: Delivery | None = None) -> None:
+        """Send a record that could not be processed to the dead-letter topic, with the reason.
+
+        The frame's trace ends in an error span with the reason (kept even when unsampled).
+        """
+        inline, uri = payload, None
+        if payload is not None:
+            inline, uri, _ = inline_or_reference(payload, self.settings.max_inline_bytes,
+                                                 self.blobs)
+        if camera_id is None and key:
+            camera_id = key.decode(errors="replace")
+        letter = DeadLetter(
+            service=self.service, code=error.code, reason=error.reason, failed_at=utcnow(),
+            source_topic=source[0] if source else None,
+            source_partition=source[1] if source else None,
+            source_offset=source[2] if source else None,
+            camera_id=camera_id, frame_id=frame_id, key=key, payload=inline, payload_uri=uri,
+        )
+        parent = trace.set_span_in_context(span) if span is not None else extract(headers)
+        if span is not None:
+            span.set_status(Status(StatusCode.ERROR, error.reason))
+        self.telemetry.record_dead_letter(parent, error.code, error.reason, {
+            "framewire.frame_id": frame_id or "", "framewire.camera_id": camera_id or "",
+            "messaging.destination.name": self.settings.topic("deadletter")})
+        self.output.produce(self.settings.topic("deadletter"), self.codec.encode(letter),
+                            key, headers, delivery)
+        self.counters.dead_lettered += 1
+        self.metrics.dead_lettered.labels(self.service, error.code).inc()
+        span_ctx = trace.get_current_span(parent).get_span_context() if parent else None
+        log.warning("dead-lettered", extra={
+            "code": error.code, "reason": error.reason, "camera_id": camera_id,
+            "frame_id": frame_id,
+            "trace_id": format(span_ctx.trace_id, "032x") if span_ctx else None,
+            "span_id": format(span_ctx.span_id, "016x") if span_ctx else None})
