@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from confluent_kafka import KafkaError, KafkaException
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Counters:
-    """What a process has done, reported in heartbeats and by ``framewire status``."""
+    """What a process has done, reported in heartbeats and by ``framewire status``; each field
+    is a field of the ``ServiceHeartbeat`` record of the same name."""
 
     records_in: int = 0
     records_out: int = 0
@@ -113,14 +114,12 @@ class Heartbeats:
                              (self.metrics.gpu_watts, cost.gpu_watts)):
             if value is not None:
                 gauge.labels(self.service).set(value)
+        # the counters travel under their own names: one field each in the heartbeat record
         beat = ServiceHeartbeat(
-            service=self.service, instance=self.instance, host=socket.gethostname(),
-            pid=os.getpid(), version=__version__, sent_at=utcnow(), state=c.state,
-            partitions=list(c.partitions), records_in=c.records_in, records_out=c.records_out,
-            dead_lettered=c.dead_lettered, produced_offsets=self.output.produced_offsets(),
-            group=c.group, restarts=self.settings.restart_count, dropped=c.dropped,
-            broker_ok=c.broker_ok, stalled_cameras=list(c.stalled_cameras),
-            last_commit_at=c.last_commit_at, metrics_port=self.metrics_port,
+            **asdict(c), service=self.service, instance=self.instance,
+            host=socket.gethostname(), pid=os.getpid(), version=__version__, sent_at=utcnow(),
+            produced_offsets=self.output.produced_offsets(),
+            restarts=self.settings.restart_count, metrics_port=self.metrics_port,
             cpu_s_per_1000_frames=_rounded(cost.cpu_s_per_1000_frames),
             out_per_s=_rounded(cost.out_per_s), host_watts=_rounded(cost.host_watts),
             gpu_watts=_rounded(cost.gpu_watts),
