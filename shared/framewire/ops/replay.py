@@ -11,6 +11,7 @@ from framewire.config import Settings
 from framewire.contracts import DeadLetter
 from framewire.errors import ConfigError, DataError
 from framewire.store.blobs import BlobStore, resolve_payload
+from framewire.topology import topology
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -57,8 +58,16 @@ def replay(settings: Settings, letters: list[tuple[Any, DeadLetter]]) -> Counter
     publisher = Publisher(settings, "replay")
     ingest: Ingest | None = None
     outcome: Counter[str] = Counter()
+    # the topics a stage reads: where a record can be read again from
+    own_topics = {settings.topic(spec.input) for spec in topology(settings).consumers
+                  if spec.input is not None}
     try:
         for msg, letter in letters:
+            if letter.source_topic and letter.source_topic not in own_topics:
+                # a dead letter is a record like any other: one planted on the topic must not
+                # make replay publish to a topic that is not this site's
+                outcome["skipped (foreign_topic)"] += 1
+                continue
             try:
                 payload = resolve_payload(letter.payload, letter.payload_uri, None, blobs)
             except DataError as exc:
