@@ -37,4 +37,4 @@ def camera_sources(settings: Settings, demo: bool) -> dict[str, SourceFactory]:
 
 def main(settings: Settings, stop: StopSignal | None = None, demo: bool = False) -> None:
     """The ingest process: every configured camera (and the demo ones) until stopped."""
-    Ingest(settings, stop).run(camera_sources(settings, demo))
+    Ingest(settings, stop).run(camera_sources(settings, demo), idle_when_done=True)

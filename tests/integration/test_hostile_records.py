@@ -87,3 +87,20 @@ def test_replay_publishes_only_to_the_sites_own_topics(site: Site):
     assert [m.value() for m in read_topic(settings, settings.topic("frames.raw"))] == [
         b"payload"]
 
+
+
+def test_ingest_without_cameras_idles_and_stays_up_instead_of_exiting(site: Site):
+    from framewire.contracts.codec import Codec
+    from framewire.ops.status import heartbeats
+
+    site.start("ingest")  # no --demo, no cameras configured
+    codec = Codec()
+
+    def ingest_state() -> str | None:
+        beats = [b for b in heartbeats(site.settings, codec) if b.service == "ingest"]
+        return beats[-1].state if beats else None
+
+    wait_until(lambda: ingest_state() == "idle", 30, "ingest to report that it idles")
+    # still the same process: it did not exit (the supervisor would restart it, in a storm)
+    assert site.alive("ingest")
+    assert "no cameras configured" in site.logs()

@@ -178,8 +178,13 @@ class Ingest:
 
     # -- live cameras --------------------------------------------------------------------
 
-    def run(self, sources: dict[str, SourceFactory]) -> None:
-        """Run every camera in its own thread until stopped (or all sources end)."""
+    def run(self, sources: dict[str, SourceFactory], idle_when_done: bool = False) -> None:
+        """Run every camera in its own thread until stopped, or until all sources end.
+
+        ``idle_when_done``: with no camera, or once every source has ended (files read to
+        the end), stay up and keep sending heartbeats until stopped, instead of returning (a
+        service that exits is restarted by the supervisor: a restart storm for nothing).
+        """
         pub, cfg = self.publisher, self.settings.ingest
         self.buffers = {cam: CameraBuffer(cfg.buffer_frames, cfg.backpressure) for cam in sources}
         self.last_frame = dict.fromkeys(sources, time.monotonic())
@@ -195,10 +200,20 @@ class Ingest:
             threads.append(thread)
         log.info("ingest running", extra={"cameras": sorted(sources),
                                           "backpressure": cfg.backpressure})
+        if not sources:
+            log.warning("no cameras configured: nothing to read; add cameras (the `cameras` "
+                        "setting), start with --demo, or publish with `framewire publish`")
+        idle = False
         try:
             while not self.stop.is_set:
                 if not self._send_buffered() and not any(t.is_alive() for t in threads):
-                    break
+                    if not idle_when_done:
+                        break
+                    if not idle:
+                        idle = True
+                        pub.counters.state = "idle"
+                        log.info("every camera source ended: ingest idles until stopped")
+                    self.stop.wait(0.5)
         finally:
             self.stop.set()
             for thread in threads:

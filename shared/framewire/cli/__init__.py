@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 def settings_for(service: str = "cli") -> Settings:
@@ -90,6 +92,9 @@ def run(
                                           started, last)
             except TransientError as exc:  # a broker node restarting: the site goes on
                 line = f"status unavailable for now: {exc}"
+            except Exception as exc:  # noqa: BLE001 (monitoring must never stop the site)
+                log.exception("status check failed; the site goes on")
+                line = f"status unavailable: {type(exc).__name__}: {exc}"
             console.print(line, soft_wrap=True)
     finally:
         console.print("stopping: services finish their batch, commit and leave their groups")

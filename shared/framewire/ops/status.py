@@ -146,7 +146,9 @@ def stalled_partitions(status: ServiceStatus, lags: dict[int, int],
     owners: dict[int, ServiceHeartbeat] = {}
     for b in status.alive:
         for tp in b.partitions:
-            owners[int(tp.rpartition(":")[2])] = b
+            number = tp.rpartition(":")[2]
+            if number.isdigit():  # a heartbeat is a record like any other: skip what is not
+                owners[int(number)] = b
     problems = []
     for partition, lag in sorted(lags.items()):
         if lag <= 0:

@@ -1,0 +1,30 @@
+"""Status reads heartbeats written by anyone who can write to the broker: a malformed one is
+skipped, never a crash of the command (or of `framewire run`, which polls it)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from framewire.config import load_settings
+from framewire.contracts import ServiceHeartbeat, utcnow
+from framewire.ops.status import ServiceStatus, instance_problems, stalled_partitions
+
+
+def beat(partitions: list[str], committed_s_ago: float) -> ServiceHeartbeat:
+    now = utcnow()
+    return ServiceHeartbeat(
+        service="preprocess", instance="h:1", host="h", pid=1, version="x", sent_at=now,
+        state="running", partitions=partitions, records_in=0, records_out=0, dead_lettered=0,
+        produced_offsets={}, last_commit_at=now - timedelta(seconds=committed_s_ago))
+
+
+def test_a_heartbeat_with_a_malformed_partition_is_skipped_not_fatal():
+    status = ServiceStatus("preprocess", [beat(["frames.raw:abc", "frames.raw:", "frames.raw:1"],
+                                              committed_s_ago=120)])
+    problems = stalled_partitions(status, {1: 5, 2: 3}, load_settings())
+    assert problems == [
+        "preprocess: partition 1 has lag 5 but pid 1 has not committed for 120 s: the stage is "
+        "stuck; check its log, restart it with SIGTERM",
+        "preprocess: partition 2 has lag 3 and no live consumer owns it: a rebalance is "
+        "pending or stuck"]
+    assert instance_problems(status) == []
