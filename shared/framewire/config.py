@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     broker_memory_budget_mb: int = Field(
         2048, ge=0, description="recycle the embedded broker above this RSS; 0 = never")
     trace_sample_ratio: float = Field(1.0, ge=0, le=1, description="0 = tracing off")
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the Prometheus /metrics server listens on: loopback "
+        "by default (it has no authentication); 0.0.0.0 to be scraped from other hosts")
     metrics_port: int | None = Field(
         0, ge=0, le=65535, description="Prometheus /metrics port; 0 = any free port, None = off")
     camera_stall_s: float = Field(10.0, gt=0, description="no frame for this long: stalled")

@@ -366,6 +366,8 @@ def test_prometheus_scrapes_every_framewire_service_on_its_metrics_port():
     for name, service in long_running(framewire_services()).items():
         port = container_env(service).get("FRAMEWIRE_METRICS_PORT", "0")
         assert port not in {"0", ""}, f"{name}: pin FRAMEWIRE_METRICS_PORT so it can be scraped"
+        assert container_env(service).get("FRAMEWIRE_METRICS_HOST") == "0.0.0.0", \
+            f"{name}: metrics listen on loopback by default; Prometheus scrapes from another host"
         assert (name, port) in targets, f"prometheus.yml does not scrape {name}:{port}"
 
 

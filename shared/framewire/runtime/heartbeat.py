@@ -162,7 +162,8 @@ class Heartbeats:
                 except Exception:  # a failed heartbeat must never stop the service
                     log.exception("heartbeat failed")
 
-        self.metrics_port = start_metrics_server(self.settings.metrics_port)
+        self.metrics_port = start_metrics_server(self.settings.metrics_port,
+                                                 self.settings.metrics_host)
         self.broker.reconnected.set()  # a service started alone makes the topics it finds missing
         self.send()
         self._thread = threading.Thread(target=beat, name="heartbeat", daemon=True)

@@ -70,13 +70,16 @@ def service_metrics() -> ServiceMetrics:
     )
 
 
-def start_metrics_server(port: int | None) -> int | None:
-    """Serve /metrics on ``port`` (0 = any free port); returns the port, None when off."""
+def start_metrics_server(port: int | None, host: str = "127.0.0.1") -> int | None:
+    """Serve /metrics on ``host``:``port`` (0 = any free port); returns the port, None when
+    off."""
     if port is None:
         return None
-    server, _thread = start_http_server(port, addr="0.0.0.0")
+    server, _thread = start_http_server(port, addr=host)
     bound = int(server.server_address[1])
-    log.info("metrics served", extra={"url": f"http://127.0.0.1:{bound}/metrics"})
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    log.info("metrics served", extra={"url": f"http://{shown}:{bound}/metrics",
+                                      "listening_on": host})
     return bound
 
 

@@ -1,0 +1,35 @@
+"""/metrics has no authentication: it listens on loopback unless the settings say otherwise."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from framewire.config import load_settings
+from framewire.telemetry.metrics import start_metrics_server
+
+
+def listening_address(port: int) -> str:
+    """The address a local TCP socket listens on for ``port``, from /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if int(hex_port, 16) == port and state == "0A":  # LISTEN
+            return ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0))
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_metrics_listen_where_the_setting_says(host: str):
+    port = start_metrics_server(0, host)
+    assert port is not None
+    assert listening_address(port) == host
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        assert reply.status == 200
+
+
+def test_loopback_is_the_default():
+    assert load_settings().metrics_host == "127.0.0.1"
