@@ -104,3 +104,53 @@ def test_ingest_without_cameras_idles_and_stays_up_instead_of_exiting(site: Site
     # still the same process: it did not exit (the supervisor would restart it, in a storm)
     assert site.alive("ingest")
     assert "no cameras configured" in site.logs()
+
+
+def test_a_jpeg_bomb_on_frames_ready_is_refused_by_its_header_and_the_batch_goes_on(
+        site: Site):
+    import numpy as np
+
+    from framewire.contracts import FramePreprocessed
+    from framewire.models.manifest import load_manifest
+    from framewire.pixels.encoding import encode_jpeg
+    from framewire.store.db import open_database
+    from tests.fixtures.images import jpeg_claiming_size
+
+    settings = site.settings
+    model = load_manifest(settings.inference.model)
+    w, h = model.input_width, model.input_height
+
+    def ready(camera: str, pixels: bytes) -> FramePreprocessed:
+        now = utcnow()
+        return FramePreprocessed(
+            header=FrameHeader(frame_id=f"{camera}-0", camera_id=camera, seq=0, captured_at=now,
+                               ingested_at=now),
+            preprocessed_at=now, orig_width=w, orig_height=h, input_width=w, input_height=h,
+            scale=1.0, pad_x=0.0, pad_y=0.0, pixel_format="jpeg", brightness=100.0,
+            sharpness=100.0, too_dark=False, blurred=False, frozen=False, pixels=pixels)
+
+    site.start("inference", "storage")
+    pub = Publisher(settings, "test")
+    try:
+        for camera, pixels in (("cam-good-1", encode_jpeg(np.zeros((h, w, 3), np.uint8))),
+                               ("cam-bomb", jpeg_claiming_size(32768, 32768)),
+                               ("cam-good-2", encode_jpeg(np.full((h, w, 3), 90, np.uint8)))):
+            pub.publish("frames.ready", ready(camera, pixels), key=camera)
+        pub.flush(30)
+    finally:
+        pub.close()
+
+    def stored() -> list[str]:
+        db = open_database(settings.resolved_database_url)
+        try:
+            return sorted(db.frame_ids())
+        finally:
+            db.close()
+
+    wait_until(lambda: stored() == ["cam-good-1-0", "cam-good-2-0"], 120,
+               "the two good frames stored")
+    wait_until(lambda: len(dead_letters(settings)) == 1, 30, "the bomb's dead letter")
+    [(_, letter)] = dead_letters(settings)
+    assert (letter.camera_id, letter.service, letter.code) == (
+        "cam-bomb", "inference", "corrupt_pixels")
+    assert site.alive("inference") and site.alive("storage")

@@ -328,3 +328,20 @@ def test_bad_pixel_payloads_are_rejected(data: bytes, pixel_format: str, code: s
     with pytest.raises(DataError) as err:
         decode_pixels(data, pixel_format, 64, 48)
     assert err.value.code == code
+
+
+@pytest.mark.parametrize("data", [
+    jpeg_claiming_size(32768, 32768),
+    cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))[1].tobytes(),
+], ids=["jpeg-bomb", "png-labelled-jpeg"])
+def test_a_pixel_payload_is_checked_by_its_header_before_any_decoding(
+        data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    import framewire.pixels.encoding as encoding
+
+    def never(_data: bytes) -> None:
+        raise AssertionError("the payload was decoded")
+
+    monkeypatch.setattr(encoding, "_imdecode", never)
+    with pytest.raises(DataError) as err:
+        decode_pixels(data, "jpeg", 64, 48)
+    assert err.value.code == "corrupt_pixels"

@@ -120,6 +120,21 @@ def decode_pixels(data: bytes, pixel_format: str, width: int, height: int) -> np
             )
         return np.frombuffer(data, np.uint8).reshape(height, width, 3)
     if pixel_format == "jpeg":
+        # a record's payload comes from anyone who can write to the topic: read its header
+        # first, so a few-KB JPEG declaring 32768x32768 (or another format OpenCV would also
+        # decode) is refused before a byte of pixels is allocated
+        try:
+            info = sniff_image(data)
+        except DataError as exc:
+            raise DataError("corrupt_pixels", f"The jpeg payload's header is unreadable: "
+                            f"{exc.reason}") from None
+        if info.format != "jpeg" or (info.width, info.height) != (width, height):
+            raise DataError(
+                "corrupt_pixels",
+                f"The jpeg payload's header says {info.format} {info.width}x{info.height} "
+                f"but the record says jpeg {width}x{height}; nothing was decoded. Fix the "
+                f"producer of frames.ready.",
+            )
         img = _imdecode(data)
         if img is None:
             raise DataError(
