@@ -154,3 +154,43 @@ def test_a_jpeg_bomb_on_frames_ready_is_refused_by_its_header_and_the_batch_goes
     assert (letter.camera_id, letter.service, letter.code) == (
         "cam-bomb", "inference", "corrupt_pixels")
     assert site.alive("inference") and site.alive("storage")
+
+
+def test_a_5000_character_frame_id_is_dead_lettered_at_decode_and_the_rest_is_stored(
+        site: Site):
+    from framewire.contracts import InferenceResult
+    from framewire.store.db import open_database
+
+    settings = site.settings
+
+    def result(frame_id: str) -> InferenceResult:
+        now = utcnow()
+        return InferenceResult(
+            header=FrameHeader(frame_id=frame_id, camera_id="cam-r", seq=0, captured_at=now,
+                               ingested_at=now),
+            preprocessed_at=now, inferred_at=now, orig_width=640, orig_height=480,
+            model_name="m", model_version="1", provider="cpu", too_dark=False, blurred=False,
+            frozen=False)
+
+    site.start("storage")
+    pub = Publisher(settings, "test")
+    try:
+        for frame_id in ("good-1", "x" * 5000, "good-2"):
+            pub.publish("detections", result(frame_id), key="cam-r")
+        pub.flush(30)
+    finally:
+        pub.close()
+
+    def stored() -> list[str]:
+        db = open_database(settings.resolved_database_url)
+        try:
+            return sorted(db.frame_ids())
+        finally:
+            db.close()
+
+    wait_until(lambda: stored() == ["good-1", "good-2"], 60, "the two good results stored")
+    wait_until(lambda: len(dead_letters(settings)) == 1, 30, "the long id's dead letter")
+    [(_, letter)] = dead_letters(settings)
+    assert (letter.service, letter.code) == ("storage", "invalid_record")
+    assert "header.frame_id" in letter.reason
+    assert site.alive("storage")

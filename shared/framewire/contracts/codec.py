@@ -23,6 +23,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from framewire.contracts import CONTRACTS, UPGRADES, Contract, Upgrade
+from framewire.contracts.checks import validate
 from framewire.errors import ConfigError, DataError
 
 MAGIC = b"\xc3\x01"
@@ -118,8 +119,11 @@ class Codec:
         return out.getvalue()
 
     def decode(self, payload: bytes | None, expect: type[T]) -> T:
-        """Decode a record written with any known version of ``expect``'s schema."""
-        return expect.from_avro(self.decode_dict(payload, expect.SCHEMA))
+        """Decode a record written with any known version of ``expect``'s schema, its fields
+        checked (``framewire.contracts.checks``)."""
+        record = expect.from_avro(self.decode_dict(payload, expect.SCHEMA))
+        validate(record)
+        return record
 
     def decode_dict(self, payload: bytes | None, full_name: str) -> dict[str, Any]:
         """The record as a dict in the shape of ``full_name``'s newest version."""
