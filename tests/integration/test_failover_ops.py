@@ -58,6 +58,10 @@ def service_lag(site: Site, name: str) -> int | None:
     return next(s for s in site_status(site.settings) if s.service == name).lag
 
 
+def records_in(site: Site, name: str) -> int:
+    return next(s for s in site_status(site.settings) if s.service == name).total("records_in")
+
+
 def test_a_camera_that_stops_delivering_is_reported_as_stalled(site: Site):
     site.env["FRAMEWIRE_CAMERA_STALL_S"] = "1.5"
     settings = site.settings
@@ -136,8 +140,11 @@ def test_back_pressure_counts_frames_waiting_before_inference_not_only_preproces
     site.env["FRAMEWIRE_INGEST__MAX_LAG_FRAMES"] = "3"
     site.start("preprocess", "inference")
     publish(site, [("cam-bp", jpeg(synthetic_frame(i))) for i in range(2)])
-    wait_until(lambda: service_lag(site, "inference") == 0 and service_lag(site, "preprocess")
-               == 0, 120, "both stages to commit the first frames")
+    # lags alone can read 0 before inference took anything (under load, before the frames
+    # reach frames.ready): wait for its heartbeats to count both frames too
+    wait_until(lambda: records_in(site, "inference") >= 2 and service_lag(site, "inference") == 0
+               and service_lag(site, "preprocess") == 0, 120,
+               "both stages to take and commit the first frames")
     for proc in site.procs.pop("inference"):
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

@@ -10,10 +10,12 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from framewire.broker.reading import read_topic
+from framewire.config import Settings
 from framewire.contracts import DeadLetter, FrameCaptured, FrameHeader, utcnow
 from framewire.ops.replay import replay
 from framewire.ops.status import dead_letters
 from framewire.runtime import Publisher
+from framewire.store.db import open_database
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 
@@ -26,6 +28,15 @@ def frame(camera: str, seq: int, image: bytes | None = None,
         header=FrameHeader(frame_id=f"{camera}-{seq}", camera_id=camera, seq=seq,
                            captured_at=utcnow(), ingested_at=utcnow(), image_uri=image_uri),
         source="attacker", content_type="image/jpeg", width=640, height=360, image=image)
+
+
+def stored(settings: Settings) -> list[str]:
+    """Frame ids of the stored results, sorted."""
+    db = open_database(settings.resolved_database_url)
+    try:
+        return sorted(db.frame_ids())
+    finally:
+        db.close()
 
 
 def test_blob_references_outside_the_store_are_dead_lettered_unopened(site: Site):
@@ -113,7 +124,6 @@ def test_a_jpeg_bomb_on_frames_ready_is_refused_by_its_header_and_the_batch_goes
     from framewire.contracts import FramePreprocessed
     from framewire.models.manifest import load_manifest
     from framewire.pixels.encoding import encode_jpeg
-    from framewire.store.db import open_database
     from tests.fixtures.images import jpeg_claiming_size
 
     settings = site.settings
@@ -140,14 +150,7 @@ def test_a_jpeg_bomb_on_frames_ready_is_refused_by_its_header_and_the_batch_goes
     finally:
         pub.close()
 
-    def stored() -> list[str]:
-        db = open_database(settings.resolved_database_url)
-        try:
-            return sorted(db.frame_ids())
-        finally:
-            db.close()
-
-    wait_until(lambda: stored() == ["cam-good-1-0", "cam-good-2-0"], 120,
+    wait_until(lambda: stored(settings) == ["cam-good-1-0", "cam-good-2-0"], 120,
                "the two good frames stored")
     wait_until(lambda: len(dead_letters(settings)) == 1, 30, "the bomb's dead letter")
     [(_, letter)] = dead_letters(settings)
@@ -159,7 +162,6 @@ def test_a_jpeg_bomb_on_frames_ready_is_refused_by_its_header_and_the_batch_goes
 def test_a_5000_character_frame_id_is_dead_lettered_at_decode_and_the_rest_is_stored(
         site: Site):
     from framewire.contracts import InferenceResult
-    from framewire.store.db import open_database
 
     settings = site.settings
 
@@ -181,14 +183,7 @@ def test_a_5000_character_frame_id_is_dead_lettered_at_decode_and_the_rest_is_st
     finally:
         pub.close()
 
-    def stored() -> list[str]:
-        db = open_database(settings.resolved_database_url)
-        try:
-            return sorted(db.frame_ids())
-        finally:
-            db.close()
-
-    wait_until(lambda: stored() == ["good-1", "good-2"], 60, "the two good results stored")
+    wait_until(lambda: stored(settings) == ["good-1", "good-2"], 60, "the two good results stored")
     wait_until(lambda: len(dead_letters(settings)) == 1, 30, "the long id's dead letter")
     [(_, letter)] = dead_letters(settings)
     assert (letter.service, letter.code) == ("storage", "invalid_record")

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -142,13 +142,27 @@ def test_partitions_are_added_when_the_setting_grows(kafka_site: Site) -> None:
     grown = kafka_site.settings.model_copy(update={"partitions": 6})
     ensure_topics(grown)
     admin = AdminClient({"bootstrap.servers": grown.bootstrap_servers})
-    topics = admin.list_topics(timeout=10).topics
-    assert len(topics[grown.topic("frames.ready")].partitions) == 6
-    assert len(topics[grown.topic("status")].partitions) == 1
+
+    def partitions() -> dict[str, int]:
+        topics = admin.list_topics(timeout=10).topics
+        return {t: len(topics[grown.topic(t)].partitions) for t in ("frames.ready", "status")}
+
+    # the node that answers may learn of the new partitions a moment after the controller
+    wait_until(lambda: partitions()["frames.ready"] == 6, 30, "6 partitions in the metadata")
+    assert partitions() == {"frames.ready": 6, "status": 1}
     consumer = Consumer({"bootstrap.servers": grown.bootstrap_servers, "group.id": "x"})
-    lows = [consumer.get_watermark_offsets(TopicPartition(grown.topic("frames.ready"), p), 10)
-            for p in range(6)]
-    consumer.close()
+
+    def watermarks() -> list[tuple[int, int]] | None:
+        try:
+            return [consumer.get_watermark_offsets(
+                TopicPartition(grown.topic("frames.ready"), p), 10) for p in range(6)]
+        except KafkaException:  # another node may learn of the new partitions a moment later
+            return None
+
+    try:
+        lows = wait_until(watermarks, 30, "every node to know the new partitions")
+    finally:
+        consumer.close()
     assert lows == [(0, 0)] * 6
 
 
