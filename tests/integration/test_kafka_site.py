@@ -148,21 +148,22 @@ def test_partitions_are_added_when_the_setting_grows(kafka_site: Site) -> None:
         return {t: len(topics[grown.topic(t)].partitions) for t in ("frames.ready", "status")}
 
     # the node that answers may learn of the new partitions a moment after the controller
-    wait_until(lambda: partitions()["frames.ready"] == 6, 30, "6 partitions in the metadata")
-    assert partitions() == {"frames.ready": 6, "status": 1}
-    consumer = Consumer({"bootstrap.servers": grown.bootstrap_servers, "group.id": "x"})
-
+    seen = wait_until(lambda: (found := partitions())["frames.ready"] == 6 and found, 30,
+                      "6 partitions in the metadata")
+    assert seen == {"frames.ready": 6, "status": 1}
     def watermarks() -> list[tuple[int, int]] | None:
+        # a new client each time: one keeps the partition count of its first metadata answer,
+        # and the node that gave it may learn of the new partitions a moment later
+        consumer = Consumer({"bootstrap.servers": grown.bootstrap_servers, "group.id": "x"})
         try:
             return [consumer.get_watermark_offsets(
                 TopicPartition(grown.topic("frames.ready"), p), 10) for p in range(6)]
-        except KafkaException:  # another node may learn of the new partitions a moment later
+        except KafkaException:
             return None
+        finally:
+            consumer.close()
 
-    try:
-        lows = wait_until(watermarks, 30, "every node to know the new partitions")
-    finally:
-        consumer.close()
+    lows = wait_until(watermarks, 30, "every node to know the new partitions")
     assert lows == [(0, 0)] * 6
 
 
