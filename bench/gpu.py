@@ -160,7 +160,7 @@ def measure_service(home: Path, files: dict[str, list[Path]], replicas: list[int
                     seconds: float, warmup_s: float, expected_fps: float,
                     log: Callable[[str], None]) -> dict[str, Any]:
     """Inference replicas through the embedded broker, ``frames.ready`` pre-filled."""
-    from framewire.ops.status import read_topic
+    from framewire.broker.reading import read_topic
 
     out: dict[str, Any] = {}
     prepared: list[Any] = []

@@ -354,14 +354,14 @@ class BenchSite:
         return feeder
 
     def dead_lettered(self) -> int:
-        from framewire.ops.status import read_topic
+        from framewire.broker.reading import read_topic
 
         with environment(self.env):
             return len(read_topic(self.settings, self.settings.topic("deadletter")))
 
     def bytes_per_frame(self, tail: int = 8) -> dict[str, float]:
         """Mean record size (key + value + headers, before compression) per data topic."""
-        from framewire.ops.status import read_topic
+        from framewire.broker.reading import read_topic
 
         sizes: dict[str, float] = {}
         with environment(self.env):

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from framewire.broker.reading import read_topic
 from framewire.capture.ingest import Ingest
 from framewire.capture.sources import CapturedImage
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured, InferenceResult, utcnow
 from framewire.contracts.codec import Codec
 from framewire.errors import TransientError
-from framewire.ops.status import dead_letters, read_topic
+from framewire.ops.status import dead_letters
 from framewire.runtime import Publisher, StopSignal
 from framewire.store.db import open_database
 from tests.chaos.stack import group_positions

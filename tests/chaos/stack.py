@@ -12,11 +12,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from framewire.broker.client import client_config
+from framewire.broker.reading import read_topic
 from framewire.config import Settings
 from framewire.contracts import ServiceHeartbeat
 from framewire.contracts.codec import Codec
 from framewire.errors import TransientError
-from framewire.ops.status import read_topic
 from framewire.topology import topology
 from tests.fixtures.common import wait_until
 from tests.fixtures.kafka import Site

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from framewire.broker.client import client_config
-from framewire.ops.status import LagProbe, read_topic
+from framewire.broker.reading import LagProbe, read_topic
 from tests.chaos.ledger import (
     FrameJournal,
     Ledger,

@@ -10,8 +10,9 @@ import threading
 
 import pytest
 
+from framewire.broker.reading import LagProbe
 from framewire.capture.ingest import Ingest
-from framewire.ops.status import LagProbe, dead_letters, site_status
+from framewire.ops.status import dead_letters, site_status
 from framewire.ops.supervisor import Supervisor
 from framewire.runtime import StopSignal
 from framewire.store.db import open_database

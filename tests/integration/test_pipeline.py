@@ -9,11 +9,12 @@ import cv2
 import pytest
 from skimage import data as skdata
 
+from framewire.broker.reading import read_topic
 from framewire.capture.ingest import Ingest
 from framewire.capture.sources import CapturedImage
 from framewire.contracts import FrameCaptured, FrameHeader, InferenceResult, utcnow
 from framewire.contracts.codec import Codec
-from framewire.ops.status import dead_letters, read_topic
+from framewire.ops.status import dead_letters
 from framewire.runtime import Publisher, StopSignal
 from framewire.store.db import open_database
 from tests.fixtures.images import ASTRONAUT_FACE, bad_inputs, jpeg, synthetic_frame

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from framewire.broker.reading import read_topic
 from framewire.contracts import InferenceResult
 from framewire.contracts.codec import Codec
 from framewire.ops.logreplay import REPLAY_HEADER
-from framewire.ops.status import read_topic
 from framewire.store.db import open_database
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until

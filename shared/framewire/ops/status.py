@@ -18,7 +18,6 @@ from framewire.contracts.codec import Codec, make_codec
 from framewire.errors import DataError
 from framewire.topology import topology
 
-__all__ = ["LagProbe", "read_topic"]  # the readers status is built on, for its callers
 
 @dataclass
 class ServiceStatus:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any, ClassVar
 
 from framewire.config import Settings, StageSettings
@@ -43,9 +44,10 @@ class Stage(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    @property
+    @cached_property
     def batching(self) -> StageSettings:
-        """This stage's settings (batch size, linger, fetch wait... and its own knobs)."""
+        """This stage's settings (batch size, linger, fetch wait... and its own knobs), checked
+        once: a plug-in's come from ``stage_options`` and would be validated at every read."""
         if self.spec is None:  # a stage made in code, without a declaration
             own = getattr(self.settings, self.name, None)
             return own if isinstance(own, StageSettings) else StageSettings()
