@@ -121,6 +121,7 @@ def status(
                   "seconds_since_heartbeat": round((now - b.sent_at).total_seconds(), 1),
                   "records_in": b.records_in, "records_out": b.records_out,
                   "dead_lettered": b.dead_lettered, "dropped": b.dropped,
+                  "drop_reasons": b.drop_reasons, "faults": b.faults,
                   "restarts": b.restarts, "broker_ok": b.broker_ok,
                   "stalled_cameras": b.stalled_cameras,
                   "last_commit_at": b.last_commit_at, "metrics_port": b.metrics_port,

@@ -154,6 +154,13 @@ def _heartbeat(r: ServiceHeartbeat) -> None:
         count(name, getattr(r, name))
     count("len(partitions)", len(r.partitions), 0, 100_000)
     count("len(stalled_cameras)", len(r.stalled_cameras), 0, 100_000)
+    count("len(faults)", len(r.faults), 0, 100)
+    for fault in r.faults:
+        text("faults[]", fault, 2_000)
+    count("len(drop_reasons)", len(r.drop_reasons), 0, 100)
+    for reason, dropped in r.drop_reasons.items():
+        text("drop_reasons key", reason, 64, NAME_PATTERN)
+        count("drop_reasons value", dropped)
 
 
 CHECKS: dict[type[Contract], Callable[[Any], None]] = {

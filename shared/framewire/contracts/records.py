@@ -264,7 +264,9 @@ class ServiceHeartbeat(Contract):
     out_per_s: float | None = None
     host_watts: float | None = None
     gpu_watts: float | None = None
-    schema_version: int = 4
+    faults: list[str] = field(default_factory=list)
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+    schema_version: int = 5
 
 
 CONTRACTS: dict[str, type[Contract]] = {

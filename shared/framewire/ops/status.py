@@ -133,9 +133,12 @@ def instance_problems(status: ServiceStatus) -> list[str]:
         if b.restarts:
             problems.append(f"{who}: restarted {b.restarts} time(s) by the supervisor; "
                             "read its log for the crash")
+        for fault in b.faults:
+            problems.append(f"{who}: {fault}")
         if b.dropped:
-            problems.append(f"{who}: {b.dropped} frame(s) dropped by back-pressure (pipeline "
-                            "behind, fps cap or broker away)")
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(b.drop_reasons.items()))
+            problems.append(f"{who}: {b.dropped} frame(s) dropped ({reasons or 'back-pressure'}: "
+                            "pipeline behind, fps cap, broker away or refusing frames)")
     return problems
 
 

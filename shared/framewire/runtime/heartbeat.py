@@ -42,6 +42,21 @@ class Counters:
     broker_ok: bool = True
     stalled_cameras: list[str] = field(default_factory=list)
     last_commit_at: datetime | None = None
+    # what keeps the process from working normally, each a sentence naming the fix
+    faults: list[str] = field(default_factory=list)
+    # dropped frames by reason code; ``dropped`` is their sum
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` frames dropped for ``reason`` (a short code)."""
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + count
+        self.dropped += count
+
+    def set_fault(self, key: str, message: str | None) -> None:
+        """Report (``message``) or clear (None) the fault named ``key``; faults are kept in
+        the order they were first reported, one per key."""
+        kept = [f for f in self.faults if not f.startswith(f"{key}: ")]
+        self.faults = kept + [f"{key}: {message}"] if message else kept
 
 
 def report_broker_error(err: KafkaError, counters: Counters, servers: str) -> None:
