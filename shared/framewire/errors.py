@@ -26,3 +26,14 @@ class DataError(FramewireError):
 
 class TransientError(FramewireError):
     """A failure that may go away on retry (broker, database or blob store unavailable)."""
+
+
+class SystemicError(TransientError):
+    """A fault of the system rather than of a record (a database gone read-only or out of
+    space, a full disk, a GPU out of memory): every record would fail the same way, so the
+    service pauses, retries with backoff and reports the fault in ``framewire status``
+    instead of dead-lettering good records. ``fault`` is the one-line report."""
+
+    def __init__(self, fault: str) -> None:
+        super().__init__(fault)
+        self.fault = fault
