@@ -35,6 +35,9 @@ def duration_ms(value: str | int) -> int:
     raise ValueError(f"{value!r} is not a duration: write e.g. 500ms, 90s, 15m, 24h, 30d or -1")
 
 
+# a supervised process whose slot exited this many times within the window is in a crash loop
+CRASH_LOOP_EXITS, CRASH_LOOP_WINDOW_S = 3, 300.0
+
 class StageSettings(BaseModel):
     """The knobs every stage the runtime's loop runs has: micro-batching, fetching, replicas.
 
@@ -174,6 +177,16 @@ class Settings(BaseSettings):
     camera_stall_s: float = Field(10.0, gt=0, description="no frame for this long: stalled")
     stall_s: float = Field(30.0, gt=0, description="lag with no commit for this long: stalled")
     restart_count: int = Field(0, ge=0, description="set by the supervisor for its children")
+    recent_crashes: int = Field(0, ge=0, description="set by the supervisor: how many times "
+                                "this process's slot exited in the last 5 minutes")
+    poison_pill_limit: int = Field(
+        3, ge=1, le=100, description="a record is dead-lettered after its stage's process died "
+        "this many times while working on it (crash_loop), or after this many failed attempts "
+        "while other records succeed (retries_exhausted); its partition then moves on")
+    embedded_broker_host: str = Field(
+        "127.0.0.1", description="address the embedded broker listens on: loopback by default "
+        "(it has no authentication); 0.0.0.0 to serve other hosts (it advertises the "
+        "bootstrap address)")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)

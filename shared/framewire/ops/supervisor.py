@@ -9,12 +9,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from framewire.broker.client import EmbeddedBroker, client_config, ensure_topics, wait_for_broker
+from framewire.broker.client import (
+    EmbeddedBroker,
+    client_config,
+    embedded_listen_host,
+    ensure_topics,
+    wait_for_broker,
+)
 from framewire.broker.cluster import KafkaCluster, KafkaNode
-from framewire.config import Settings
+from framewire.config import CRASH_LOOP_EXITS, CRASH_LOOP_WINDOW_S, Settings
 from framewire.procutil import die_with_parent
 from framewire.retry import Backoff
 from framewire.topology import stage_settings, topology
@@ -33,6 +40,15 @@ class Child:
     restarts: int = 0
     backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
     restart_at: float | None = None
+    # when the process exited, within the crash-loop window
+    exits: deque[float] = field(default_factory=deque)
+
+    def exited(self, now: float) -> int:
+        """Note an exit; how many exits the window holds."""
+        self.exits.append(now)
+        while self.exits and now - self.exits[0] > CRASH_LOOP_WINDOW_S:
+            self.exits.popleft()
+        return len(self.exits)
 
 
 class Supervisor:
@@ -68,7 +84,8 @@ class Supervisor:
         self.logs.mkdir(parents=True, exist_ok=True)
         host, _, port = self.settings.bootstrap_servers.split(",")[0].rpartition(":")
         if self.settings.on_tansu:
-            self.broker = EmbeddedBroker(host, int(port), self.logs / "broker.log")
+            self.broker = EmbeddedBroker(host, int(port), self.logs / "broker.log",
+                                         listen_host=embedded_listen_host(self.settings))
             self.broker.start()
         elif self.settings.manages_kafka:
             self.kafka = managed_kafka(self.settings, self.logs)
@@ -85,6 +102,7 @@ class Supervisor:
     def _spawn(self, child: Child) -> None:
         env = dict(os.environ, FRAMEWIRE_HOME=str(self.home),
                    FRAMEWIRE_RESTART_COUNT=str(child.restarts),
+                   FRAMEWIRE_RECENT_CRASHES=str(len(child.exits)),
                    FRAMEWIRE_BOOTSTRAP_SERVERS=self.settings.bootstrap_servers)
         with child.log_path.open("ab") as out:
             child.process = subprocess.Popen(child.args, stdout=out, stderr=subprocess.STDOUT,
@@ -114,8 +132,16 @@ class Supervisor:
             if child.restart_at is None:
                 code = proc.returncode if proc else None
                 child.restart_at = now + child.backoff.next_delay()
-                events.append(f"{child.service} exited with code {code}; restarting "
-                              f"(see {child.log_path})")
+                exits = child.exited(now)
+                if exits >= CRASH_LOOP_EXITS:
+                    events.append(
+                        f"{child.service} is in a crash loop: exited {exits} times in "
+                        f"{CRASH_LOOP_WINDOW_S / 60:.0f} minutes (last code {code}); a record "
+                        "that kills it is dead-lettered as crash_loop after poison_pill_limit "
+                        f"crashes; read {child.log_path}")
+                else:
+                    events.append(f"{child.service} exited with code {code}; restarting "
+                                  f"(see {child.log_path})")
             elif now >= child.restart_at:
                 child.restarts += 1
                 self._spawn(child)

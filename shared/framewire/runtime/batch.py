@@ -13,19 +13,23 @@ from opentelemetry.trace import Link, Span, SpanKind
 from framewire.config import Settings
 from framewire.contracts import check_camera_id
 from framewire.errors import DataError
+from framewire.runtime.faults import Held, RecordFaults
 from framewire.runtime.inflight import position
 from framewire.runtime.producer import Delivery
 from framewire.runtime.publisher import Publisher
-from framewire.runtime.stage import Stage, process_isolating
+from framewire.runtime.stage import Stage
 from framewire.telemetry.tracing import extract, inject
 
 
 class BatchHandler:
     """Handles the batches of one stage, read from its input topic, through its publisher."""
 
-    def __init__(self, stage: Stage, settings: Settings, publisher: Publisher) -> None:
+    def __init__(self, stage: Stage, settings: Settings, publisher: Publisher,
+                 faults: RecordFaults | None = None) -> None:
         self.stage, self.settings, self.publisher = stage, settings, publisher
         self.topic = settings.topic(stage.input_topic)
+        # runs the stage: poison records found and dead-lettered, systemic faults raised
+        self.faults = faults or RecordFaults(stage, settings, publisher.counters)
 
     def handle(self, messages: list[Message], delivery: Delivery | None = None) -> None:
         """Decode, process and produce one batch; ``delivery`` counts its acknowledgements.
@@ -74,7 +78,9 @@ class BatchHandler:
         spans.append(work_span)
         try:
             with trace.use_span(work_span, end_on_exit=False):
-                outcomes = process_isolating(stage, [r for _, r, _ in decoded])
+                outcomes = self.faults.process(
+                    [r for _, r, _ in decoded],
+                    [Held(*position(m), r.frame_id) for m, r, _ in decoded])
             work_end = time.time_ns()
             work_span.end(end_time=work_end)
             if len(decoded) > 1:  # the batch's work, shown in each frame's own trace too

@@ -28,22 +28,23 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from framewire.broker.client import client_config, consumer_defaults
 from framewire.broker.reading import LagProbe
-from framewire.config import Settings
+from framewire.config import CRASH_LOOP_EXITS, CRASH_LOOP_WINDOW_S, Settings
 from framewire.contracts import utcnow
 from framewire.errors import TransientError
 from framewire.retry import Backoff
 from framewire.runtime.batch import BatchHandler
+from framewire.runtime.faults import CrashJournal, RecordFaults
 from framewire.runtime.heartbeat import report_broker_error
 from framewire.runtime.inflight import InFlight, InFlightBatches, OffsetRanges, offset_ranges
 from framewire.runtime.publisher import Publisher
-from framewire.runtime.stage import Outcome, Stage, map_records, process_isolating
+from framewire.runtime.stage import Outcome, Stage, map_records
 from framewire.runtime.stop import StopSignal
 from framewire.runtime.transactions import ProducerHung, Transactions
 from framewire.telemetry.energy import GpuEnergyMeter
 
 # re-exported: stages and tests import these names from here
 __all__ = ["InFlight", "OffsetRanges", "Outcome", "ProducerHung", "Stage", "StageRunner",
-           "map_records", "offset_ranges", "prefetch_limits", "process_isolating", "run_stage"]
+           "map_records", "offset_ranges", "prefetch_limits", "run_stage"]
 
 log = logging.getLogger(__name__)
 # How long a poll blocks when there is nothing to do: the stop signal is checked this often.
@@ -86,7 +87,14 @@ class StageRunner:
                   if batching.fetch_wait_ms is not None else {})},
         ))
         self.backoff = Backoff()
-        self.work = BatchHandler(stage, settings, self.publisher)
+        # records a dead process held get a crash count (poison pills: runtime/faults.py)
+        self.journal = CrashJournal(settings.home / "state", stage.name)
+        self.journal.harvest()
+        self.work = BatchHandler(stage, settings, self.publisher, RecordFaults(
+            stage, settings, self.counters, self.journal, self.stop))
+        self._started = time.monotonic()
+        if settings.recent_crashes >= CRASH_LOOP_EXITS:
+            self.counters.set_fault("crash_loop", crash_loop_fault(stage.name, settings))
         self.in_flight = InFlightBatches(settings.ack_timeout_s,
                                          settings.commit_interval_ms / 1000.0)
         self.transactions = Transactions(self.output, self.consumer, settings) \
@@ -125,6 +133,7 @@ class StageRunner:
                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.journal.harvest()  # a replica that died may have held these partitions' records
         owned = set(self.counters.partitions)
         owned.update(f"{p.topic}:{p.partition}" for p in partitions)
         self.counters.partitions = sorted(owned)
@@ -169,6 +178,7 @@ class StageRunner:
             self.consumer.close()
             self.stage.close()
             self.publisher.close()  # joins the heartbeat thread, the lag probe's only user
+            self.journal.close()
             if self._lag_probe is not None:
                 self._lag_probe.close()
             log.info("stage stopped", extra={"records_in": counters.records_in,
@@ -278,8 +288,11 @@ class StageRunner:
             self._commit(asynchronous=False)
 
     def _export_lag(self) -> None:
-        """Before each heartbeat: the group's lag per partition, as a metric."""
+        """Before each heartbeat: the group's lag per partition, as a metric; a crash loop
+        reported at start is over once the process has lived through the window."""
         now = time.monotonic()
+        if now - self._started > CRASH_LOOP_WINDOW_S:
+            self.counters.set_fault("crash_loop", None)
         if now - self._lag_checked < 5.0:
             return
         self._lag_checked = now
@@ -315,6 +328,14 @@ class StageRunner:
                 self.consumer.seek(TopicPartition(topic, partition, first))
             except KafkaException as exc:
                 log.info("could not rewind a partition (revoked?)", extra={"error": str(exc)})
+
+
+def crash_loop_fault(service: str, settings: Settings) -> str:
+    """What a process restarted in a crash loop reports about itself."""
+    return (f"{service} exited {settings.recent_crashes} times in the last "
+            f"{CRASH_LOOP_WINDOW_S / 60:.0f} minutes and was restarted: a record that kills it "
+            f"is dead-lettered as crash_loop after poison_pill_limit={settings.poison_pill_limit} "
+            "crashes; otherwise read its log for the cause (out of memory, a native crash)")
 
 
 def prefetch_limits(batch_size: int) -> dict[str, int]:

@@ -1,5 +1,5 @@
-"""A stage's pure logic (``Stage``) and how its outcomes are had: per record, with a bad record
-rejected alone rather than failing its batch."""
+"""A stage's pure logic (``Stage``); ``faults.py`` runs it so that a bad record is rejected alone
+rather than failing its batch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from framewire.config import Settings, StageSettings
 from framewire.contracts import Contract
-from framewire.errors import DataError, TransientError
+from framewire.errors import DataError
 from framewire.topology import StageSpec, stage_settings
 
 log = logging.getLogger(__name__)
@@ -83,35 +83,4 @@ def map_records(fn: Callable[[Any], Outcome], records: list[Any]) -> list[Outcom
             outcomes.append(fn(record))
         except DataError as exc:
             outcomes.append(exc)
-    return outcomes
-
-
-def as_data_error(stage: str, exc: Exception) -> DataError:
-    """An exception raised by stage logic, as the reason a record is dead-lettered."""
-    if isinstance(exc, DataError):
-        return exc
-    return DataError(
-        "stage_error",
-        f"{stage} failed on this record with {type(exc).__name__}: {exc}; this is a bug in the "
-        "stage: report it with this dead letter, then replay the record once fixed",
-    )
-
-
-def process_isolating(stage: Stage, records: list[Any]) -> list[Outcome]:
-    """Run the batch; if it fails, run records one by one so only the bad ones are rejected."""
-    try:
-        outcomes = stage.process(records)
-    except TransientError:
-        raise
-    except Exception as exc:
-        if len(records) == 1:
-            log.exception("stage failed on a record") if not isinstance(exc, DataError) else None
-            return [as_data_error(stage.name, exc)]
-        log.warning("batch failed; retrying its records one by one", extra={"error": str(exc)})
-        outcomes = []
-        for record in records:
-            outcomes.extend(process_isolating(stage, [record]))
-    if len(outcomes) != len(records):
-        raise RuntimeError(f"{stage.name}.process returned {len(outcomes)} outcomes "
-                           f"for {len(records)} records")
     return outcomes
