@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from framewire.contracts import Detection, FrameHeader, InferenceResult
 from framewire.contracts.records import field_names
-from framewire.errors import ConfigError, TransientError
+from framewire.errors import ConfigError, DataError, SystemicError, TransientError
 from framewire.store import db as framewire_db
 from framewire.store.db import Database, StoredDetection, open_database
 
@@ -161,8 +162,10 @@ def test_naive_timestamp_is_refused_with_value_error(db: Database) -> None:
 
 def test_failed_batch_stores_none_of_its_results(db: Database) -> None:
     bad = Detection(None, 0, 0.5, 0, 0, 1, 1)  # type: ignore[arg-type]
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises(DataError) as caught:
         db.upsert_results([make_result("f-1"), make_result("f-2", detections=[bad])])
+    assert caught.value.code == "db_rejected"
+    assert isinstance(caught.value.__cause__, sa.exc.IntegrityError)
     assert db.count_results() == 0
     assert db.cameras() == []
 
@@ -285,3 +288,55 @@ def test_locked_sqlite_database_raises_transient_error(
 def test_missing_postgres_database_raises_config_error(postgres_url: str) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         open_database(postgres_url.rsplit("/", 1)[0] + "/no_such_database")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_read_only_sqlite_database_raises_systemic_error_and_resumes(db: Database) -> None:
+    def read_only(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        # Root writes through chmod 0444; query_only refuses writes to root as well.
+        dbapi_connection.execute("PRAGMA query_only=ON")
+
+    sa.event.listen(db.engine, "connect", read_only)
+    db.engine.dispose()  # new connections, each read-only
+    with pytest.raises(SystemicError, match="is read-only \\(SQLITE_READONLY"):
+        db.upsert_results([make_result("f-1")])
+    sa.event.remove(db.engine, "connect", read_only)
+    # writable again: the failure dropped the read-only connections, so storing resumes
+    assert db.upsert_results([make_result("f-1")]) == 1
+
+
+@pytest.mark.integration
+def test_frame_id_too_big_for_the_postgres_index_is_db_rejected(postgres_db_url: str) -> None:
+    # Contract checks refuse such ids at decode; this is the database's own limit (54000),
+    # which used to read as a transient OperationalError and stall the partition.
+    # Random letters: PostgreSQL would compress a repeated one below the limit.
+    too_long = "".join(random.Random(5).choices("abcdefghijklmnopqrstuvwxyz0123456789", k=5000))
+    with open_database(postgres_db_url) as database:
+        with pytest.raises(DataError, match="SQLSTATE 54000") as caught:
+            database.upsert_results([make_result(too_long), make_result("f-1")])
+        assert caught.value.code == "db_rejected"
+        assert database.upsert_results([make_result("f-1")]) == 1
+
+
+@pytest.mark.integration
+def test_read_only_postgres_database_raises_systemic_error_and_resumes(
+    postgres_db_url: str,
+) -> None:
+    # trust authentication ignores the password: it is there to be hidden in the fault
+    url = sa.make_url(postgres_db_url).set(password="s3cret")
+    admin = {"host": url.host, "port": url.port, "user": url.username, "dbname": "postgres",
+             "autocommit": True}  # fmt: skip
+    with open_database(url.render_as_string(hide_password=False)) as database:
+        with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+            conn.execute(f"ALTER DATABASE {url.database} SET default_transaction_read_only = on")
+        database.engine.dispose()  # the setting applies to new connections
+        try:
+            with pytest.raises(SystemicError, match="is read-only \\(SQLSTATE 25006") as caught:
+                database.upsert_results([make_result("f-1")])
+        finally:
+            with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+                conn.execute(f"ALTER DATABASE {url.database} RESET default_transaction_read_only")
+        assert "s3cret" not in caught.value.fault
+        assert "***" in caught.value.fault
+        # writable again: the failure dropped the read-only connections, so storing resumes
+        assert database.upsert_results([make_result("f-1")]) == 1
