@@ -16,7 +16,8 @@ from sqlalchemy.exc import DBAPIError
 from framewire.contracts import HEADER_FIELDS, InferenceResult
 from framewire.contracts.records import field_names
 from framewire.errors import ConfigError, DataError, SystemicError, TransientError
-from framewire.store.db import open_database, result_table, translate_db_error
+from framewire.store.db import open_database, result_table
+from framewire.store.dberrors import translate_db_error
 
 
 def test_open_creates_missing_parent_folders_of_a_sqlite_file(tmp_path: Path) -> None:
