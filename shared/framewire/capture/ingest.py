@@ -5,7 +5,17 @@ while the pipeline keeps up. When it falls behind (more than ``max_lag_frames`` 
 in the whole pipeline: the lags of preprocess, inference and storage together; or more than
 ``max_in_flight`` frames unacknowledged, e.g. while the broker is away) the buffers
 fill and the camera's policy applies: drop the oldest, drop the newest, or block the source.
-Every dropped frame is counted (heartbeat ``dropped``, ``framewire status``).
+
+A frame counts as published (``records_out``) when the broker acknowledges it. Every dropped
+frame is counted by its reason (heartbeat ``dropped`` and ``drop_reasons``, ``framewire
+status``): ``back_pressure`` (a full buffer), ``fps_cap`` (over ``ingest.max_fps``, per camera),
+``publish_failed`` (refused by the broker or never acknowledged; logged once per burst).
+
+A frame whose blob cannot be written (a full disk) is kept: its camera pauses, reading no new
+frame, and writes it again with backoff until it goes; meanwhile the heartbeat says state
+``paused`` with the fault (``disk_full``, else ``blob_store``), which clears when capture
+resumes by itself. Only a stop while paused drops the frame in hand (counted under the
+fault's name).
 """
 
 from __future__ import annotations
@@ -15,17 +25,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from confluent_kafka import KafkaError, KafkaException
 from opentelemetry.trace import SpanKind
 
 from framewire.broker.placement import CameraPlacement
 from framewire.broker.reading import LagProbe
 from framewire.capture.backpressure import CameraBuffer, RateCap
-from framewire.capture.ingestor import FrameIngestor
+from framewire.capture.ingestor import BlobWriteFailed, FrameIngestor, blob_write_failed
 from framewire.capture.sources import CapturedImage
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured
 from framewire.errors import DataError, TransientError
+from framewire.retry import Backoff
 from framewire.runtime import Publisher, StopSignal
+from framewire.runtime.producer import Delivery
 from framewire.store.blobs import BlobStore
 from framewire.telemetry.tracing import inject
 from framewire.topology import topology
@@ -50,32 +63,107 @@ class Ingest:
         self.lock = threading.Lock()
         self.buffers: dict[str, CameraBuffer[FrameCaptured]] = {}
         self.last_frame: dict[str, float] = {}
-        self.skipped = 0
-        # the pipeline's lag at the last probe and how many frames had been sent then: frames
-        # sent since count as waiting too, so ingest stops at the limit between probes
+        # cameras waiting for their frame's blob to be written, and the faults reported for it
+        self.paused: set[str] = set()
+        self._blob_faults: set[str] = set()
+        # frames handed to the producer, and those the broker answered for (acknowledged or
+        # failed). A lock of their own: the answers (delivery reports) arrive inside producer
+        # calls, some made while ``lock`` is held (a dead letter's)
+        self._tally = threading.Lock()
+        self.sent = self.settled = 0
+        self._failed_in_burst = 0
+        self.acks = Delivery(on_result=self._frame_settled)
+        # the pipeline's lag at the last probe and how many frames were answered for then:
+        # frames sent since, or still unanswered then, count as waiting too, so ingest stops
+        # at the limit between probes
         self._lag_seen = 0
-        self._sent_at_probe = 0
+        self._settled_at_probe = 0
         self._monitor: threading.Thread | None = None
 
     # -- one frame -----------------------------------------------------------------------
 
     def capture(self, camera_id: str, image: CapturedImage) -> FrameCaptured | None:
-        """Validate an image into a record; a bad one is dead-lettered and None returned."""
+        """Validate an image into a record; a bad one is dead-lettered and None returned.
+
+        While its blob cannot be written (a full disk) the camera waits here, the image kept
+        and written again with backoff until it goes; None if stopped meanwhile (dropped).
+        """
         pub = self.publisher
         with self.lock:
             pub.count_in()
             self.last_frame[camera_id] = time.monotonic()
         pub.metrics.camera_frames.labels(camera_id).inc()
+        backoff = Backoff(first_s=0.5, cap_s=10.0)
+        while True:
+            try:
+                frame = self._capture_once(camera_id, image)
+            except BlobWriteFailed as exc:
+                self._pause(camera_id, exc)
+                if self.stop.wait(backoff.next_delay()):
+                    self._drop(exc.key)
+                    log.warning("stopped while capture was paused: the frame in hand is dropped",
+                                extra={"camera_id": camera_id, "reason": exc.key})
+                    return None
+                continue
+            self._resume(camera_id)
+            return frame
+
+    def _capture_once(self, camera_id: str, image: CapturedImage) -> FrameCaptured | None:
+        """One try: the record, or None when dead-lettered; BlobWriteFailed to retry."""
         try:
             return self.ingestor.capture(camera_id, image)
         except DataError as exc:
-            with self.lock:
-                pub.dead_letter(exc, payload=image.data, key=camera_id.encode(),
-                                camera_id=camera_id, source=None)
+            try:
+                with self.lock:
+                    self.publisher.dead_letter(exc, payload=image.data, key=camera_id.encode(),
+                                               camera_id=camera_id, source=None)
+            except (OSError, TransientError) as write_exc:  # the letter's payload blob
+                raise blob_write_failed(write_exc, self.ingestor.blobs.root) from write_exc
             return None
 
+    def _pause(self, camera_id: str, exc: BlobWriteFailed) -> None:
+        """Report the fault of a frame that could not be written (logged once per fault)."""
+        with self.lock:
+            self.paused.add(camera_id)
+            first = exc.key not in self._blob_faults
+            self._blob_faults.add(exc.key)
+            counters = self.publisher.counters
+            counters.set_fault(exc.key, exc.fault)
+            if counters.state == "running":
+                counters.state = "paused"
+        if first:
+            log.error("capture paused: a frame's blob cannot be written", extra={
+                "camera_id": camera_id, "fault": exc.fault, "error": str(exc.__cause__)})
+
+    def _resume(self, camera_id: str) -> None:
+        """A frame was written: its camera goes on, and any blob fault is over."""
+        if camera_id not in self.paused:
+            return
+        with self.lock:
+            self.paused.discard(camera_id)
+            # paused is not stalled: the stall clock starts again now
+            self.last_frame[camera_id] = time.monotonic()
+            cleared, self._blob_faults = self._blob_faults, set()
+            counters = self.publisher.counters
+            for key in cleared:
+                counters.set_fault(key, None)
+            if not self.paused and counters.state == "paused":
+                counters.state = "running"
+        if cleared:
+            log.warning("blobs written again: capture resumed",
+                        extra={"camera_id": camera_id, "cleared": sorted(cleared)})
+
+    def _drop(self, reason: str, count: int = 1) -> None:
+        counters = self.publisher.counters
+        with self._tally:
+            if reason not in counters.drop_reasons:
+                # a new key replaces the dict: the heartbeat thread may be copying the old one
+                counters.drop_reasons = {**counters.drop_reasons, reason: 0}
+            counters.drop(reason, count)
+
     def send(self, frame: FrameCaptured) -> None:
-        """Publish a captured frame (acknowledged asynchronously; ``close`` waits for all)."""
+        """Publish a captured frame. It counts as published when the broker acknowledges it
+        (``close`` waits for all), as dropped (``publish_failed``) when the broker does not."""
         pub = self.publisher
         # the frame's trace starts here; every later service continues it from the headers
         span = pub.telemetry.start("ingest frame", kind=SpanKind.PRODUCER, attributes={
@@ -83,14 +171,38 @@ class Ingest:
             "framewire.seq": frame.seq, "framewire.source": frame.source,
             "messaging.system": "kafka", "messaging.operation.type": "send",
             "messaging.destination.name": self.settings.topic("frames.raw")})
+        with self._tally:
+            self.sent += 1
         try:
             pub.publish("frames.raw", frame, key=frame.camera_id, headers=inject(span),
-                        partition=self.partition_for(frame.camera_id))
+                        delivery=self.acks, partition=self.partition_for(frame.camera_id))
+        except KafkaException as exc:  # refused before it left (too large, unknown partition)
+            self._frame_settled(exc.args[0])
         finally:
             span.end()
-        with self.lock:
-            pub.count_out()
         pub.producer.poll(0)
+
+    def _frame_settled(self, err: KafkaError | None) -> None:
+        """The broker's answer for one frame (its delivery report): published, or dropped."""
+        if err is None:
+            with self._tally:
+                self.settled += 1
+                self.publisher.count_out()
+                recovered, self._failed_in_burst = self._failed_in_burst, 0
+            if recovered:
+                log.warning("frames published again", extra={"dropped_meanwhile": recovered})
+            return
+        with self._tally:
+            self.settled += 1
+            self._failed_in_burst += 1
+            first = self._failed_in_burst == 1
+        self._drop("publish_failed")
+        if first:  # once per burst: the heartbeat's drop_reasons count the rest
+            log.error("frames not published: the broker did not acknowledge them; each is "
+                      "dropped (publish_failed) until frames go through again", extra={
+                          "error": err.str(), "topic": self.settings.topic("frames.raw"),
+                          "check": "is the broker reachable, does the topic exist? "
+                                   "framewire status, framewire topics"})
 
     def partition_for(self, camera_id: str) -> int | None:
         """The camera's placed partition of ``frames.raw``; None (key hash) while the topic's
@@ -99,7 +211,8 @@ class Ingest:
         return None if count is None else self.placement.partition_for(camera_id, count)
 
     def offer(self, camera_id: str, image: CapturedImage) -> bool:
-        """Validate and publish one image now; True when published."""
+        """Validate and publish one image now; True when handed to the producer (counted as
+        published once the broker acknowledges it)."""
         frame = self.capture(camera_id, image)
         if frame is not None:
             self.send(frame)
@@ -114,8 +227,9 @@ class Ingest:
             self.lag_estimate() > self.settings.ingest.max_lag_frames
 
     def lag_estimate(self) -> int:
-        """Frames waiting in the pipeline: the last probe's count plus those sent since."""
-        return self._lag_seen + self.publisher.counters.records_out - self._sent_at_probe
+        """Frames waiting in the pipeline: the last probe's count plus those sent since, or
+        not yet acknowledged then (the probe sees acknowledged frames only)."""
+        return self._lag_seen + self.sent - self._settled_at_probe
 
     def pipeline_lag(self, probes: dict[str, LagProbe]) -> dict[str, int]:
         """Frames waiting before each stage whose group has ever committed.
@@ -142,11 +256,11 @@ class Ingest:
         was_behind = False
         try:
             while not self.stop.wait(0.5):
-                sent = self.publisher.counters.records_out
+                settled = self.settled
                 lags = self.pipeline_lag(probes)
                 lag = sum(lags.values())
                 with self.lock:
-                    self._lag_seen, self._sent_at_probe = lag, sent
+                    self._lag_seen, self._settled_at_probe = lag, settled
                 behind = lag > self.settings.ingest.max_lag_frames
                 if behind != was_behind:
                     was_behind = behind
@@ -242,21 +356,20 @@ class Ingest:
         try:
             for image in factory(self.stop.event):
                 if not cap.allow(time.monotonic()):
-                    with self.lock:
-                        self.skipped += 1
+                    self._drop("fps_cap")
                     continue
                 frame = self.capture(camera_id, image)
-                if frame is not None:
-                    buffer.put(frame, self.stop.event)
+                if frame is not None and not buffer.put(frame, self.stop.event):
+                    self._drop("back_pressure")
         except Exception:  # one broken camera must not take the others down
             log.exception("camera stopped with an error", extra={"camera_id": camera_id})
 
     def _update_health(self) -> None:
-        """Before each heartbeat: count drops, find cameras that stopped delivering."""
+        """Before each heartbeat: find cameras that stopped delivering (a camera paused by
+        ingest, waiting for its frame's blob to be written, is not one)."""
         counters, now = self.publisher.counters, time.monotonic()
-        counters.dropped = self.skipped + sum(b.dropped for b in self.buffers.values())
-        stalled = sorted(cam for cam in self.buffers
-                         if now - self.last_frame.get(cam, now) > self.settings.camera_stall_s)
+        stalled = sorted(cam for cam in self.buffers if cam not in self.paused
+                         and now - self.last_frame.get(cam, now) > self.settings.camera_stall_s)
         for cam in set(stalled) - set(counters.stalled_cameras):
             log.warning("camera stalled: no frame", extra={
                 "camera_id": cam, "for_s": round(now - self.last_frame[cam], 1),

@@ -25,13 +25,19 @@ Headers = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]]
 
 
 class Delivery:
-    """The acknowledgements still awaited for the records produced from one batch."""
+    """The acknowledgements still awaited for the records produced from one batch.
 
-    __slots__ = ("pending", "failures")
+    ``on_result``, when given, hears each record's outcome (None: acknowledged, else the
+    error) and ``failures`` stays empty: a Delivery that lives as long as its process (ingest
+    counts frames published on their acknowledgements) must not grow.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("pending", "failures", "on_result")
+
+    def __init__(self, on_result: Callable[[KafkaError | None], None] | None = None) -> None:
         self.pending = 0
         self.failures: list[str] = []
+        self.on_result = on_result
 
 
 # librdkafka's "no partition given": the partitioner hashes the key
@@ -183,7 +189,7 @@ class TrackedProducer:
         if delivery is not None:
             with self._lock:
                 delivery.pending -= 1
-                if err is not None:
+                if err is not None and delivery.on_result is None:
                     delivery.failures.append(f"{msg.topic()}: {err.str()}")
         if err is not None:
             with self._lock:
@@ -191,13 +197,15 @@ class TrackedProducer:
                     self._failures.append(f"{msg.topic()}: {err.str()}")
                 if err.fatal() or err.code() in PRODUCER_STATE_LOST:
                     self._stale_producer = True
-            return
-        self._on_delivered()
-        tp = f"{msg.topic()}:{msg.partition()}"
-        offset = (msg.offset() or 0) + 1
-        with self._lock:
-            if offset > self._produced.get(tp, 0):
-                self._produced[tp] = offset
+        else:
+            self._on_delivered()
+            tp = f"{msg.topic()}:{msg.partition()}"
+            offset = (msg.offset() or 0) + 1
+            with self._lock:
+                if offset > self._produced.get(tp, 0):
+                    self._produced[tp] = offset
+        if delivery is not None and delivery.on_result is not None:
+            delivery.on_result(err)  # last: an acknowledged record's offset is counted already
 
     def _on_status_delivery(self, err: KafkaError | None, msg: Message) -> None:
         """Heartbeats: a lost one is replaced by the next; a stuck producer is renewed."""
