@@ -4,20 +4,26 @@ that met them goes on."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from framewire.broker.reading import read_topic
 from framewire.config import Settings
-from framewire.contracts import DeadLetter, FrameCaptured, FrameHeader, utcnow
+from framewire.contracts import DeadLetter, FrameCaptured, FrameHeader, InferenceResult, utcnow
+from framewire.contracts.codec import MAGIC, Codec
 from framewire.ops.replay import replay
-from framewire.ops.status import dead_letters
+from framewire.ops.status import dead_letters, heartbeats, site_status
 from framewire.runtime import Publisher
 from framewire.store.db import open_database
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
+from tests.integration.hostile_table import HOSTILE_ROWS, hostile_table
 
 pytestmark = pytest.mark.integration
 
@@ -37,38 +43,6 @@ def stored(settings: Settings) -> list[str]:
         return sorted(db.frame_ids())
     finally:
         db.close()
-
-
-def test_blob_references_outside_the_store_are_dead_lettered_unopened(site: Site):
-    settings = site.settings
-    blobs = settings.resolved_blob_dir.resolve()
-    fifo = blobs / "ab" / "ab" / f"{'ab' * 32}.bin"
-    fifo.parent.mkdir(parents=True)
-    os.mkfifo(fifo)  # a stage that opened it would hang there
-    hostile = {"cam-etc": "file:///etc/hostname", "cam-zero": "file:///dev/zero",
-               "cam-fifo": fifo.as_uri(),
-               "cam-dotdot": f"{blobs.as_uri()}/../../../etc/{'cd' * 32}.bin"}
-    site.start("preprocess")
-    pub = Publisher(settings, "test")
-    try:
-        for camera, uri in hostile.items():
-            pub.publish("frames.raw", frame(camera, 0, image_uri=uri), key=camera)
-        pub.publish("frames.raw", frame("cam-good", 0, image=jpeg(synthetic_frame(1))),
-                    key="cam-good")
-        pub.flush(30)
-    finally:
-        pub.close()
-
-    def letters() -> dict[str, DeadLetter]:
-        return {d.camera_id or "": d for _, d in dead_letters(settings)}
-
-    wait_until(lambda: set(hostile) <= set(letters()), 60, "a dead letter per hostile record")
-    found = letters()
-    assert {cam: found[cam].code for cam in hostile} == dict.fromkeys(hostile, "bad_blob_uri")
-    assert all(found[cam].service == "preprocess" for cam in hostile)
-    ready = lambda: [m.key() for m in read_topic(settings, settings.topic("frames.ready"))]  # noqa: E731
-    wait_until(lambda: ready() == [b"cam-good"], 60, "the good frame through preprocess")
-    assert site.alive("preprocess")
 
 
 def test_replay_publishes_only_to_the_sites_own_topics(site: Site):
@@ -99,93 +73,196 @@ def test_replay_publishes_only_to_the_sites_own_topics(site: Site):
         b"payload"]
 
 
-
-def test_ingest_without_cameras_idles_and_stays_up_instead_of_exiting(site: Site):
-    from framewire.contracts.codec import Codec
-    from framewire.ops.status import heartbeats
-
-    site.start("ingest")  # no --demo, no cameras configured
-    codec = Codec()
-
-    def ingest_state() -> str | None:
-        beats = [b for b in heartbeats(site.settings, codec) if b.service == "ingest"]
-        return beats[-1].state if beats else None
-
-    wait_until(lambda: ingest_state() == "idle", 30, "ingest to report that it idles")
-    # still the same process: it did not exit (the supervisor would restart it, in a storm)
-    assert site.alive("ingest")
-    assert "no cameras configured" in site.logs()
+# -- the suite: every hostile record at once, on each broker ------------------------------
 
 
-def test_a_jpeg_bomb_on_frames_ready_is_refused_by_its_header_and_the_batch_goes_on(
-        site: Site):
+@dataclass
+class Case:
+    """One hostile record: where it is written, what should become of it."""
+
+    name: str
+    topic: str
+    key: str  # the good record written after it has this key too: same partition
+    code: str | None  # the expected dead-letter code; None: not a dead letter at all
+    service: str | None = None  # the stage expected to dead-letter it
+
+    @property
+    def bad_id(self) -> str:
+        return BAD_IDS.get(self.key, f"{self.key}-bad")
+
+
+CASES = [
+    Case("blob ref file:///etc/hostname", "frames.raw", "cam-etc", "bad_blob_uri", "preprocess"),
+    Case("blob ref file:///dev/zero", "frames.raw", "cam-zero", "bad_blob_uri", "preprocess"),
+    Case("blob ref to a FIFO in the store", "frames.raw", "cam-fifo", "bad_blob_uri",
+         "preprocess"),
+    Case("blob ref with ..", "frames.raw", "cam-dotdot", "bad_blob_uri", "preprocess"),
+    Case("malformed frame id", "frames.raw", "cam-badid", "invalid_record", "preprocess"),
+    Case("wrong key for the camera", "frames.raw", "cam-key", "unknown_camera", "preprocess"),
+    Case("unknown schema fingerprint", "frames.raw", "cam-fp", "unknown_schema", "preprocess"),
+    Case("truncated Avro", "frames.raw", "cam-trunc", "undecodable", "preprocess"),
+    Case("JPEG bomb (32768x32768)", "frames.ready", "cam-bomb", "corrupt_pixels", "inference"),
+    Case("5,000-character frame id", "detections", "cam-longid", "invalid_record", "storage"),
+    Case("record that kills its stage", "detections", "cam-crash", "crash_loop", "checker"),
+    Case("record that makes its stage raise", "detections", "cam-poison", "retries_exhausted",
+         "checker"),
+    Case("forged heartbeat", "status", "forged", None),
+]
+# the hostile records' frame ids where they are not KEY-bad
+BAD_IDS = {"cam-badid": "../../etc/passwd x", "cam-longid": "x" * 5000}
+CHECKER = "tests.integration.hostile_stage:STAGE"
+POISON_PILL_LIMIT = 2
+GROUP_TIMING = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+def hostile_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    """A site with the test stage that crashes: on the embedded broker, then on Apache Kafka."""
+    broker = request.getfixturevalue("broker" if request.param == "embedded"
+                                     else "kafka_cluster")
+    # a crashed member holds its partitions for session.timeout.ms (librdkafka: 45 s)
+    site = Site(broker, tmp_path / "home", stages=json.dumps([CHECKER]),
+                poison_pill_limit=POISON_PILL_LIMIT, kafka=json.dumps(GROUP_TIMING))
+    site.create_topics()
+    yield site
+    site.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(site.logs())
+
+
+def test_hostile_records_are_dead_lettered_and_every_partition_moves_on(hostile_site: Site):
+    site, settings = hostile_site, hostile_site.settings
+    stages = ["preprocess", "inference", "storage", "checker"]
+    site.start(*stages)
+    site.start("ingest")  # no camera: it idles instead of exiting
+    write_hostile_records(settings)
+
+    def letters() -> dict[tuple[str, str], DeadLetter]:
+        if all(p.poll() is not None for p in site.procs["checker"]):
+            site.start("checker")  # as the supervisor would: it dies on cam-crash-bad
+        return {(d.camera_id or "", d.service): d for _, d in dead_letters(settings)}
+
+    def checked() -> set[str]:
+        return {Codec().decode(m.value(), InferenceResult).frame_id
+                for m in read_topic(settings, settings.topic("detections.checked"))}
+
+    goods = {f"{c.key}-good" for c in CASES if c.code}
+    wanted = {(c.key, c.service) for c in CASES if c.code}
+    wait_until(lambda: wanted <= set(letters()), 180, "a dead letter per hostile record")
+    wait_until(lambda: goods <= set(stored(settings)), 120, "every good neighbour stored")
+    on_detections = {f"{c.key}-good" for c in CASES if c.topic == "detections"}
+    wait_until(lambda: on_detections <= checked(), 60, "the checker's good neighbours passed on")
+    wait_until(lambda: all(s.lag == 0 for s in site_status(settings) if s.service in stages),
+               60, "every partition consumed to its end")
+
+    found, kept, passed = letters(), set(stored(settings)), checked()
+    beats = {b.service: b for b in heartbeats(settings, Codec())}
+    site.procs["checker"] = site.procs["checker"][-1:]  # the others died on purpose
+    alive = {name: site.alive(name) for name in [*stages, "ingest"]}
+    rows = []
+    for case in CASES:
+        if case.code is None:  # the forged heartbeat: status reads past it
+            outcome = "ignored by status" if "forged" not in beats else "SHOWN BY STATUS"
+            row = [case.name, case.topic, outcome, "-", "no", "-"]
+        else:
+            # what the stage that met it keeps: the checker passes results on, others store
+            after = passed if case.service == "checker" else kept
+            letter = found[(case.key, case.service)]
+            row = [case.name, case.topic, f"dead-lettered by {letter.service}", letter.code,
+                   "YES" if case.bad_id in after else "no",
+                   "yes" if f"{case.key}-good" in after else "NO"]
+        rows.append([site.kind, *row, "yes" if all(alive.values()) else
+                     "NO: " + ",".join(n for n, up in alive.items() if not up)])
+    HOSTILE_ROWS.extend(rows)
+    print("\n" + hostile_table(rows))
+
+    assert {c.name: found[(c.key, c.service)].code for c in CASES if c.code} == {
+        c.name: c.code for c in CASES if c.code}
+    assert [r for r in rows if r[5] != "no" or r[6] == "NO" or r[7] != "yes"] == []
+    assert "forged" not in beats
+    assert beats["ingest"].state == "idle"
+
+
+def write_hostile_records(settings: Settings) -> None:
+    """Each case's hostile record, then a good record with the same key (same partition)."""
     import numpy as np
 
-    from framewire.contracts import FramePreprocessed
+    from framewire.contracts import FramePreprocessed, ServiceHeartbeat
     from framewire.models.manifest import load_manifest
     from framewire.pixels.encoding import encode_jpeg
     from tests.fixtures.images import jpeg_claiming_size
 
-    settings = site.settings
+    blobs = settings.resolved_blob_dir.resolve()
+    fifo = blobs / "ab" / "ab" / f"{'ab' * 32}.bin"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)  # a stage that opened it would hang there
     model = load_manifest(settings.inference.model)
     w, h = model.input_width, model.input_height
+    now = utcnow()
 
-    def ready(camera: str, pixels: bytes) -> FramePreprocessed:
-        now = utcnow()
+    def header(key: str, which: str, camera: str | None = None) -> FrameHeader:
+        return FrameHeader(frame_id=f"{key}-{which}", camera_id=camera or key, seq=0,
+                           captured_at=now, ingested_at=now)
+
+    def raw(key: str, which: str, uri: str | None = None, camera: str | None = None,
+            frame_id: str | None = None) -> FrameCaptured:
+        head = header(key, which, camera)
+        if frame_id is not None:
+            head = replace(head, frame_id=frame_id)
+        return FrameCaptured(header=replace(head, image_uri=uri), source="attacker",
+                             content_type="image/jpeg", width=640, height=360,
+                             image=None if uri else jpeg(synthetic_frame(1)))
+
+    def ready(key: str, which: str, pixels: bytes) -> FramePreprocessed:
         return FramePreprocessed(
-            header=FrameHeader(frame_id=f"{camera}-0", camera_id=camera, seq=0, captured_at=now,
-                               ingested_at=now),
-            preprocessed_at=now, orig_width=w, orig_height=h, input_width=w, input_height=h,
-            scale=1.0, pad_x=0.0, pad_y=0.0, pixel_format="jpeg", brightness=100.0,
-            sharpness=100.0, too_dark=False, blurred=False, frozen=False, pixels=pixels)
+            header=header(key, which), preprocessed_at=now, orig_width=w, orig_height=h,
+            input_width=w, input_height=h, scale=1.0, pad_x=0.0, pad_y=0.0,
+            pixel_format="jpeg", brightness=100.0, sharpness=100.0, too_dark=False,
+            blurred=False, frozen=False, pixels=pixels)
 
-    site.start("inference", "storage")
-    pub = Publisher(settings, "test")
-    try:
-        for camera, pixels in (("cam-good-1", encode_jpeg(np.zeros((h, w, 3), np.uint8))),
-                               ("cam-bomb", jpeg_claiming_size(32768, 32768)),
-                               ("cam-good-2", encode_jpeg(np.full((h, w, 3), 90, np.uint8)))):
-            pub.publish("frames.ready", ready(camera, pixels), key=camera)
-        pub.flush(30)
-    finally:
-        pub.close()
-
-    wait_until(lambda: stored(settings) == ["cam-good-1-0", "cam-good-2-0"], 120,
-               "the two good frames stored")
-    wait_until(lambda: len(dead_letters(settings)) == 1, 30, "the bomb's dead letter")
-    [(_, letter)] = dead_letters(settings)
-    assert (letter.camera_id, letter.service, letter.code) == (
-        "cam-bomb", "inference", "corrupt_pixels")
-    assert site.alive("inference") and site.alive("storage")
-
-
-def test_a_5000_character_frame_id_is_dead_lettered_at_decode_and_the_rest_is_stored(
-        site: Site):
-    from framewire.contracts import InferenceResult
-
-    settings = site.settings
-
-    def result(frame_id: str) -> InferenceResult:
-        now = utcnow()
+    def result(key: str, which: str, frame_id: str | None = None) -> InferenceResult:
+        head = header(key, which)
         return InferenceResult(
-            header=FrameHeader(frame_id=frame_id, camera_id="cam-r", seq=0, captured_at=now,
-                               ingested_at=now),
-            preprocessed_at=now, inferred_at=now, orig_width=640, orig_height=480,
-            model_name="m", model_version="1", provider="cpu", too_dark=False, blurred=False,
-            frozen=False)
+            header=replace(head, frame_id=frame_id) if frame_id else head, preprocessed_at=now,
+            inferred_at=now, orig_width=640, orig_height=480, model_name="m",
+            model_version="1", provider="cpu", too_dark=False, blurred=False, frozen=False)
 
-    site.start("storage")
-    pub = Publisher(settings, "test")
+    codec = Codec()
+    good_frame = raw("x", "good")
+    encoded = codec.encode(good_frame)
+    hostile: dict[str, bytes] = {
+        "cam-etc": codec.encode(raw("cam-etc", "bad", "file:///etc/hostname")),
+        "cam-zero": codec.encode(raw("cam-zero", "bad", "file:///dev/zero")),
+        "cam-fifo": codec.encode(raw("cam-fifo", "bad", fifo.as_uri())),
+        "cam-dotdot": codec.encode(raw("cam-dotdot", "bad",
+                                       f"{blobs.as_uri()}/../../../etc/{'cd' * 32}.bin")),
+        "cam-badid": codec.encode(raw("cam-badid", "bad", frame_id=BAD_IDS["cam-badid"])),
+        "cam-key": codec.encode(raw("cam-key", "bad", camera="cam-someone-else")),
+        "cam-fp": MAGIC + bytes.fromhex("0123456789abcdef") + encoded[10:],
+        "cam-trunc": codec.encode(raw("cam-trunc", "bad"))[:40],
+        "cam-bomb": codec.encode(ready("cam-bomb", "bad", jpeg_claiming_size(32768, 32768))),
+        "cam-longid": codec.encode(result("cam-longid", "bad", frame_id=BAD_IDS["cam-longid"])),
+        "cam-crash": codec.encode(result("cam-crash", "bad")),
+        "cam-poison": codec.encode(result("cam-poison", "bad")),
+    }
+    good = {"frames.raw": lambda k: raw(k, "good"),
+            "frames.ready": lambda k: ready(k, "good", encode_jpeg(np.zeros((h, w, 3), np.uint8))),
+            "detections": lambda k: result(k, "good")}
+    forged = ServiceHeartbeat(service="forged", instance="x:1", host="x", pid=-5,
+                              version="0", sent_at=now, state="running",
+                              partitions=["x:notanumber"], records_in=-1, records_out=0,
+                              dead_lettered=0, produced_offsets={"x:y": 1})
+    pub = Publisher(settings, "attacker")
     try:
-        for frame_id in ("good-1", "x" * 5000, "good-2"):
-            pub.publish("detections", result(frame_id), key="cam-r")
+        for case in CASES:
+            topic = settings.topic(case.topic)
+            if case.code is None:
+                pub.produce_raw(topic, codec.encode(forged), b"forged", None)
+                pub.produce_raw(topic, b"\xc3\x01garbage", b"forged", None)
+                continue
+            pub.produce_raw(topic, hostile[case.key], case.key.encode(), None)
+            pub.publish(case.topic, good[case.topic](case.key), key=case.key)
         pub.flush(30)
     finally:
         pub.close()
-
-    wait_until(lambda: stored(settings) == ["good-1", "good-2"], 60, "the two good results stored")
-    wait_until(lambda: len(dead_letters(settings)) == 1, 30, "the long id's dead letter")
-    [(_, letter)] = dead_letters(settings)
-    assert (letter.service, letter.code) == ("storage", "invalid_record")
-    assert "header.frame_id" in letter.reason
-    assert site.alive("storage")

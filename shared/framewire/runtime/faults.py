@@ -176,6 +176,8 @@ class RecordFaults:
         """One outcome per record, in order; SystemicError when the system is to blame."""
         outcomes: list[Outcome | _Failed] = [None] * len(records)
         batch, alone = [], []
+        if self.journal and any(self.journal.crashes(h) for h in held):
+            self.journal.harvest()  # the latest counts: another process may have died since
         for i, h in enumerate(held):
             crashes = self.journal.crashes(h) if self.journal else 0
             if crashes >= self.limit:

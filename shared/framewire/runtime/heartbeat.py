@@ -49,7 +49,9 @@ class Counters:
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count ``count`` frames dropped for ``reason`` (a short code)."""
-        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + count
+        # a new dict, not changed in place: the heartbeat thread may be reading the old one
+        self.drop_reasons = {**self.drop_reasons,
+                             reason: self.drop_reasons.get(reason, 0) + count}
         self.dropped += count
 
     def set_fault(self, key: str, message: str | None) -> None:

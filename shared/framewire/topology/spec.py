@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from framewire.config import StageSettings
 from framewire.contracts import Contract
 from framewire.errors import ConfigError
 
@@ -37,7 +38,7 @@ class StageSpec:
     cameras); ``entry`` names its code as ``module:attribute``: a ``framewire.runtime.Stage``
     subclass the runtime's loop runs, or, for a source, a function
     ``main(settings, stop, demo)``. ``settings`` is the model of its knobs (batch size,
-    linger, fetch wait...) with their defaults.
+    linger, fetch wait...) with their defaults: ``StageSettings`` unless given.
     """
 
     name: str
@@ -46,7 +47,8 @@ class StageSpec:
     input: str | None = None
     input_contract: type[Contract] | None = None
     outputs: tuple[Output, ...] = ()
-    settings: type[BaseModel] = field(default=BaseModel)
+    # the runtime's knobs by default, so a stage without knobs of its own needs no model
+    settings: type[BaseModel] = field(default=StageSettings)
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
