@@ -4,8 +4,10 @@ that met them goes on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from framewire.ops.replay import replay
 from framewire.ops.status import dead_letters, heartbeats, site_status
 from framewire.runtime import Publisher
 from framewire.store.db import open_database
+from tests.fixtures.common import unavailable
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 from tests.integration.hostile_table import HOSTILE_ROWS, hostile_table
@@ -121,11 +124,22 @@ def hostile_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sit
     broker = request.getfixturevalue("broker" if request.param == "embedded"
                                      else "kafka_cluster")
     # a crashed member holds its partitions for session.timeout.ms (librdkafka: 45 s)
+    # every frame over 1 KiB goes to the blob store, on a small tmpfs of its own (full disk)
     site = Site(broker, tmp_path / "home", stages=json.dumps([CHECKER]),
-                poison_pill_limit=POISON_PILL_LIMIT, kafka=json.dumps(GROUP_TIMING))
+                poison_pill_limit=POISON_PILL_LIMIT, kafka=json.dumps(GROUP_TIMING),
+                max_inline_bytes=1024)
+    blobs = site.settings.resolved_blob_dir
+    blobs.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(blobs)],
+                             capture_output=True, text=True, check=False)
     site.create_topics()
     yield site
     site.stop()
+    if mounted.returncode == 0:
+        subprocess.run(["umount", str(blobs)], check=True)
+    else:
+        unavailable(f"cannot mount a tmpfs for the full-disk case (needs root): "
+                    f"{mounted.stderr.strip()}")
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(site.logs())
@@ -174,14 +188,44 @@ def test_hostile_records_are_dead_lettered_and_every_partition_moves_on(hostile_
                    "yes" if f"{case.key}-good" in after else "NO"]
         rows.append([site.kind, *row, "yes" if all(alive.values()) else
                      "NO: " + ",".join(n for n, up in alive.items() if not up)])
+    rows.append([site.kind, *full_disk_case(site, settings), "yes" if all(
+        site.alive(name) for name in [*stages, "ingest"]) else "NO"])
     HOSTILE_ROWS.extend(rows)
     print("\n" + hostile_table(rows))
 
     assert {c.name: found[(c.key, c.service)].code for c in CASES if c.code} == {
         c.name: c.code for c in CASES if c.code}
-    assert [r for r in rows if r[5] != "no" or r[6] == "NO" or r[7] != "yes"] == []
+    assert [r for r in rows if r[5] not in ("no", "-") or r[6] == "NO" or r[7] != "yes"] == []
+    assert rows[-1][3] in ("capture paused, then resumed", "NOT RUN: no tmpfs")
     assert "forged" not in beats
     assert beats["ingest"].state == "idle"
+
+
+def full_disk_case(site: Site, settings: Settings) -> list[str]:
+    """The blob store's disk fills up under a camera: capture pauses with a status problem,
+    and resumes, its frames stored, once space is freed."""
+    blobs = settings.resolved_blob_dir
+    if not os.path.ismount(blobs):
+        return ["full disk (tmpfs)", "blob dir", "NOT RUN: no tmpfs", "-", "-", "-"]
+    filler = blobs / "filler"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:  # until ENOSPC
+            out.write(b"\0" * 65536)
+    site.start("ingest", extra_args=("--demo",))  # the demo cameras: frames over 1 KiB
+
+    def problems() -> list[str]:
+        return [f for b in heartbeats(settings, Codec()) if b.service == "ingest"
+                for f in b.faults]
+
+    wait_until(lambda: any(f.startswith("disk_full") for f in problems()), 60,
+               "capture paused with a disk_full problem")
+    paused = [f for f in problems() if f.startswith("disk_full")][0]
+    demo = lambda: [f for f in stored(settings) if "-" not in f]  # noqa: E731 (ULIDs)
+    filler.unlink()
+    wait_until(lambda: not problems() and demo(), 120, "capture resumed and its frames stored")
+    return ["full disk (tmpfs) under a camera", "blob dir",
+            "capture paused, then resumed" if "free" in paused else f"PAUSED: {paused}",
+            "-", "-", "yes"]
 
 
 def write_hostile_records(settings: Settings) -> None:
