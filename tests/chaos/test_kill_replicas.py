@@ -6,6 +6,7 @@ versions, in ``make test``) and ``slow`` (the long versions).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,7 @@ from tests.chaos.stack import (
     stored_count,
 )
 from tests.fixtures.images import synthetic_frame
-from tests.fixtures.kafka import Site, wait_until
+from tests.fixtures.kafka import QUICK_FAILOVER, Site, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 REPO = Path(__file__).resolve().parents[2]
@@ -101,6 +102,8 @@ def test_exactly_once_kill_9_of_a_stage_replica_leaves_no_repeat_on_detections(
 def kill_one_stage_replica(site: Site, ledger: Ledger, service: str, workload: Workload,
                            delivery: str = "at_least_once") -> None:
     """Two replicas of ``service``; kill -9 the busiest mid-stream; count every frame."""
+    if site.kind == "kafka":
+        site.env["FRAMEWIRE_KAFKA"] = json.dumps(QUICK_FAILOVER)
     start_stack(site, doubled=service)
     owners = {int(tp.rpartition(":")[2]): beat.pid
               for beat in live_beats(site.settings, service, pids(site, service))

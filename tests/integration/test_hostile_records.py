@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -25,7 +26,7 @@ from framewire.runtime import Publisher
 from framewire.store.db import open_database
 from tests.fixtures.common import unavailable
 from tests.fixtures.images import jpeg, synthetic_frame
-from tests.fixtures.kafka import Site, wait_until
+from tests.fixtures.kafka import QUICK_FAILOVER, Site, wait_until
 from tests.integration.hostile_table import HOSTILE_ROWS, hostile_table
 
 pytestmark = pytest.mark.integration
@@ -115,7 +116,6 @@ CASES = [
 BAD_IDS = {"cam-badid": "../../etc/passwd x", "cam-longid": "x" * 5000}
 CHECKER = "tests.integration.hostile_stage:STAGE"
 POISON_PILL_LIMIT = 2
-GROUP_TIMING = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
 
 
 @pytest.fixture(params=["embedded", "kafka"])
@@ -123,10 +123,9 @@ def hostile_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sit
     """A site with the test stage that crashes: on the embedded broker, then on Apache Kafka."""
     broker = request.getfixturevalue("broker" if request.param == "embedded"
                                      else "kafka_cluster")
-    # a crashed member holds its partitions for session.timeout.ms (librdkafka: 45 s)
     # every frame over 1 KiB goes to the blob store, on a small tmpfs of its own (full disk)
     site = Site(broker, tmp_path / "home", stages=json.dumps([CHECKER]),
-                poison_pill_limit=POISON_PILL_LIMIT, kafka=json.dumps(GROUP_TIMING),
+                poison_pill_limit=POISON_PILL_LIMIT, kafka=json.dumps(QUICK_FAILOVER),
                 max_inline_bytes=1024)
     blobs = site.settings.resolved_blob_dir
     blobs.mkdir(parents=True)
@@ -310,3 +309,68 @@ def write_hostile_records(settings: Settings) -> None:
         pub.flush(30)
     finally:
         pub.close()
+
+
+def test_a_database_gone_read_only_pauses_storage_and_dead_letters_nothing(
+        site: Site, postgres_db_url: str):
+    """A systemic fault: every record would fail, so none is dead-lettered; storage pauses,
+    says why in status, and stores everything once the database is writable again."""
+    import psycopg
+    import sqlalchemy as sa
+
+    from framewire.contracts import FrameHeader as Header
+
+    site.env["FRAMEWIRE_DATABASE_URL"] = postgres_db_url
+    settings = site.settings
+    url = sa.make_url(postgres_db_url)
+    admin = {"host": url.host, "port": url.port, "user": url.username, "dbname": "postgres",
+             "autocommit": True}
+
+    def read_only(on: bool) -> None:
+        change = "SET default_transaction_read_only = on" if on else \
+            "RESET default_transaction_read_only"
+        with psycopg.connect(**admin) as conn:  # type: ignore[arg-type]
+            conn.execute(f"ALTER DATABASE {url.database} {change}")
+            # storage's open connections keep the old setting: end them, it reconnects
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = %s AND pid <> pg_backend_pid()", (url.database,))
+
+    def send(*frame_ids: str) -> None:
+        now = utcnow()
+        pub = Publisher(settings, "test")
+        try:
+            for frame_id in frame_ids:
+                pub.publish("detections", InferenceResult(
+                    header=Header(frame_id=frame_id, camera_id="cam-db", seq=0,
+                                  captured_at=now, ingested_at=now),
+                    preprocessed_at=now, inferred_at=now, orig_width=640, orig_height=480,
+                    model_name="m", model_version="1", provider="cpu", too_dark=False,
+                    blurred=False, frozen=False), key="cam-db")
+            pub.flush(30)
+        finally:
+            pub.close()
+
+    def storage() -> list[Any]:
+        return [b for b in heartbeats(settings, Codec()) if b.service == "storage"]
+
+    site.start("storage")
+    send("r-1", "r-2")
+    wait_until(lambda: stored(settings) == ["r-1", "r-2"], 60, "the first results stored")
+    read_only(True)
+    try:
+        send("r-3", "r-4", "r-5")
+        wait_until(lambda: any(b.state == "paused" and any(
+            f.startswith("systemic_fault") and "read-only" in f for f in b.faults)
+            for b in storage()), 60, "storage paused with a systemic_fault naming read-only")
+        fault = next(f for b in storage() for f in b.faults)
+    finally:
+        read_only(False)
+    wait_until(lambda: stored(settings) == ["r-1", "r-2", "r-3", "r-4", "r-5"], 60,
+               "every result stored once the database is writable")
+    wait_until(lambda: all(not b.faults and b.state == "running" for b in storage()), 30,
+               "the fault cleared")
+    assert dead_letters(settings) == []
+    assert site.alive("storage")
+    HOSTILE_ROWS.append([site.kind, "database gone read-only (systemic)", "detections",
+                         "storage paused, then resumed", "-", "-", "yes", "yes"])
+    print(fault)

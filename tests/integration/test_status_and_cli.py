@@ -57,6 +57,14 @@ def test_sigterm_finishes_the_batch_commits_and_exits_cleanly(site: Site):
     assert all(service_status(site, n).lag == 0 for n in STAGES)
 
 
+# the keys of each process in `framewire status --json`, documented in docs/operations.md
+INSTANCE_KEYS = {
+    "instance", "pid", "host", "state", "version", "partitions", "seconds_since_heartbeat",
+    "records_in", "records_out", "dead_lettered", "dropped", "drop_reasons", "faults",
+    "restarts", "broker_ok", "stalled_cameras", "last_commit_at", "metrics_port",
+    "cpu_s_per_1000_frames", "out_per_s", "host_watts", "gpu_watts"}
+
+
 def test_status_command_lists_each_service_with_pid_and_partitions(site: Site):
     site.start(*STAGES)
     wait_until(lambda: all(service_status(site, n).alive
@@ -69,6 +77,8 @@ def test_status_command_lists_each_service_with_pid_and_partitions(site: Site):
         assert by[name]["alive"] is True
         (instance,) = by[name]["instances"]
         assert instance["pid"] == site.procs[name][0].pid
+        assert set(instance) == INSTANCE_KEYS  # as docs/operations.md lists them
+        assert instance["faults"] == [] and instance["state"] == "running"
         assert len(instance["partitions"]) == 4
     assert by["ingest"]["alive"] is False
 

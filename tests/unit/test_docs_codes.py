@@ -17,3 +17,10 @@ def test_every_dead_letter_code_is_documented():
     table = (ROOT / "docs" / "operations.md").read_text()
     missing = sorted(code for code in codes if f"`{code}`" not in table)
     assert not missing, f"dead-letter codes missing from docs/operations.md: {missing}"
+
+
+def test_every_key_of_status_json_is_documented():
+    from tests.integration.test_status_and_cli import INSTANCE_KEYS
+
+    page = (ROOT / "docs" / "operations.md").read_text()
+    assert not sorted(k for k in INSTANCE_KEYS if f"`{k}`" not in page)

@@ -156,9 +156,6 @@ class Ingest:
     def _drop(self, reason: str, count: int = 1) -> None:
         counters = self.publisher.counters
         with self._tally:
-            if reason not in counters.drop_reasons:
-                # a new key replaces the dict: the heartbeat thread may be copying the old one
-                counters.drop_reasons = {**counters.drop_reasons, reason: 0}
             counters.drop(reason, count)
 
     def send(self, frame: FrameCaptured) -> None:
