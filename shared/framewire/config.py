@@ -180,13 +180,13 @@ class Settings(BaseSettings):
     recent_crashes: int = Field(0, ge=0, description="set by the supervisor: how many times "
                                 "this process's slot exited in the last 5 minutes")
     poison_pill_limit: int = Field(
-        3, ge=1, le=100, description="a record is dead-lettered after its stage's process died "
+        3, ge=1, le=20, description="a record is dead-lettered after its stage's process died "
         "this many times while working on it (crash_loop), or after this many failed attempts "
         "while other records succeed (retries_exhausted); its partition then moves on")
-    embedded_broker_host: str = Field(
-        "127.0.0.1", description="address the embedded broker listens on: loopback by default "
-        "(it has no authentication); 0.0.0.0 to serve other hosts (it advertises the "
-        "bootstrap address)")
+    embedded_broker_host: str | None = Field(
+        None, description="address the embedded broker listens on; unset = the bootstrap "
+        "address, which must then be a loopback one (it has no authentication); 0.0.0.0 to "
+        "serve other hosts (it advertises the bootstrap address)")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)

@@ -76,17 +76,54 @@ def test_a_data_error_from_a_whole_batch_is_found_by_trying_its_records_alone():
     assert len(stage.calls) == 4  # the batch, then once each: a bad record is not retried
 
 
-@pytest.mark.parametrize("error", [ValueError("CUDA out of memory"), TransientError("db away")])
-def test_every_record_of_a_batch_failing_is_a_systemic_fault_not_bad_data(error):
-    stage = Flaky(down=error)
+def test_every_record_of_a_batch_failing_is_a_systemic_fault_not_bad_data():
+    stage = Flaky(down=ValueError("CUDA out of memory"))
     run, counters = faults(stage)
     with pytest.raises(SystemicError, match="every record fails with") as raised:
         run.process([1, 2, 3], held([1, 2, 3]))
-    assert type(error).__name__ in raised.value.fault
+    assert "ValueError: CUDA out of memory" in raised.value.fault
     assert counters.faults and counters.faults[0].startswith("systemic_fault: every record")
     stage.down = None  # the cause is fixed: the next batch succeeds and the fault clears
     assert run.process([1, 2, 3], held([1, 2, 3])) == [2, 4, 6]
     assert counters.faults == []
+
+
+def test_a_transient_error_is_retried_by_the_loop_never_judged_even_mid_split():
+    class Outage(Flaky):
+        def process(self, records):
+            if len(self.calls) >= 3:  # the batch failed, two records went through alone...
+                self.calls.append(list(records))
+                raise TransientError("database is locked")  # ... then the database went away
+            return super().process(records)
+
+    stage = Outage(bad={3})
+    run, counters = faults(stage)
+    with pytest.raises(TransientError, match="locked"):
+        run.process([1, 2, 3, 4], held([1, 2, 3, 4]))
+    assert counters.faults == []  # nothing judged, nothing dead-lettered: read again later
+
+
+def test_bad_records_beside_a_systemic_fault_are_no_evidence_that_the_system_works():
+    stage = Flaky(down=None, data_error_on={2})
+
+    def process(records):  # out of memory on every record, except that 2 is corrupt
+        stage.calls.append(list(records))
+        if records == [2]:
+            raise DataError("corrupt_image", "not an image")
+        raise ValueError("CUDA out of memory")
+
+    stage.process = process  # type: ignore[method-assign]
+    run, _ = faults(stage)
+    with pytest.raises(SystemicError, match="CUDA out of memory"):
+        run.process([1, 2, 3], held([1, 2, 3]))
+
+
+def test_a_stop_while_records_are_retried_judges_nothing():
+    stage = Flaky(bad={3})
+    run, _ = faults(stage, limit=5)
+    run.stop.set()
+    with pytest.raises(TransientError, match="stopped"):
+        run.process([1, 3], held([1, 3]))
 
 
 def test_a_lone_record_that_keeps_failing_pauses_rather_than_being_blamed():
@@ -167,6 +204,29 @@ def test_a_record_that_kills_its_process_is_dead_lettered_as_crash_loop_after_th
     journal = CrashJournal(tmp_path, "preprocess")
     journal.harvest()
     assert journal.counts == {}  # the dead-lettered record's count is forgotten
+    journal.close()
+
+
+def test_a_journal_is_dead_when_its_lock_is_free_whatever_pid_the_next_process_gets(tmp_path):
+    alive = CrashJournal(tmp_path, "inference")
+    alive.begin(held([1]))
+    # a journal nobody holds the lock of: its process died (a restart may reuse its pid)
+    (tmp_path / "inference.dead.inflight").write_text(Held("t", 0, 9, "f9").key + "\n")
+    other = CrashJournal(tmp_path, "inference")
+    other.harvest()
+    assert other.counts == {Held("t", 0, 9, "f9").key: 1}  # the living journal is not read
+    assert alive.path.exists()
+    alive.close()
+    other.close()
+
+
+def test_a_journal_that_cannot_be_written_costs_crash_detection_not_the_stage(tmp_path):
+    (tmp_path / "state").write_text("a file where the folder should be")
+    journal = CrashJournal(tmp_path / "state", "preprocess")
+    journal.harvest()
+    run, counters = faults(Flaky(), journal=journal)
+    assert run.process([1, 2], held([1, 2])) == [2, 4]
+    assert [f.split(":")[0] for f in counters.faults] == ["crash_journal"]
     journal.close()
 
 

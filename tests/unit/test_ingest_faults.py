@@ -200,3 +200,14 @@ def test_stopping_while_paused_on_a_full_disk_drops_the_frame_in_hand_as_disk_fu
     assert result == [None]
     assert counters.drop_reasons == {"disk_full": 1}
     assert counters.dropped == 1
+
+
+def test_a_full_blob_store_is_a_systemic_fault_for_every_stage_not_a_bad_record(
+        full_disk: FullDisk):
+    from framewire.errors import SystemicError
+    from framewire.store.blobs import BlobStore
+
+    with pytest.raises(SystemicError, match="is full") as raised:
+        BlobStore(full_disk.root).put(b"pixels" * 50_000)
+    assert "resumes by itself" in raised.value.fault
+    assert [p.name for p in full_disk.root.rglob(".tmp-*")] == []  # nothing half-written left

@@ -40,9 +40,9 @@ def test_the_embedded_broker_listens_on_loopback_by_default(tmp_path):
     from framewire.broker.client import EmbeddedBroker, embedded_listen_host
     from tests.fixtures.common import free_port
 
-    settings = load_settings(bootstrap_servers=f"localhost:{free_port()}")
+    settings = load_settings(bootstrap_servers=f"127.0.0.1:{free_port()}")
     port = int(settings.bootstrap_servers.rpartition(":")[2])
-    broker = EmbeddedBroker("localhost", port, tmp_path / "broker.log",
+    broker = EmbeddedBroker("127.0.0.1", port, tmp_path / "broker.log",
                             listen_host=embedded_listen_host(settings))
     broker.start()
     try:
@@ -59,3 +59,7 @@ def test_a_bootstrap_address_a_loopback_broker_cannot_answer_is_refused_at_start
         embedded_listen_host(load_settings(bootstrap_servers="192.0.2.10:9092"))
     served = load_settings(bootstrap_servers="192.0.2.10:9092", embedded_broker_host="0.0.0.0")
     assert embedded_listen_host(served) == "0.0.0.0"
+    # a loopback bootstrap address is where it listens, whichever loopback address it is
+    for host in ("127.0.0.1", "localhost", "127.0.1.1", "[::1]"):
+        assert embedded_listen_host(load_settings(bootstrap_servers=f"{host}:9092")) == \
+            host.strip("[]")

@@ -88,26 +88,31 @@ def tansu_binary() -> str:
 
 
 def embedded_listen_host(settings: Settings) -> str:
-    """Where ``framewire run`` / ``framewire broker`` make the embedded broker listen:
-    ``embedded_broker_host`` (loopback by default). ConfigError when the bootstrap address is
-    one that a loopback-only broker cannot answer on."""
-    listen = settings.embedded_broker_host
+    """Where ``framewire run`` / ``framewire broker`` make the embedded broker listen: the
+    ``embedded_broker_host`` setting, else the bootstrap address if it is a loopback one (the
+    broker has no authentication). ConfigError, naming the setting, for any other address."""
+    if settings.embedded_broker_host:
+        return settings.embedded_broker_host
     host = settings.bootstrap_servers.split(",")[0].rpartition(":")[0].strip("[]")
-    if _is_loopback(listen) and not _is_loopback(host):
+    if not _is_loopback(host):
         raise ConfigError(
-            f"the embedded broker listens on embedded_broker_host={listen} (loopback, the safe "
-            f"default: it has no authentication), but bootstrap_servers names {host!r}, which "
-            "is not a loopback address: bootstrap from 127.0.0.1, or set "
+            f"bootstrap_servers names {host!r}, which is not a loopback address, and the "
+            "embedded broker listens on loopback unless told otherwise (it has no "
+            "authentication): bootstrap from 127.0.0.1, or set "
             "FRAMEWIRE_EMBEDDED_BROKER_HOST=0.0.0.0 (or this host's address) to serve other "
             "hosts")
-    return listen
+    return host
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` resolves to is a loopback one."""
     try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
+        found = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
         return False
+    return bool(found) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback
+                               for a in found)
+
 
 class EmbeddedBroker:
     """One Tansu broker process advertising ``host:port`` (memory storage), listening on

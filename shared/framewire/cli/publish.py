@@ -49,5 +49,8 @@ def publish(
         done.set()
         ingest.close()
     elapsed = time.monotonic() - started
+    dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(counters.drop_reasons.items()))
     console.print(f"done: published {counters.records_out} frames, rejected "
-                  f"{counters.dead_lettered} (see `framewire deadletters`) in {elapsed:.1f} s")
+                  f"{counters.dead_lettered} (see `framewire deadletters`)"
+                  + (f", dropped {counters.dropped} ({dropped})" if counters.dropped else "")
+                  + f" in {elapsed:.1f} s")

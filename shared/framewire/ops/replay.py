@@ -83,6 +83,12 @@ def replay(settings: Settings, letters: list[tuple[Any, DeadLetter]]) -> Counter
                 ok = ingest.offer(camera, CapturedImage(payload, letter.failed_at, "replay"))
                 outcome["re-ingested" if ok else "rejected again at ingest"] += 1
         publisher.flush(settings.shutdown_timeout_s)
+        # frames re-ingested count as published once acknowledged: those the broker refused
+        # are drops (publish_failed), not replayed
+        refused = publisher.counters.drop_reasons.get("publish_failed", 0)
+        if refused:
+            outcome["re-ingested"] -= refused
+            outcome["not published (publish_failed)"] += refused
     finally:
         publisher.close()
-    return outcome
+    return +outcome

@@ -15,8 +15,9 @@ A stage's batch can fail three ways, and each has its answer:
 
 A record that kills the process (out of memory, a native crash in a decoder or the model)
 leaves no exception to catch. Each process writes the records it is working on to a journal
-file (``<home>/state/<stage>.<host>.<pid>.inflight``) before the stage runs and empties it after.
-A process that finds the journal of a dead one counts a crash against each record it held
+file (``<home>/state/<stage>.<id>.inflight``, locked while the process lives) before the stage
+runs and empties it after. A process that finds the journal of a dead one (its lock free)
+counts a crash against each record it held
 (``<stage>.crashes.json``); records with a crash are tried alone, and one with
 ``poison_pill_limit`` crashes is dead-lettered as ``crash_loop`` without being run again.
 """
@@ -28,15 +29,15 @@ import fcntl
 import json
 import logging
 import os
-import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from framewire.config import Settings
-from framewire.errors import DataError, SystemicError
+from framewire.errors import DataError, SystemicError, TransientError
 from framewire.runtime.heartbeat import Counters
 from framewire.runtime.stage import Outcome, Stage
 from framewire.runtime.stop import StopSignal
@@ -64,68 +65,92 @@ class Held:
 
 
 class CrashJournal:
-    """The records this process is working on, in a file the next process reads if it dies."""
+    """The records this process is working on, in a file the next process reads if it dies.
+
+    Each process's journal is ``<stage>.<random id>.inflight``, locked (``flock``) while the
+    process lives: a journal whose lock can be taken belongs to a dead process, whatever pid
+    the next one gets (a container restarted as pid 1 keeps its pid). A journal that cannot be
+    written (a full disk) costs only the crash detection, never the stage: ``error`` says why.
+    """
 
     def __init__(self, folder: Path, stage: str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.stage = folder, stage
-        self.host = socket.gethostname()
-        self.path = folder / f"{stage}.{self.host}.{os.getpid()}.inflight"
+        self.path = folder / f"{stage}.{uuid.uuid4().hex}.inflight"
         self.counts_path = folder / f"{stage}.crashes.json"
         self._lock_path = folder / f"{stage}.crashes.lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fd: int | None = None
         self._written = False
         self.counts: dict[str, int] = {}
+        self.error: str | None = None
+        with self._guard("open"):
+            folder.mkdir(parents=True, exist_ok=True)
+            # locked before it takes the name harvest looks for, so it is never taken for dead
+            fresh = self.path.with_suffix(".new")
+            fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alive: held until the process ends
+            fresh.rename(self.path)
+            self._fd = fd
 
     def begin(self, held: list[Held]) -> None:
         """Note the records about to be worked on (no fsync: it must outlive the process,
         not the machine)."""
+        if self._fd is None:
+            return
         data = "".join(f"{h.key}\n" for h in held).encode()
-        os.pwrite(self._fd, data, 0)
-        os.ftruncate(self._fd, len(data))
-        self._written = True
+        with self._guard("write"):
+            os.pwrite(self._fd, data, 0)
+            os.ftruncate(self._fd, len(data))
+            self._written = True
 
     def end(self) -> None:
         """The records noted last are done with (processed or failed without dying)."""
-        if self._written:
-            os.ftruncate(self._fd, 0)
-            self._written = False
+        if self._written and self._fd is not None:
+            with self._guard("write"):
+                os.ftruncate(self._fd, 0)
+                self._written = False
 
     def crashes(self, held: Held) -> int:
         """How many processes died while working on this record."""
         return self.counts.get(held.key, 0)
 
     def harvest(self) -> None:
-        """Count a crash against every record held by a dead process of this stage on this
-        host; then load every count (another replica may have harvested them)."""
-        with self._locked() as stored:
-            for journal in self.folder.glob(f"{self.stage}.{self.host}.*.inflight"):
-                pid = journal.name.split(".")[-2]
-                if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
-                    continue
-                try:
-                    held = journal.read_text().splitlines()
-                    journal.unlink()
-                except OSError:
-                    continue
-                for key in held[:10_000]:
+        """Count a crash against every record held by a dead process of this stage; then load
+        every count (another replica may have harvested them)."""
+        with self._guard("read"), self._locked() as stored:
+            for journal in self.folder.glob(f"{self.stage}.*.inflight"):
+                held = _dead_journal(journal)
+                for key in (held or [])[:10_000]:
                     count, _ = stored.get(key, (0, 0.0))
                     stored[key] = (count + 1, time.time())
                 if held:
                     log.warning("a process of this stage died while working on records: each "
-                                "gets a crash count", extra={"pid": int(pid),
-                                                             "records": len(held)})
-        self.counts = {key: count for key, (count, _) in stored.items()}
+                                "gets a crash count", extra={"records": len(held)})
+            self.counts = {key: count for key, (count, _) in stored.items()}
 
     def forget(self, held: list[Held]) -> None:
         """Records with crash counts that are now done (processed or dead-lettered)."""
         done = [h.key for h in held if h.key in self.counts]
         if not done:
             return
-        with self._locked() as stored:
+        with self._guard("write"), self._locked() as stored:
             for key in done:
                 stored.pop(key, None)
                 self.counts.pop(key, None)
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """A journal that fails is reported, not fatal: the stage works on without it."""
+        try:
+            yield
+            self.error = None
+        except OSError as exc:
+            if self.error is None:
+                log.error("crash journal unusable: records that kill the process will not be "
+                          "found", extra={"action": action, "error": str(exc)})
+            why = exc.strerror or str(exc)
+            self.error = (f"cannot {action} the crash journal in {self.folder} ({why}): a "
+                          "record that kills the process would not be found; free space or fix "
+                          "the folder's rights, it recovers by itself")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, tuple[int, float]]]:
@@ -146,19 +171,31 @@ class CrashJournal:
 
     def close(self) -> None:
         """A clean exit: no record is to blame."""
-        os.close(self._fd)
         with contextlib.suppress(OSError):
             self.path.unlink()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
-def _alive(pid: int) -> bool:
+def _dead_journal(path: Path) -> list[str] | None:
+    """The records held by the dead process that wrote ``path`` (then removed); None when its
+    process lives (its lock is held)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # alive
+        with os.fdopen(os.dup(fd)) as journal:
+            held = journal.read().splitlines()
+        path.unlink()
+        return held
+    finally:
+        os.close(fd)
 
 
 class RecordFaults:
@@ -171,6 +208,7 @@ class RecordFaults:
         self.journal, self.stop = journal, stop or StopSignal()
         self.limit = settings.poison_pill_limit
         self._paused = False
+        self._journal_error: str | None = None
 
     def process(self, records: list[Any], held: list[Held]) -> list[Outcome]:
         """One outcome per record, in order; SystemicError when the system is to blame."""
@@ -198,11 +236,17 @@ class RecordFaults:
             outcomes[i] = self._attempt([i], records, held)[0]
         failed = [i for i, o in enumerate(outcomes) if isinstance(o, _Failed)]
         if failed:
-            ran = len(records) - len(failed) - (len(records) - len(batch) - len(alone))
-            self._judge(failed, records, held, outcomes, succeeded=ran > 0)
+            # evidence that the system works: a record the stage turned into an output (a
+            # DataError outcome proves nothing: a GPU out of memory rejects nothing as bad)
+            worked = any(i in batch or i in alone for i, o in enumerate(outcomes)
+                         if not isinstance(o, (_Failed, DataError)))
+            self._judge(failed, records, held, outcomes, succeeded=worked)
         self._healthy()
         if self.journal:
             self.journal.forget(held)
+            if self.journal.error != self._journal_error:
+                self._journal_error = self.journal.error
+                self.counters.set_fault("crash_journal", self.journal.error)
         judged: list[Outcome] = []
         for outcome in outcomes:
             assert not isinstance(outcome, _Failed)  # every failure was judged
@@ -232,6 +276,8 @@ class RecordFaults:
         except SystemicError as exc:
             self._report(exc.fault)
             raise
+        except TransientError:
+            raise  # broker, database or disk away: the loop rewinds and retries the batch
         except DataError as exc:
             if len(indexes) == 1:
                 return [exc]
@@ -266,6 +312,9 @@ class RecordFaults:
                 else:
                     outcomes[i] = outcome
             log.info("records retried alone", extra={"attempt": attempt, "failing": len(failed)})
+        if failed and self.stop.is_set:  # stopped before the last attempt: judge nothing
+            raise TransientError("stopped while records were being retried; they are read "
+                                 "again from the last commit")
         if failed and not succeeded:
             self._systemic(outcomes[failed[0]])
         for i in failed:

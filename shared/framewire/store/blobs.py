@@ -12,6 +12,7 @@ without the path being opened; what is read must match the SHA-256 in its name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from framewire.errors import DataError, TransientError
+from framewire.errors import DataError, SystemicError, TransientError
 
 _BLOB_NAME = re.compile(r"^(?P<digest>[0-9a-f]{64})\.bin$")
 # the largest blob a reader takes: frames are capped at ingest (max_upload_bytes, 20 MiB by
@@ -40,15 +41,22 @@ class BlobStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / digest[:2] / digest[2:4] / f"{digest}.bin"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # write then rename, so a reader never sees a half-written blob
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            tmp = None
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # write then rename, so a reader never sees a half-written blob
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
                 with os.fdopen(fd, "wb") as out:
                     out.write(data)
                 os.replace(tmp, path)
             except OSError as exc:
-                Path(tmp).unlink(missing_ok=True)
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # every blob would fail: pause
+                    raise SystemicError(
+                        f"the blob store {self.root} is full ({exc.strerror}): paused, nothing "
+                        "dead-lettered; free space there (or move FRAMEWIRE_BLOB_DIR) and it "
+                        "resumes by itself") from exc
                 raise TransientError(f"could not write blob {path}: {exc}") from exc
         return path.as_uri(), digest
 
