@@ -211,3 +211,20 @@ def test_a_full_blob_store_is_a_systemic_fault_for_every_stage_not_a_bad_record(
         BlobStore(full_disk.root).put(b"pixels" * 50_000)
     assert "resumes by itself" in raised.value.fault
     assert [p.name for p in full_disk.root.rglob(".tmp-*")] == []  # nothing half-written left
+
+
+def test_a_frame_refused_as_too_large_is_dead_lettered_without_its_bytes(site: Site):
+    from framewire.contracts import DeadLetter
+    from framewire.ops.status import dead_letters
+
+    site.env["FRAMEWIRE_MAX_UPLOAD_BYTES"] = "2048"
+    ingest = Ingest(site.settings, stop=StopSignal(install=False))
+    big = jpeg(synthetic_frame(3))
+    assert len(big) > 2048
+    assert not ingest.offer("cam-big", CapturedImage(big, utcnow(), "test"))
+    ingest.close()
+    wait_until(lambda: dead_letters(site.settings), 30, "the dead letter")
+    [(_, letter)] = dead_letters(site.settings)
+    assert isinstance(letter, DeadLetter) and letter.code == "too_large"
+    assert (letter.payload, letter.payload_uri) == (None, None)
+    assert not list(site.settings.resolved_blob_dir.rglob("*.bin"))  # nothing kept on disk

@@ -114,8 +114,10 @@ class Ingest:
             return self.ingestor.capture(camera_id, image)
         except DataError as exc:
             try:
+                # a frame refused as too large is not kept: its bytes would fill the disk
+                payload = None if exc.code == "too_large" else image.data
                 with self.lock:
-                    self.publisher.dead_letter(exc, payload=image.data, key=camera_id.encode(),
+                    self.publisher.dead_letter(exc, payload=payload, key=camera_id.encode(),
                                                camera_id=camera_id, source=None)
             except (OSError, TransientError) as write_exc:  # the letter's payload blob
                 raise blob_write_failed(write_exc, self.ingestor.blobs.root) from write_exc

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from framewire.config import Settings, load_settings
 from framewire.errors import ConfigError, FramewireError, TransientError
+from framewire.secrets import mask_url, masked_settings
 from framewire.telemetry.logs import setup_logging
 
 app = typer.Typer(
@@ -25,9 +26,10 @@ log = logging.getLogger(__name__)
 
 
 def settings_for(service: str = "cli") -> Settings:
-    """Load settings and set up logging for this process."""
+    """Load settings and set up logging for this process; log them, secrets masked."""
     settings = load_settings()
     setup_logging(service, settings.log_level if service != "cli" else "WARNING")
+    log.info("effective config", extra={"settings": masked_settings(settings)})
     return settings
 
 
@@ -74,7 +76,7 @@ def run(
                      parse_replicas(settings, replicas))
     console.print(f"[bold]Framewire[/] home={settings.home.resolve()} "
                   f"broker={settings.bootstrap_servers} ({_broker_kind(settings)}) "
-                  f"db={settings.resolved_database_url}")
+                  f"db={mask_url(settings.resolved_database_url)}")
     stop = _stop_on_signals()
     try:
         sup.start()
@@ -280,6 +282,7 @@ def topics(
 
 
 from framewire.cli import bench as _bench  # noqa: E402,F401
+from framewire.cli import erase as _erase  # noqa: E402,F401
 from framewire.cli import publish as _publish  # noqa: E402,F401  (registers commands)
 from framewire.cli import recover as _recover  # noqa: E402,F401
 from framewire.cli import topology as _topology  # noqa: E402,F401
@@ -289,6 +292,9 @@ from framewire.cli import views as _views  # noqa: E402,F401
 
 def main() -> None:
     """Console entry point: friendly messages for configuration and runtime errors."""
+    # every service and command starts here: what it creates (home, logs, databases, blobs)
+    # is its user's alone, 0700 folders and 0600 files
+    os.umask(0o077)
     try:
         app()
     except ConfigError as exc:
