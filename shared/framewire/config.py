@@ -198,6 +198,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="settings of stages that are not Framewire's own, "
         "per stage name (e.g. FRAMEWIRE_STAGE_OPTIONS__CONFIDENT__MIN_SCORE=0.6)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    accept_agpl_models: bool = Field(
+        False, description="start a model whose manifest licence is AGPL (its terms reach a "
+        "site serving its results over a network); `framewire licenses` lists what runs")
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -283,6 +283,7 @@ def topics(
 
 from framewire.cli import bench as _bench  # noqa: E402,F401
 from framewire.cli import erase as _erase  # noqa: E402,F401
+from framewire.cli import licenses as _licenses  # noqa: E402,F401
 from framewire.cli import publish as _publish  # noqa: E402,F401  (registers commands)
 from framewire.cli import recover as _recover  # noqa: E402,F401
 from framewire.cli import topology as _topology  # noqa: E402,F401

@@ -28,6 +28,11 @@ class ModelManifest(BaseModel):
     # Each description is the fix quoted in validation errors: "set it to <description>".
     name: str = Field(min_length=1, description="a short name such as centerface")
     version: str = Field(min_length=1, description="a version string such as 1.5.0")
+    license: str | None = Field(
+        default=None, min_length=1,
+        description="the model's SPDX licence id, e.g. MIT or AGPL-3.0-only (an AGPL model "
+        "starts only with accept_agpl_models)",
+    )
     path: str = Field(
         min_length=1,
         description="an .onnx file (relative to the manifest) or package:MODULE/FILE",
@@ -90,8 +95,16 @@ def _manifest_error(source: str, exc: ValidationError) -> ConfigError:
     return ConfigError(f"Model manifest {source} is invalid: " + "; ".join(problems))
 
 
-def load_manifest(name_or_path: str) -> ModelManifest:
-    """Load a built-in manifest by name (e.g. "centerface") or a manifest YAML by path."""
+def builtin_models() -> list[str]:
+    """The names of the built-in manifests, sorted."""
+    return sorted(_builtin_manifests())
+
+
+def load_manifest(name_or_path: str, *, require_file: bool = True) -> ModelManifest:
+    """Load a built-in manifest by name (e.g. "centerface") or a manifest YAML by path.
+
+    ``require_file=False`` skips the check that the model file exists (a licence report).
+    """
     builtins = _builtin_manifests()
     if name_or_path in builtins:
         builtin = builtins[name_or_path]
@@ -123,8 +136,26 @@ def load_manifest(name_or_path: str) -> ModelManifest:
         manifest = ModelManifest.model_validate(raw)
     except ValidationError as exc:
         raise _manifest_error(source, exc) from exc
-    model_file(manifest)
+    if require_file:
+        model_file(manifest)
     return manifest
+
+
+def is_agpl(manifest: ModelManifest) -> bool:
+    """True when the manifest's licence is an AGPL one (any SPDX id naming AGPL)."""
+    return manifest.license is not None and "AGPL" in manifest.license.upper()
+
+
+def check_licence(manifest: ModelManifest, accept_agpl: bool) -> None:
+    """ConfigError for an AGPL model unless the site accepted AGPL models."""
+    if is_agpl(manifest) and not accept_agpl:
+        raise ConfigError(
+            f"Model {manifest.name} is licensed {manifest.license}: the AGPL obliges a site "
+            "that serves the model's results over a network to offer the model's source to "
+            "its users, so Framewire does not start it by default. If your site accepts those "
+            "terms, set accept_agpl_models: true (FRAMEWIRE_ACCEPT_AGPL_MODELS=true); else "
+            "choose a model under another licence (FRAMEWIRE_INFERENCE__MODEL)."
+        )
 
 
 def model_file(manifest: ModelManifest) -> Traversable:
