@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from framewire.config import Settings
 from framewire.contracts import InferenceResult, utcnow
+from framewire.ops.sweeper import Sweeper
 from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
 from framewire.services.storage import STAGE
@@ -20,6 +21,8 @@ class StorageStage(Stage):
         super().__init__(settings)
         self.db = open_database(settings.resolved_database_url)
         self.end_to_end = service_metrics().end_to_end_seconds
+        # what is past its retention is deleted while results are stored
+        self.sweeper = Sweeper(settings).start()
 
     def process(self, records: list[InferenceResult]) -> list[Outcome]:
         self.db.upsert_results(records)
@@ -29,4 +32,5 @@ class StorageStage(Stage):
         return [None] * len(records)
 
     def close(self) -> None:
+        self.sweeper.close()
         self.db.close()

@@ -107,6 +107,16 @@ class CameraSettings(BaseModel):
     url: str
     fps: float | None = Field(None, gt=0, le=240)
     loop: bool = False
+    retention: str | None = Field(
+        None, description="how long this camera's results, detections, spans and blobs are "
+        "kept (e.g. 7d, 12h); unset = data_retention")
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_is_a_duration(cls, value: str | None) -> str | None:
+        if value is not None and duration_ms(value) <= 0:
+            raise ValueError(f"{value!r}: give a positive duration such as 7d or 12h")
+        return value
 
 
 class Settings(BaseSettings):
@@ -179,6 +189,15 @@ class Settings(BaseSettings):
     restart_count: int = Field(0, ge=0, description="set by the supervisor for its children")
     recent_crashes: int = Field(0, ge=0, description="set by the supervisor: how many times "
                                 "this process's slot exited in the last 5 minutes")
+    data_retention: str = Field(
+        "30d", description="how long results, detections, spans, stored frames and dead-letter "
+        "payloads are kept (per camera: cameras[].retention); the storage service's sweeper "
+        "deletes what is older every sweep_interval_s")
+    log_max_mb: int = Field(50, ge=1, le=100_000, description="framewire run rotates a "
+                            "process's log past this size (logs/NAME.log.1 ...)")
+    log_backups: int = Field(3, ge=0, le=100, description="rotated copies kept per log")
+    sweep_interval_s: float = Field(300.0, gt=0, le=86_400, description="how often storage "
+                                    "sweeps what is past its retention")
     poison_pill_limit: int = Field(
         3, ge=1, le=20, description="a record is dead-lettered after its stage's process died "
         "this many times while working on it (crash_loop), or after this many failed attempts "
@@ -211,6 +230,13 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{server!r} is not HOST:PORT; write e.g. 127.0.0.1:9092 or a comma list"
                 )
+        return value
+
+    @field_validator("data_retention")
+    @classmethod
+    def _data_retention_is_a_duration(cls, value: str) -> str:
+        if duration_ms(value) <= 0:
+            raise ValueError(f"{value!r}: give a positive duration such as 30d or 12h")
         return value
 
     @field_validator("retention")

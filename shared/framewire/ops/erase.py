@@ -59,23 +59,37 @@ def erase_camera(settings: Settings, camera_id: str,
                  before: datetime | None = None) -> ErasureReport:
     """Remove what the site keeps of ``camera_id`` (only what is older than ``before``)."""
     report = ErasureReport(camera_id, before)
-    blobs = BlobStore(settings.resolved_blob_dir)
-    uris: set[str] = set()
-    with open_database(settings.resolved_database_url) as db:
-        frame_ids = _erase_results(db, camera_id, before, report, uris)
-    with open_database(settings.resolved_span_database_url) as spans:
-        _erase_spans(spans, camera_id, frame_ids, before, report)
     mine, others = _uris_on_topics(settings, camera_id, before, report)
-    uris |= mine
-    # content-addressed: the same bytes from another camera are the same blob, and stay
-    uris -= others
-    with open_database(settings.resolved_database_url) as db, db.engine.connect() as conn:
-        uris -= {r.image_uri for r in conn.execute(sa.select(result_table.c.image_uri).where(
-            result_table.c.image_uri.in_(sorted(uris))))} if uris else set()
-    for uri in sorted(uris):
-        report.counts["blobs"] += _remove_blob(blobs, uri)
+    _erase(settings, report, mine, others)
     log.warning("camera erased", extra={"camera_id": camera_id, **report.counts})
     return report
+
+
+def erase_rows(settings: Settings, camera_id: str, before: datetime) -> ErasureReport:
+    """What the retention sweeper removes of a camera: rows, spans and the original frames
+    its results name, older than ``before`` (no topic is read)."""
+    report = ErasureReport(camera_id, before)
+    _erase(settings, report, set(), set())
+    return report
+
+
+def _erase(settings: Settings, report: ErasureReport, uris: set[str], others: set[str]) -> None:
+    """Rows, spans, then the blobs in ``uris`` and those the erased rows named, except what
+    ``others`` or a remaining row still names (the store is content-addressed: the same bytes
+    from another camera are the same blob)."""
+    with open_database(settings.resolved_database_url) as db:
+        frame_ids = _erase_results(db, report.camera_id, report.before, report, uris)
+    with open_database(settings.resolved_span_database_url) as spans:
+        _erase_spans(spans, report.camera_id, frame_ids, report.before, report)
+    uris -= others
+    if uris:
+        with open_database(settings.resolved_database_url) as db, db.engine.connect() as conn:
+            uris -= {r.image_uri for r in conn.execute(sa.select(result_table.c.image_uri)
+                                                       .where(result_table.c.image_uri.in_(
+                                                           sorted(uris))))}
+    blobs = BlobStore(settings.resolved_blob_dir)
+    for uri in sorted(uris):
+        report.counts["blobs"] += _remove_blob(blobs, uri)
 
 
 def _erase_results(db: Database, camera_id: str, before: datetime | None,

@@ -22,11 +22,14 @@ from framewire.broker.client import (
 )
 from framewire.broker.cluster import KafkaCluster, KafkaNode
 from framewire.config import CRASH_LOOP_EXITS, CRASH_LOOP_WINDOW_S, Settings
+from framewire.ops.logrotate import rotate_logs
 from framewire.procutil import die_with_parent
 from framewire.retry import Backoff
 from framewire.topology import stage_settings, topology
 
 log = logging.getLogger(__name__)
+# how often the logs' sizes are checked for rotation
+LOG_CHECK_S = 10.0
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Supervisor:
         self.broker: EmbeddedBroker | None = None
         self.kafka: KafkaCluster | None = None
         self._node_restart_at: dict[int, float] = {}
+        self._rotated_at = 0.0
         self.children = []
         site = topology(settings)
         self.sources = {s.name for s in site.sources}
@@ -125,6 +129,10 @@ class Supervisor:
             broker.start()
             ensure_topics(self.settings)
         events += self._restart_kafka_nodes(now)
+        if now - self._rotated_at > LOG_CHECK_S:
+            self._rotated_at = now
+            rotate_logs(self.logs, self.settings.log_max_mb * 1024 * 1024,
+                        self.settings.log_backups)
         for child in self.children:
             proc = child.process
             if proc is not None and proc.poll() is None:

@@ -33,6 +33,7 @@ class ServiceMetrics:
     cpu_per_1000: Gauge
     host_watts: Gauge
     gpu_watts: Gauge
+    swept: Counter
     model: Info
 
 
@@ -66,6 +67,8 @@ def service_metrics() -> ServiceMetrics:
         gpu_watts=Gauge("framewire_gpu_power_watts",
                         "Power of the GPU this process runs its model on (NVML) over the last "
                         "minute", ["service"]),
+        swept=Counter("framewire_swept", "What the retention sweeper deleted, by kind (results, "
+                      "detections, cameras, spans, blobs)", ["kind"]),
         model=Info("framewire_model", "Model and ONNX Runtime provider in use"),
     )
 
