@@ -69,7 +69,7 @@ def _worker(index: int, workers: int, files: dict[str, list[Path]], duration_s: 
     settings.inference.intra_op_threads = 1
     frames = read_frames(files)
     cameras = sorted(frames)
-    ingestor = FrameIngestor(BlobStore(settings.resolved_blob_dir), settings.max_upload_bytes,
+    ingestor = FrameIngestor(BlobStore.from_settings(settings), settings.max_upload_bytes,
                              settings.max_inline_bytes)
     preprocess, inference = PreprocessStage(settings), InferenceStage(settings)
     storage = StorageStage(settings)

@@ -118,7 +118,7 @@ def prepared_frames(files: dict[str, list[Path]], settings: Any, per_camera: int
     from framewire.services.preprocess.stage import PreprocessStage
     from framewire.store.blobs import BlobStore
 
-    ingestor = FrameIngestor(BlobStore(settings.resolved_blob_dir), settings.max_upload_bytes,
+    ingestor = FrameIngestor(BlobStore.from_settings(settings), settings.max_upload_bytes,
                              settings.max_inline_bytes)
     stage = PreprocessStage(settings)
     out = []

@@ -44,7 +44,7 @@ class InferenceStage(Stage):
         threads = cfg.decode_threads or (
             1 if self.detector.provider == CPU_PROVIDER else min(4, usable_cores()))
         self._decoders = ThreadPoolExecutor(threads, "decode") if threads > 1 else None
-        self.blobs = BlobStore(settings.resolved_blob_dir)
+        self.blobs = BlobStore.from_settings(settings)
         service_metrics().model.info({"model": self.manifest.name,
                                       "version": self.manifest.version,
                                       "provider": self.detector.provider})

@@ -40,7 +40,7 @@ class PreprocessStage(Stage):
         manifest = load_manifest(settings.inference.model)
         self.width, self.height = manifest.input_width, manifest.input_height
         self.frozen = FrozenDetector()
-        self.blobs = BlobStore(settings.resolved_blob_dir)
+        self.blobs = BlobStore.from_settings(settings)
 
     @property
     def output_compression(self) -> str:

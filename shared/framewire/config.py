@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from framewire.contracts import CAMERA_ID_PATTERN
@@ -162,6 +162,13 @@ class Settings(BaseSettings):
     kafka: dict[str, Any] = Field(default_factory=dict)
     database_url: str | None = None
     blob_dir: Path | None = None
+    blob_keys_file: Path | None = Field(
+        None, description="encrypt blobs at rest (AES-256-GCM) with the keys of this file "
+        "(mode 0600), one KEYID:BASE64KEY a line: the first writes, the others are still "
+        "read (rotation); unset, and no blob_key = blobs in clear")
+    blob_key: SecretStr | None = Field(
+        None, description="KEYID:BASE64KEY, the current blob key, from FRAMEWIRE_BLOB_KEY "
+        "only (refused in the config file); blob_keys_file keys are still read")
     max_inline_bytes: int = Field(900_000, ge=1024, le=64 * 1024 * 1024)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1)
@@ -261,6 +268,14 @@ class Settings(BaseSettings):
                                  f"{', '.join(site.topics)}")
         for name in self.stage_options:
             stage_settings(self, site.stage(name))
+        return self
+
+    @model_validator(mode="after")
+    def _blob_keys_readable(self) -> Settings:
+        from framewire.store.blobs import load_blob_keys
+
+        load_blob_keys(self.blob_key.get_secret_value() if self.blob_key else None,
+                       self.blob_keys_file)
         return self
 
     @model_validator(mode="after")
@@ -403,6 +418,10 @@ class _YamlSource(PydanticBaseSettingsSource):
             return {}
         if not isinstance(data, dict):
             raise ConfigError(f"FRAMEWIRE_CONFIG={path!r} must hold a mapping of settings")
+        if "blob_key" in data:
+            raise ConfigError(f"FRAMEWIRE_CONFIG={path!r} holds blob_key in clear, which is "
+                              "refused: remove it, and give the key as FRAMEWIRE_BLOB_KEY or in "
+                              "a blob_keys_file of mode 0600")
         return data
 
 

@@ -57,7 +57,7 @@ class Ingest:
         self.settings = settings
         self.stop = stop or StopSignal()
         self.publisher = publisher or Publisher(settings, self.name)
-        self.ingestor = FrameIngestor(BlobStore(settings.resolved_blob_dir),
+        self.ingestor = FrameIngestor(BlobStore.from_settings(settings),
                                       settings.max_upload_bytes, settings.max_inline_bytes)
         self.placement = CameraPlacement(settings.home / "camera-partitions.json")
         self.lock = threading.Lock()

@@ -87,7 +87,7 @@ def _erase(settings: Settings, report: ErasureReport, uris: set[str], others: se
             uris -= {r.image_uri for r in conn.execute(sa.select(result_table.c.image_uri)
                                                        .where(result_table.c.image_uri.in_(
                                                            sorted(uris))))}
-    blobs = BlobStore(settings.resolved_blob_dir)
+    blobs = BlobStore.from_settings(settings)
     for uri in sorted(uris):
         report.counts["blobs"] += _remove_blob(blobs, uri)
 

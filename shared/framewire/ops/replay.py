@@ -54,7 +54,7 @@ def replay(settings: Settings, letters: list[tuple[Any, DeadLetter]]) -> Counter
     from framewire.capture.sources import CapturedImage
     from framewire.runtime import Publisher, StopSignal
 
-    blobs = BlobStore(settings.resolved_blob_dir)
+    blobs = BlobStore.from_settings(settings)
     publisher = Publisher(settings, "replay")
     ingest: Ingest | None = None
     outcome: Counter[str] = Counter()

@@ -53,7 +53,7 @@ def sweep(settings: Settings, now: datetime | None = None) -> dict[str, int]:
 def _sweep_orphans(settings: Settings, now: datetime) -> int:
     """Blobs no result names, older than ``data_retention`` (by their file's time)."""
     cutoff = (now - timedelta(milliseconds=duration_ms(settings.data_retention))).timestamp()
-    blobs = BlobStore(settings.resolved_blob_dir)
+    blobs = BlobStore.from_settings(settings)
     old = [p for p in blobs.root.glob("??/??/*.bin") if p.stat().st_mtime < cutoff]
     if not old:
         return 0

@@ -38,7 +38,7 @@ class Publisher:
                  auto_compression: str = "none") -> None:
         self.settings, self.service = settings, service
         self.codec = codec or make_codec(settings.schema_registry_url)
-        self.blobs = blobs or BlobStore(settings.resolved_blob_dir)
+        self.blobs = blobs or BlobStore.from_settings(settings)
         self.counters = Counters()
         self.telemetry = Telemetry(service, settings)
         self.metrics = service_metrics()
