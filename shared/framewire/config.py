@@ -8,6 +8,7 @@ librdkafka properties pass through unchanged in ``kafka``
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from framewire.contracts import CAMERA_ID_PATTERN
 from framewire.errors import ConfigError
+from framewire.secrets import is_secret_setting, mask_url, masked_value
 
 _DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -104,7 +106,7 @@ class CameraSettings(BaseModel):
     """A camera ingest reads by itself (``framewire publish`` covers one-off sources)."""
 
     camera_id: str = Field(pattern=CAMERA_ID_PATTERN.pattern)
-    url: str
+    url: str = Field(description="file, folder or camera URL; shown masked (mask_url)")
     fps: float | None = Field(None, gt=0, le=240)
     loop: bool = False
     retention: str | None = Field(
@@ -117,6 +119,11 @@ class CameraSettings(BaseModel):
         if value is not None and duration_ms(value) <= 0:
             raise ValueError(f"{value!r}: give a positive duration such as 7d or 12h")
         return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # a camera URL may carry a password or a token: the repr of settings shows it masked
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "url" else value
 
 
 class Settings(BaseSettings):
@@ -159,8 +166,12 @@ class Settings(BaseSettings):
         None, ge=1, le=10_000, description="partitions per data topic; unset = 12, or on the "
         "embedded broker 2 per usable core (4 to 12)")
     schema_registry_url: str | None = None
-    kafka: dict[str, Any] = Field(default_factory=dict)
-    database_url: str | None = None
+    kafka: dict[str, Any] = Field(
+        default_factory=dict, description="librdkafka properties, passed through; secret ones "
+        "(sasl.password, ssl.key.password...) are kept as SecretStr and shown masked")
+    database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL; unset = SQLite under home. Shown with its password "
+        "masked")
     blob_dir: Path | None = None
     blob_keys_file: Path | None = Field(
         None, description="encrypt blobs at rest (AES-256-GCM) with the keys of this file "
@@ -238,6 +249,13 @@ class Settings(BaseSettings):
                     f"{server!r} is not HOST:PORT; write e.g. 127.0.0.1:9092 or a comma list"
                 )
         return value
+
+    @field_validator("kafka")
+    @classmethod
+    def _kafka_secrets_hidden(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # client_config() reveals them for librdkafka; everything else sees SecretStr
+        return {k: SecretStr(str(v)) if is_secret_setting(k) and not isinstance(v, SecretStr)
+                else v for k, v in value.items()}
 
     @field_validator("data_retention")
     @classmethod
@@ -338,7 +356,9 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         """The database to use: configured, or SQLite under ``home``."""
-        return self.database_url or f"sqlite:///{(self.home / 'framewire.db').resolve()}"
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.home / 'framewire.db').resolve()}"
 
     @property
     def resolved_span_database_url(self) -> str:
@@ -442,7 +462,7 @@ def describe_validation_error(exc: ValidationError) -> str:
             lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
             continue
         env = "FRAMEWIRE_" + "__".join(str(p) for p in err["loc"]).upper()
-        value = err.get("input")
+        value = masked_value(str(err["loc"][-1]), err.get("input"))
         lines.append(
             f"  {loc} = {value!r}: {err['msg']} (set {env} or '{loc}' in the FRAMEWIRE_CONFIG file)"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import os
@@ -18,8 +19,8 @@ from framewire.capture.sources import (
     CapturedImage,
     Pacer,
     open_source,
-    redact,
     rtsp_capture,
+    snapshot_request,
 )
 from framewire.errors import ConfigError
 from framewire.retry import Backoff
@@ -201,9 +202,12 @@ def test_rtsp_transport_defaults_to_udp_and_follows_the_scheme_or_the_environmen
     assert rtsp_capture(location, inherited) == (url, options)
 
 
-def test_redact_hides_the_password_but_keeps_user_host_and_port() -> None:
-    assert redact("rtsp://admin:hunter2@10.0.0.5:554/s1") == "rtsp://admin:***@10.0.0.5:554/s1"
-    assert redact("rtsp://10.0.0.5/s1") == "rtsp://10.0.0.5/s1"
+def test_snapshot_request_sends_the_urls_user_and_password_as_basic_auth() -> None:
+    request = snapshot_request("http://admin:p%40ss@10.0.0.5:8080/snap.jpg?ch=1")
+    assert request.full_url == "http://10.0.0.5:8080/snap.jpg?ch=1"
+    assert request.get_header("Authorization") == "Basic " + base64.b64encode(
+        b"admin:p@ss").decode()
+    assert not snapshot_request("http://10.0.0.5/snap.jpg").has_header("Authorization")
 
 
 def test_rtsp_open_sets_the_ffmpeg_options_only_while_opening(

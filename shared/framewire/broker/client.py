@@ -33,6 +33,7 @@ from confluent_kafka.admin import (
 from framewire.config import Settings
 from framewire.errors import ConfigError, TransientError
 from framewire.procutil import die_with_parent
+from framewire.secrets import reveal
 from framewire.topology import topology
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,12 @@ def client_config(settings: Settings, defaults: dict[str, Any] | None = None,
     """librdkafka properties: servers, ``defaults``, the user's ``kafka`` settings, ``fixed``.
 
     The user's settings override Framewire's defaults (tuning, TLS, SASL); ``fixed`` holds
-    what the code depends on (group ids, callbacks, manual commits).
+    what the code depends on (group ids, callbacks, manual commits). Secret properties are
+    revealed here, for librdkafka only: never log the result.
     """
     conf: dict[str, Any] = {"bootstrap.servers": settings.client_bootstrap_servers}
     conf.update(defaults or {})
-    conf.update(settings.kafka)
+    conf.update({key: reveal(value) for key, value in settings.kafka.items()})
     conf.update(fixed)
     return conf
 

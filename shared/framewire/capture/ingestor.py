@@ -13,6 +13,7 @@ from framewire.capture.sources import CapturedImage
 from framewire.contracts import FrameCaptured, FrameHeader, utcnow
 from framewire.errors import DataError, SystemicError, TransientError
 from framewire.pixels.imageinfo import sniff_image
+from framewire.secrets import mask_url
 from framewire.store.blobs import BlobStore, inline_or_reference
 
 # a write refused for want of room: the disk (or the user's quota) is full
@@ -79,6 +80,7 @@ class FrameIngestor:
             header=FrameHeader(frame_id=str(ULID()), camera_id=camera_id, seq=seq,
                                captured_at=image.captured_at, ingested_at=utcnow(),
                                image_uri=uri),
-            source=image.source, content_type=info.content_type, width=info.width,
+            # a source masks its URL already; this is the records' guarantee (plug-in sources)
+            source=mask_url(image.source), content_type=info.content_type, width=info.width,
             height=info.height, image=inline, image_sha256=digest,
         )

@@ -26,12 +26,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from base64 import b64encode
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -39,6 +40,7 @@ import numpy as np
 from framewire.contracts import utcnow
 from framewire.errors import ConfigError
 from framewire.retry import Backoff
+from framewire.secrets import mask_url
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +116,17 @@ def encode_jpeg(frame: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs and ``CapturedImage.source``."""
+def snapshot_request(url: str) -> urllib.request.Request:
+    """A request for ``url``; its ``user:password@`` becomes HTTP basic authentication
+    (urllib would take it for part of the host, and name the password in its errors)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host_port = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host_port}"))
+    if parts.username is None:
+        return urllib.request.Request(url)
+    host = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=host)))
+    user_pass = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    request.add_header("Authorization", "Basic " + b64encode(user_pass.encode()).decode())
+    return request
 
 
 def rtsp_capture(location: str, inherited: str | None) -> tuple[str, str]:
@@ -152,11 +158,11 @@ def open_source(
     scheme = location.partition("://")[0].lower() if "://" in location else ""
     if scheme in RTSP_SCHEMES:
         url, options = rtsp_capture(location, os.environ.get(_OPTIONS_VAR))
-        return _stream_frames(url, options, pacer, stop, Backoff(), redact(location))
+        return _stream_frames(url, options, pacer, stop, Backoff(), mask_url(location))
     if scheme in HTTP_SCHEMES:
         return _http_frames(location, fps, stop)
     if scheme:
-        raise ConfigError(f"cannot read {redact(location)!r}: unknown scheme; give {ACCEPTED}")
+        raise ConfigError(f"cannot read {mask_url(location)!r}: unknown scheme; give {ACCEPTED}")
     path = Path(location).expanduser()
     if path.is_dir():
         return _folder_images(path, loop, pacer, stop)
@@ -333,12 +339,12 @@ def _stream_frames(
 
 def _http_frames(url: str, fps: float | None, stop: threading.Event) -> Iterator[CapturedImage]:
     """A snapshot URL polled with urllib, or a stream handed to OpenCV once seen to be one."""
-    source = redact(url)
+    source = mask_url(url)
     backoff = Backoff()
     snapshot_pacer = Pacer(fps or SNAPSHOT_DEFAULT_FPS)
     while snapshot_pacer.wait(stop):
         try:
-            with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+            with urllib.request.urlopen(snapshot_request(url), timeout=HTTP_TIMEOUT_S) as response:
                 is_image = response.headers.get_content_type().startswith("image/")
                 data = response.read(SNAPSHOT_MAX_BYTES + 1) if is_image else None
             if data is not None and len(data) > SNAPSHOT_MAX_BYTES:

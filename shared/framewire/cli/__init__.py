@@ -14,7 +14,7 @@ from rich.console import Console
 
 from framewire.config import Settings, load_settings
 from framewire.errors import ConfigError, FramewireError, TransientError
-from framewire.secrets import mask_url, masked_settings
+from framewire.secrets import mask_url, mask_urls_in, masked_settings
 from framewire.telemetry.logs import setup_logging
 
 app = typer.Typer(
@@ -299,8 +299,8 @@ def main() -> None:
     try:
         app()
     except ConfigError as exc:
-        console.print(f"[red]configuration error:[/] {exc}")
+        console.print(f"[red]configuration error:[/] {mask_urls_in(str(exc))}")
         sys.exit(2)
     except FramewireError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {mask_urls_in(str(exc))}")
         sys.exit(1)

@@ -85,6 +85,8 @@ class Supervisor:
 
     def start(self) -> None:
         """Broker, topics, then every service."""
+        # private to its user: camera frames, results and logs (an existing one keeps its mode)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         host, _, port = self.settings.bootstrap_servers.split(",")[0].rpartition(":")
         if self.settings.on_tansu:

@@ -14,6 +14,7 @@ from framewire.contracts.codec import Codec
 from framewire.errors import DataError
 from framewire.runtime.heartbeat import Counters
 from framewire.runtime.producer import Delivery, Headers, TrackedProducer
+from framewire.secrets import mask_urls_in
 from framewire.store.blobs import BlobStore, inline_or_reference
 from framewire.telemetry.metrics import ServiceMetrics
 from framewire.telemetry.tracing import Telemetry, extract
@@ -39,7 +40,9 @@ class DeadLetters:
         """Send a record that could not be processed to the dead-letter topic, with the reason.
 
         The frame's trace ends in an error span with the reason (kept even when unsampled).
+        URLs in the reason are masked: a letter is read by whoever reads the topic.
         """
+        reason = mask_urls_in(error.reason)
         inline, uri = payload, None
         if payload is not None:
             inline, uri, _ = inline_or_reference(payload, self.settings.max_inline_bytes,
@@ -47,7 +50,7 @@ class DeadLetters:
         if camera_id is None and key:
             camera_id = key.decode(errors="replace")
         letter = DeadLetter(
-            service=self.service, code=error.code, reason=error.reason, failed_at=utcnow(),
+            service=self.service, code=error.code, reason=reason, failed_at=utcnow(),
             source_topic=source[0] if source else None,
             source_partition=source[1] if source else None,
             source_offset=source[2] if source else None,
@@ -55,8 +58,8 @@ class DeadLetters:
         )
         parent = trace.set_span_in_context(span) if span is not None else extract(headers)
         if span is not None:
-            span.set_status(Status(StatusCode.ERROR, error.reason))
-        self.telemetry.record_dead_letter(parent, error.code, error.reason, {
+            span.set_status(Status(StatusCode.ERROR, reason))
+        self.telemetry.record_dead_letter(parent, error.code, reason, {
             "framewire.frame_id": frame_id or "", "framewire.camera_id": camera_id or "",
             "messaging.destination.name": self.settings.topic("deadletter")})
         self.output.produce(self.settings.topic("deadletter"), self.codec.encode(letter),
@@ -65,7 +68,7 @@ class DeadLetters:
         self.metrics.dead_lettered.labels(self.service, error.code).inc()
         span_ctx = trace.get_current_span(parent).get_span_context() if parent else None
         log.warning("dead-lettered", extra={
-            "code": error.code, "reason": error.reason, "camera_id": camera_id,
+            "code": error.code, "reason": reason, "camera_id": camera_id,
             "frame_id": frame_id,
             "trace_id": format(span_ctx.trace_id, "032x") if span_ctx else None,
             "span_id": format(span_ctx.span_id, "016x") if span_ctx else None})

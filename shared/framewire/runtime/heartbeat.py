@@ -21,6 +21,7 @@ from framewire.contracts import ServiceHeartbeat, utcnow
 from framewire.contracts.codec import Codec
 from framewire.errors import TransientError
 from framewire.runtime.producer import TrackedProducer
+from framewire.secrets import mask_urls_in
 from framewire.telemetry.energy import EnergyCounters
 from framewire.telemetry.metrics import CostWindow, ServiceMetrics, start_metrics_server
 
@@ -56,9 +57,9 @@ class Counters:
 
     def set_fault(self, key: str, message: str | None) -> None:
         """Report (``message``) or clear (None) the fault named ``key``; faults are kept in
-        the order they were first reported, one per key."""
+        the order they were first reported, one per key; URLs in them are masked."""
         kept = [f for f in self.faults if not f.startswith(f"{key}: ")]
-        self.faults = kept + [f"{key}: {message}"] if message else kept
+        self.faults = kept + [f"{key}: {mask_urls_in(message)}"] if message else kept
 
 
 def report_broker_error(err: KafkaError, counters: Counters, servers: str) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.pool import StaticPool
 
 from framewire.contracts import Detection, InferenceResult, utcnow
 from framewire.errors import ConfigError, SystemicError, TransientError
+from framewire.secrets import mask_url
 from framewire.store.dberrors import translate_db_error
 from framewire.store.tables import (
     DETECTION_FIELDS,
@@ -272,7 +273,8 @@ def open_database(url: str) -> Database:
     try:
         parsed = sa.make_url(url)
     except ArgumentError as err:
-        raise ConfigError(f"database url {url!r} is not a URL: use {URL_EXAMPLES}") from err
+        raise ConfigError(f"database url {mask_url(url)!r} is not a URL: use "
+                          f"{URL_EXAMPLES}") from err
     where = parsed.render_as_string(hide_password=True)
     if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
         engine = _sqlite_engine(parsed)

@@ -1,4 +1,6 @@
-"""Structured logging: JSON lines when stderr is not a terminal, readable lines when it is."""
+"""Structured logging: JSON lines when stderr is not a terminal, readable lines when it is.
+
+Every line has the URLs in it masked (``mask_url``): no password or token reaches a log."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from framewire.secrets import mask_urls_in
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _COLOURS = {"DEBUG": "\033[2m", "WARNING": "\033[33m", "ERROR": "\033[31m",
@@ -32,7 +36,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return mask_urls_in(json.dumps(entry, default=str))
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -51,7 +55,7 @@ class ConsoleFormatter(logging.Formatter):
         line = f"{ts} {level} {self.service:<10} {record.getMessage()} \033[2m{extras}{_RESET}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line.rstrip()
+        return mask_urls_in(line.rstrip())
 
 
 def setup_logging(service: str, level: str = "INFO", json_lines: bool | None = None) -> None:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
+from framewire.secrets import mask_urls_in
 from framewire.store.db import Database, span_table
 
 
@@ -33,6 +34,10 @@ class StoredSpan:
         return (self.end_ns - self.start_ns) / 1e6
 
 
+def _masked(value: Any) -> Any:
+    return mask_urls_in(value) if isinstance(value, str) else value
+
+
 def _row(span: ReadableSpan) -> dict[str, Any]:
     ctx = span.get_span_context()
     assert ctx is not None  # finished SDK spans always have one
@@ -50,9 +55,11 @@ def _row(span: ReadableSpan) -> dict[str, Any]:
         "status": "error" if status == StatusCode.ERROR else "ok",
         "frame_id": attrs.get("framewire.frame_id"),
         "camera_id": attrs.get("framewire.camera_id"),
-        # attribute values are primitives or tuples of them (OpenTelemetry's rule)
-        "attributes": {**{k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()},
-                       **({"status.description": span.status.description}
+        # attribute values are primitives or tuples of them (OpenTelemetry's rule); URLs in
+        # them (a camera's source, an error's text) are masked
+        "attributes": {**{k: list(v) if isinstance(v, tuple) else _masked(v)
+                          for k, v in attrs.items()},
+                       **({"status.description": mask_urls_in(span.status.description)}
                           if span.status.description else {})},
     }
 
