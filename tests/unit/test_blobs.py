@@ -39,7 +39,7 @@ def test_its_own_blob_comes_back_with_or_without_the_digest(store: BlobStore):
     "file:///etc/hostname",
     "file:///dev/zero",
     "http://example.com/blob.bin",
-    "file://otherhost/tmp/x.bin",
+    "file://otherhost/srv/x.bin",
     "/etc/hostname",
     "file:///" + "a" * 64 + ".bin",
 ])
