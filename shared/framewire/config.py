@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from framewire.contracts import CAMERA_ID_PATTERN
@@ -146,6 +146,15 @@ class Settings(BaseSettings):
                               "cluster: node N listens on the bootstrap port + N - 1")
     kafka_heap_mb: int = Field(512, ge=128, le=65_536, description="Java heap of each managed "
                                "Apache Kafka node")
+    kafka_security: Literal["plaintext", "sasl_ssl"] = Field(
+        "plaintext", description="the managed Apache Kafka cluster's listeners: `sasl_ssl` = "
+        "TLS (a CA and node certificate made under home/tls) and SCRAM-SHA-512, one principal "
+        "per stage with ACLs allowing it only its own topics and group (docs/kafka.md, "
+        "\"TLS and SASL\"); for your own cluster, set the librdkafka properties in `kafka`")
+    kafka_principal: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9_]{0,39}$", description="the SCRAM user this process "
+        "connects as to a `sasl_ssl` cluster; unset = the stage's own for `framewire service "
+        "NAME`, `admin` for Framewire's tooling")
     replication_factor: int | None = Field(
         None, ge=1, le=32, description="copies of each partition; unset = min(3, brokers)")
     min_insync_replicas: int | None = Field(
@@ -307,6 +316,12 @@ class Settings(BaseSettings):
             raise ValueError(f"replication_factor={rf} needs at least {rf} brokers but "
                              f"broker_nodes={self.broker_nodes}; set FRAMEWIRE_BROKER_NODES={rf} "
                              "or lower FRAMEWIRE_REPLICATION_FACTOR")
+        if self.kafka_security != "plaintext" and not self.manages_kafka:
+            raise ValueError(f"kafka_security={self.kafka_security} secures the Apache Kafka "
+                             "cluster framewire manages (FRAMEWIRE_BROKER=kafka); for your own "
+                             "cluster set the librdkafka properties in `kafka` instead "
+                             "(security.protocol, sasl.mechanisms, sasl.username, "
+                             "sasl.password, ssl.ca.location)")
         if self.delivery == "exactly_once" and self.on_tansu:
             raise ValueError("delivery=exactly_once needs Kafka transactions, which the "
                              "embedded broker does not offer; set FRAMEWIRE_BROKER=kafka (or "

@@ -30,6 +30,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from framewire.broker.security import ADMIN, client_security, ensure_access
 from framewire.config import Settings
 from framewire.errors import ConfigError, TransientError
 from framewire.procutil import die_with_parent
@@ -55,6 +56,7 @@ def client_config(settings: Settings, defaults: dict[str, Any] | None = None,
     """
     conf: dict[str, Any] = {"bootstrap.servers": settings.client_bootstrap_servers}
     conf.update(defaults or {})
+    conf.update(client_security(settings))  # a secured managed cluster: TLS, SCRAM principal
     conf.update({key: reveal(value) for key, value in settings.kafka.items()})
     conf.update(fixed)
     return conf
@@ -241,13 +243,16 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
 
     Returns the topics created. Drift that cannot be fixed here (a different replication
     factor, more partitions than set, configs changed by hand) is logged as a warning;
-    ``framewire topics`` lists it and ``framewire topics --apply`` resets the configs.
+    ``framewire topics`` lists it and ``framewire topics --apply`` resets the configs. On a
+    secured managed cluster, ``admin`` also makes each stage's principal and ACLs here.
     """
     admin = AdminClient(client_config(settings))
     metadata = admin.list_topics(timeout=timeout_s)
     plans = topic_plans(settings, cluster_size(settings, metadata))
     wanted = [p for p in plans if p.name not in metadata.topics]
     created = _create_topics(admin, wanted, timeout_s)
+    if settings.kafka_security == "sasl_ssl" and (settings.kafka_principal or ADMIN) == ADMIN:
+        ensure_access(settings, admin, timeout_s)
     if not settings.on_tansu:  # the embedded broker cannot add partitions later
         _grow_partitions(admin, plans, metadata.topics, timeout_s)
         existed = {p.name for p in plans} - {p.name for p in wanted}

@@ -5,6 +5,9 @@ Kafka's own jars on the system's Java, and keeps its log under ``FRAMEWIRE_HOME/
 a restart keeps every topic. Node N listens for clients on the bootstrap port + N - 1 and
 for its controller quorum on the bootstrap port + nodes + N - 1.
 
+With ``security`` (``kafka_security=sasl_ssl``) clients reach the nodes over TLS with
+SASL/SCRAM and ACLs apply (``framewire.broker.security``).
+
 The jars are resolved once with Maven from ``infra/kafka/pom.xml`` into a cache folder
 (``FRAMEWIRE_KAFKA_JARS`` to use a folder you filled yourself).
 """
@@ -32,6 +35,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from framewire.broker.security import ADMIN, KafkaSecurity, write_private
 from framewire.errors import ConfigError, TransientError
 from framewire.procutil import die_with_parent
 
@@ -159,6 +163,8 @@ class KafkaCluster:
     nodes: int = 1
     heap_mb: int = 512
     log_dir: Path | None = None
+    # TLS and SASL/SCRAM listeners with ACLs (kafka_security=sasl_ssl); None = plaintext
+    security: KafkaSecurity | None = None
     members: list[KafkaNode] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -178,11 +184,20 @@ class KafkaCluster:
     def node(self, node_id: int) -> KafkaNode:
         return self.members[node_id - 1]
 
+    def admin_config(self) -> dict[str, Any]:
+        """librdkafka properties reaching the cluster as its administrator (TLS and SCRAM
+        when secured)."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security is not None:
+            conf.update(self.security.client_properties(ADMIN))
+        return conf
+
     # -- set-up ----------------------------------------------------------------------------
 
     def _cluster_id(self) -> str:
         """The id every node is formatted with; kept so a restart finds its data."""
         meta = self.folder / "cluster.json"
+        security = "plaintext" if self.security is None else "sasl_ssl"
         if meta.exists():
             saved = json.loads(meta.read_text())
             if saved.get("nodes") != self.nodes:
@@ -190,10 +205,18 @@ class KafkaCluster:
                     f"the Apache Kafka data in {self.folder} belongs to a {saved.get('nodes')}-"
                     f"node cluster, not {self.nodes}: set FRAMEWIRE_BROKER_NODES="
                     f"{saved.get('nodes')}, or remove {self.folder} to start an empty cluster")
+            # SCRAM's admin user is made when the data is formatted, so it cannot be added
+            if saved.get("security", "plaintext") != security:
+                raise ConfigError(
+                    f"the Apache Kafka data in {self.folder} was made with kafka_security="
+                    f"{saved.get('security', 'plaintext')}, not {security}: set "
+                    f"FRAMEWIRE_KAFKA_SECURITY={saved.get('security', 'plaintext')}, or remove "
+                    f"{self.folder} to start an empty cluster")
             return str(saved["cluster_id"])
         self.folder.mkdir(parents=True, exist_ok=True)
         cluster_id = new_cluster_id()
-        meta.write_text(json.dumps({"cluster_id": cluster_id, "nodes": self.nodes}))
+        meta.write_text(json.dumps({"cluster_id": cluster_id, "nodes": self.nodes,
+                                    "security": security}))
         return cluster_id
 
     def properties(self, node: KafkaNode) -> dict[str, Any]:
@@ -226,12 +249,15 @@ class KafkaCluster:
             "num.network.threads": 2,
             "num.io.threads": 4,
             "unclean.leader.election.enable": "false",
+            **(self.security.node_properties(node.host, node.port, node.controller_port)
+               if self.security is not None else {}),
         }
 
     def _write_config(self, node: KafkaNode) -> Path:
         node.folder.mkdir(parents=True, exist_ok=True)
         path = node.folder / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in self.properties(node).items()))
+        # secured, it holds the admin's password (inter-broker SCRAM): its owner's only
+        write_private(path, "".join(f"{k}={v}\n" for k, v in self.properties(node).items()))
         (self.folder / "log4j2.properties").write_text(LOG4J_CONFIG)
         return path
 
@@ -246,8 +272,9 @@ class KafkaCluster:
     def _format(self, node: KafkaNode, config: Path, cluster_id: str) -> None:
         if (node.folder / "data" / "meta.properties").exists():
             return
+        scram = self.security.format_arguments() if self.security is not None else []
         cmd = self._java("kafka.tools.StorageTool", "format", "--ignore-formatted",
-                         "-t", cluster_id, "-c", str(config), heap_mb=256)
+                         "-t", cluster_id, "-c", str(config), *scram, heap_mb=256)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise TransientError(f"formatting Apache Kafka node {node.node_id} failed: "
@@ -258,6 +285,8 @@ class KafkaCluster:
     def start(self, timeout_s: float = 120.0) -> None:
         """Start every node and wait until the cluster answers metadata with all of them."""
         cluster_id = self._cluster_id()
+        if self.security is not None:
+            self.security.prepare({n.host for n in self.members})
         for node in self.members:
             self._format(node, self._write_config(node), cluster_id)
         for node in self.members:
@@ -295,7 +324,8 @@ class KafkaCluster:
                     f"{node.process.returncode} while starting; is port {node.port} or "
                     f"{node.controller_port} in use? see {node.log_path}")
             try:
-                metadata = AdminClient({"bootstrap.servers": node.listener, "log_level": 0,
+                metadata = AdminClient({**self.admin_config(), "bootstrap.servers":
+                                        node.listener, "log_level": 0,
                                         "socket.connection.setup.timeout.ms": 1000}
                                        ).list_topics(timeout=1.0)
                 everyone = nodes is not None or len(metadata.brokers) == self.nodes

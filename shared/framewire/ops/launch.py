@@ -16,9 +16,12 @@ def run_service(name: str, settings: Settings, stop: StopSignal | None = None,
     """Run the stage ``name`` in this process until SIGTERM/SIGINT (or ``stop``).
 
     A source's entry is its ``main(settings, stop, demo)``; any other stage's is a ``Stage``
-    subclass, which the runtime's loop runs.
+    subclass, which the runtime's loop runs. Its Kafka clients connect as the stage's own
+    principal unless ``kafka_principal`` says otherwise.
     """
     spec = topology(settings).stage(name)  # ConfigError naming the stages
+    if settings.kafka_principal is None:  # on a secured cluster, each stage is its own user
+        settings = settings.model_copy(update={"kafka_principal": name})
     keep_freed_memory()
     # `kill -USR1 PID` writes every thread's stack to the service's log: what a hung one waits on
     faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -21,6 +21,7 @@ from framewire.broker.client import (
     wait_for_broker,
 )
 from framewire.broker.cluster import KafkaCluster, KafkaNode
+from framewire.broker.security import KafkaSecurity
 from framewire.config import CRASH_LOOP_EXITS, CRASH_LOOP_WINDOW_S, Settings
 from framewire.ops.logrotate import rotate_logs
 from framewire.procutil import die_with_parent
@@ -272,5 +273,6 @@ class Supervisor:
 def managed_kafka(settings: Settings, logs: Path | None = None) -> KafkaCluster:
     """The Apache Kafka cluster the settings describe (not started)."""
     host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    security = KafkaSecurity(settings.home) if settings.kafka_security == "sasl_ssl" else None
     return KafkaCluster(settings.home, host, int(port), settings.broker_nodes,
-                        settings.kafka_heap_mb, logs or settings.home / "logs")
+                        settings.kafka_heap_mb, logs or settings.home / "logs", security)
