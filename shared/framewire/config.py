@@ -175,6 +175,10 @@ class Settings(BaseSettings):
         None, ge=1, le=10_000, description="partitions per data topic; unset = 12, or on the "
         "embedded broker 2 per usable core (4 to 12)")
     schema_registry_url: str | None = None
+    schema_registry_auth: dict[str, SecretStr] = Field(
+        default_factory=dict, description="properties of the schema registry client, passed "
+        "through: basic.auth.user.info (USER:PASSWORD), ssl.ca.location, "
+        "ssl.certificate.location, ssl.key.location; kept as SecretStr")
     kafka: dict[str, Any] = Field(
         default_factory=dict, description="librdkafka properties, passed through; secret ones "
         "(sasl.password, ssl.key.password...) are kept as SecretStr and shown masked")

@@ -1,5 +1,5 @@
 """TLS and SASL/SCRAM for the managed Apache Kafka cluster, without a broker: certificates,
-passwords, node and client properties, each stage's ACLs."""
+passwords, node and client properties, each stage's ACLs; schema registry auth."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AclOperation, ResourceType
+from confluent_kafka.schema_registry import SchemaRegistryError
 from cryptography import x509
 
 from framewire.broker.client import client_config
 from framewire.broker.cluster import KafkaCluster
 from framewire.broker.security import ADMIN, NODE_PRINCIPAL, KafkaSecurity, acl_bindings
 from framewire.config import load_settings
+from framewire.contracts import DeadLetter, utcnow
+from framewire.contracts.codec import RegistryCodec, make_codec
 from framewire.errors import ConfigError
 
 
@@ -135,3 +138,20 @@ def test_each_stage_may_read_only_its_input_and_write_only_its_outputs() -> None
     assert not any(b.operation in (AclOperation.ALL, AclOperation.ALTER, AclOperation.CREATE,
                                    AclOperation.DELETE) for b in acl_bindings(settings))
 
+
+def test_the_registry_client_sends_basic_auth_from_schema_registry_auth(
+        schema_registry) -> None:  # noqa: ANN001
+    schema_registry.user_info = "framewire:s3cret"
+    url = f"http://127.0.0.1:{schema_registry.server_port}"
+    settings = load_settings(schema_registry_url=url,
+                             schema_registry_auth={"basic.auth.user.info": "framewire:s3cret"})
+    assert "s3cret" not in repr(settings.schema_registry_auth)
+    record = DeadLetter(service="storage", code="db_rejected", reason="x", failed_at=utcnow(),
+                        source_topic="detections", source_partition=0, source_offset=1,
+                        camera_id="cam-1", payload=None)
+    codec = make_codec(settings.schema_registry_url, settings.schema_registry_auth)
+    assert codec.decode(codec.encode(record), DeadLetter) == record
+    with pytest.raises(SchemaRegistryError):
+        RegistryCodec(url).encode(record)
+    with pytest.raises(ConfigError, match="schema_registry_auth"):
+        RegistryCodec(url, auth={"basic.auth.user.info": "no-colon"})

@@ -84,7 +84,7 @@ def run(
             console.print(f"Apache Kafka: {sup.kafka.nodes} node(s) on "
                           f"{sup.kafka.bootstrap_servers}, data in {sup.kafka.folder}")
         console.print(f"services started; logs in {sup.logs}. Ctrl-C to stop.")
-        codec = make_codec(settings.schema_registry_url)
+        codec = make_codec(settings.schema_registry_url, settings.schema_registry_auth)
         started, last = time.monotonic(), (time.monotonic(), 0)
         while not stop.wait(3.0):
             for event in sup.check():

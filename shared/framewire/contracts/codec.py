@@ -227,7 +227,8 @@ class RegistryCodec(Codec):
     fetch the writer schema by id, and read it as the newest version like ``Codec`` does.
     """
 
-    def __init__(self, url: str, versions: list[SchemaVersion] | None = None) -> None:
+    def __init__(self, url: str, versions: list[SchemaVersion] | None = None,
+                 auth: Mapping[str, Any] | None = None) -> None:
         super().__init__(versions)
         from confluent_kafka.schema_registry import (
             SchemaRegistryClient,
@@ -238,7 +239,15 @@ class RegistryCodec(Codec):
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         self._url = url
-        self._client = SchemaRegistryClient({"url": url})
+        # auth: the client's own properties (basic.auth.user.info, ssl.ca.location...)
+        conf = {k: v.get_secret_value() if hasattr(v, "get_secret_value") else v
+                for k, v in (auth or {}).items()}
+        try:
+            self._client = SchemaRegistryClient({**conf, "url": url})
+        except ValueError as exc:
+            raise ConfigError(f"schema_registry_auth: {exc}; it takes the schema registry "
+                              "client's properties: basic.auth.user.info, ssl.ca.location, "
+                              "ssl.certificate.location, ssl.key.location") from None
         self._registry_error = SchemaRegistryError
         self._ctx = lambda name: SerializationContext(name, MessageField.VALUE)
         # subject = the record's full name, so one contract has one subject on every topic
@@ -303,9 +312,11 @@ def _strip(parsed: Any) -> Any:
     return parsed
 
 
-def make_codec(schema_registry_url: str | None) -> Codec:
-    """The codec configured: a registry when a URL is set, else single-object encoding."""
-    return RegistryCodec(schema_registry_url) if schema_registry_url else Codec()
+def make_codec(schema_registry_url: str | None,
+               auth: Mapping[str, Any] | None = None) -> Codec:
+    """The codec configured: a registry when a URL is set (``auth``: the client's
+    ``schema_registry_auth`` properties), else single-object encoding."""
+    return RegistryCodec(schema_registry_url, auth=auth) if schema_registry_url else Codec()
 
 
 __all__ = ["CONTRACTS", "Codec", "RegistryCodec", "SchemaVersion", "load_schema_versions",

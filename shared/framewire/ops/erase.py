@@ -139,7 +139,7 @@ def _uris_on_topics(settings: Settings, camera_id: str, before: datetime | None,
     until their topic's retention."""
     from framewire.broker.reading import read_topic
 
-    codec = make_codec(settings.schema_registry_url)
+    codec = make_codec(settings.schema_registry_url, settings.schema_registry_auth)
     mine: set[str] = set()
     others: set[str] = set()
     try:

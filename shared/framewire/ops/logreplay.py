@@ -227,7 +227,7 @@ def rebuild(settings: Settings, database: Database, force: bool = False,
             "one. Point FRAMEWIRE_DATABASE_URL at a new database, or pass --force to add what "
             "is missing to this one (rows already there are kept)")
     counts = RebuildCounts(where)
-    codec = make_codec(settings.schema_registry_url)
+    codec = make_codec(settings.schema_registry_url, settings.schema_registry_auth)
     topic = settings.topic("detections")
     consumer = range_reader(settings, "rebuild-db")
     tick = Ticker(progress)

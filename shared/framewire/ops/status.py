@@ -88,7 +88,7 @@ def heartbeats(settings: Settings, codec: Codec, max_age_s: float = 30.0) -> lis
 def site_status(settings: Settings, codec: Codec | None = None) -> list[ServiceStatus]:
     """Per stage (in pipeline order): latest heartbeats of its processes, its consumer lag,
     and its problems."""
-    codec = codec or make_codec(settings.schema_registry_url)
+    codec = codec or make_codec(settings.schema_registry_url, settings.schema_registry_auth)
     beats = heartbeats(settings, codec)
     produced: dict[str, int] = {}
     for beat in beats:
@@ -175,7 +175,7 @@ def stalled_partitions(status: ServiceStatus, lags: dict[int, int],
 
 def dead_letters(settings: Settings, codec: Codec | None = None) -> list[tuple[Any, DeadLetter]]:
     """Every dead letter on the topic, oldest first, with its message (for offsets)."""
-    codec = codec or make_codec(settings.schema_registry_url)
+    codec = codec or make_codec(settings.schema_registry_url, settings.schema_registry_auth)
     out = []
     for msg in read_topic(settings, settings.topic("deadletter")):
         try:

@@ -37,7 +37,8 @@ class Publisher:
                  blobs: BlobStore | None = None, transactional: bool = False,
                  auto_compression: str = "none") -> None:
         self.settings, self.service = settings, service
-        self.codec = codec or make_codec(settings.schema_registry_url)
+        self.codec = codec or make_codec(settings.schema_registry_url,
+                                         settings.schema_registry_auth)
         self.blobs = blobs or BlobStore.from_settings(settings)
         self.counters = Counters()
         self.telemetry = Telemetry(service, settings)
