@@ -3,7 +3,10 @@ SASL/SCRAM, each service as its own principal; ACLs and the listener refuse the 
 
 from __future__ import annotations
 
+import json
 import re
+import stat
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,15 +14,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from framewire.broker.client import client_config
-from framewire.broker.cluster import KafkaCluster
+from framewire.broker.cluster import KafkaCluster, free_port_block
 from framewire.broker.security import ADMIN, KafkaSecurity
 from framewire.capture.ingest import Ingest
 from framewire.capture.sources import CapturedImage
 from framewire.config import Settings
 from framewire.contracts import utcnow
 from framewire.runtime import StopSignal
+from tests.fixtures.common import ensure_debian_packages
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
+from tests.integration.test_kafka_site import framewire, start_broker_command, stop
 from tests.integration.test_pipeline import STAGES, stored_count
 
 pytestmark = pytest.mark.integration
@@ -126,3 +131,32 @@ def test_a_client_with_a_wrong_password_or_without_the_site_ca_is_refused(
         secure_kafka: KafkaCluster, change: dict[str, Any], heard: int) -> None:
     conf = {**secure_kafka.admin_config(), **change}
     assert heard in refusal({k: v for k, v in conf.items() if v is not None})
+
+
+@pytest.mark.slow
+def test_framewire_broker_starts_secured_and_the_tools_connect_as_admin(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    ensure_debian_packages(request.config, {"java": "default-jre-headless", "mvn": "maven"})
+    home = tmp_path / "home"
+    env = {"FRAMEWIRE_HOME": str(home), "FRAMEWIRE_BROKER": "kafka",
+           "FRAMEWIRE_KAFKA_SECURITY": "sasl_ssl", "FRAMEWIRE_PARTITIONS": "2",
+           "FRAMEWIRE_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port_block(2)}"}
+    proc = start_broker_command(env, tmp_path / "broker.out")
+    try:
+        topics = framewire(env, "topics", "--json")
+        assert topics.returncode == 0, topics.stdout + topics.stderr
+        assert json.loads(topics.stdout)["ok"] is True
+        status = json.loads(framewire(env, "status", "--json").stdout)
+        broker = next(s for s in status if s["service"] == "broker")
+        assert [(n["node_id"], n["alive"]) for n in broker["instances"]] == [(1, True)]
+    finally:
+        stop(proc)
+    private = [home / "tls" / "ca-key.pem", home / "tls" / "node.pem",
+               home / "kafka" / "node-1" / "server.properties",
+               *(home / "secrets" / "kafka").glob("*.password")]
+    assert len(private) == 8  # 3 + the passwords of admin and the four stages
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in private} == {"0o600"}
+    # data formatted secured is not started plaintext: its only admin is a SCRAM user
+    plain = framewire({**env, "FRAMEWIRE_KAFKA_SECURITY": "plaintext"}, "broker")
+    assert plain.returncode == 2
+    assert "FRAMEWIRE_KAFKA_SECURITY=sasl_ssl" in "".join((plain.stdout + plain.stderr).split())
