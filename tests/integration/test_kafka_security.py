@@ -52,7 +52,9 @@ def broker_errors(conf: dict[str, Any]) -> tuple[dict[str, Any], list[KafkaError
     return {**conf, "error_cb": errors.append, "log_level": 0}, errors
 
 
-@pytest.mark.parametrize("delivery", ["at_least_once", "exactly_once"])
+# exactly_once over TLS in the long runs (-m slow): make test keeps within its time budget
+@pytest.mark.parametrize("delivery", [
+    "at_least_once", pytest.param("exactly_once", marks=pytest.mark.slow)])
 def test_the_pipeline_runs_over_tls_and_scram_each_service_as_its_own_principal(
         secure_kafka: KafkaCluster, secure_site: Site, delivery: str) -> None:
     secure_site.env["FRAMEWIRE_DELIVERY"] = delivery
