@@ -142,12 +142,17 @@ def ingest_problems(site: Site) -> list[str]:
     return instance_problems(ServiceStatus("ingest", beats))
 
 
-def test_a_full_blob_disk_pauses_the_camera_with_a_status_problem_and_loses_no_frame(
-        site: Site, full_disk: FullDisk):
-    # every frame is bigger than the inline limit: each goes to the (full) blob store
+def ingest_on(site: Site, full_disk: FullDisk) -> Ingest:
+    """An ingest whose every frame is bigger than the inline limit: each goes to the (full)
+    blob store."""
     site.env["FRAMEWIRE_BLOB_DIR"] = str(full_disk.root)
     site.env["FRAMEWIRE_MAX_INLINE_BYTES"] = "1024"
-    ingest = Ingest(site.settings, stop=StopSignal(install=False))
+    return Ingest(site.settings, stop=StopSignal(install=False))
+
+
+def test_a_full_blob_disk_pauses_the_camera_with_a_status_problem_and_loses_no_frame(
+        site: Site, full_disk: FullDisk):
+    ingest = ingest_on(site, full_disk)
     counters, reads = ingest.publisher.counters, []
     runner = threading.Thread(target=ingest.run,
                               args=({"cam-disk": counted_source(frames(), reads)},), daemon=True)
@@ -185,9 +190,7 @@ def test_a_full_blob_disk_pauses_the_camera_with_a_status_problem_and_loses_no_f
 
 def test_stopping_while_paused_on_a_full_disk_drops_the_frame_in_hand_as_disk_full(
         site: Site, full_disk: FullDisk):
-    site.env["FRAMEWIRE_BLOB_DIR"] = str(full_disk.root)
-    site.env["FRAMEWIRE_MAX_INLINE_BYTES"] = "1024"
-    ingest = Ingest(site.settings, stop=StopSignal(install=False))
+    ingest = ingest_on(site, full_disk)
     counters, result = ingest.publisher.counters, []
     image = CapturedImage(frames(1)[0], utcnow(), "test")
     capturing = threading.Thread(target=lambda: result.append(ingest.capture("cam-x", image)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -14,10 +13,9 @@ from framewire.contracts import FrameCaptured, FrameHeader, utcnow
 from framewire.errors import DataError, SystemicError, TransientError
 from framewire.pixels.imageinfo import sniff_image
 from framewire.secrets import mask_url
-from framewire.store.blobs import BlobStore, inline_or_reference
+from framewire.store.blobs import NO_SPACE, BlobStore, inline_or_reference
 
 # a write refused for want of room: the disk (or the user's quota) is full
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 class BlobWriteFailed(SystemicError):

@@ -79,14 +79,14 @@ def _erase(settings: Settings, report: ErasureReport, uris: set[str], others: se
     from another camera are the same blob)."""
     with open_database(settings.resolved_database_url) as db:
         frame_ids = _erase_results(db, report.camera_id, report.before, report, uris)
+        uris -= others
+        if uris:
+            with db.engine.connect() as conn:
+                uris -= {r.image_uri for r in conn.execute(
+                    sa.select(result_table.c.image_uri).where(
+                        result_table.c.image_uri.in_(sorted(uris))))}
     with open_database(settings.resolved_span_database_url) as spans:
         _erase_spans(spans, report.camera_id, frame_ids, report.before, report)
-    uris -= others
-    if uris:
-        with open_database(settings.resolved_database_url) as db, db.engine.connect() as conn:
-            uris -= {r.image_uri for r in conn.execute(sa.select(result_table.c.image_uri)
-                                                       .where(result_table.c.image_uri.in_(
-                                                           sorted(uris))))}
     blobs = BlobStore.from_settings(settings)
     for uri in sorted(uris):
         report.counts["blobs"] += _remove_blob(blobs, uri)

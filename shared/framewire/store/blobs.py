@@ -112,6 +112,9 @@ def load_blob_keys(env_key: str | None, keys_file: Path | None) -> BlobKeys:
     return BlobKeys(pairs[0][0] if pairs else None, by_id)
 
 
+# a write failed for want of space (disk full, quota): no fault of the bytes written
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 class BlobStore:
     """Content-addressed blobs on a filesystem folder (shared by all services of a site)."""
 
@@ -150,7 +153,7 @@ class BlobStore:
             except OSError as exc:
                 if tmp is not None:
                     Path(tmp).unlink(missing_ok=True)
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # every blob would fail: pause
+                if exc.errno in NO_SPACE:  # every blob would fail: pause
                     raise SystemicError(
                         f"the blob store {self.root} is full ({exc.strerror}): paused, nothing "
                         "dead-lettered; free space there (or move FRAMEWIRE_BLOB_DIR) and it "
