@@ -47,7 +47,7 @@ NODE_KILL = [
                  id="long", marks=LONG),
 ]
 CLUSTER_STOP = [
-    pytest.param(Load(Workload(cameras=6, frames_per_camera=30, fps_per_camera=None), 10),
+    pytest.param(Load(Workload(cameras=6, frames_per_camera=40, fps_per_camera=None), 20),
                  id="bounded"),
     pytest.param(Load(Workload(cameras=6, frames_per_camera=150, fps_per_camera=None), 60),
                  id="long", marks=LONG),
