@@ -8,4 +8,6 @@ STAGE = StageSpec(
     name="ingest", entry="framewire.services.ingest.service:main", settings=IngestSettings,
     # raw frames long enough to replay a day after a model change
     outputs=(Output("frames.raw", FrameCaptured, retention="24h"),),
+    # cameras added, changed and removed at run time (framewire cameras, the gateway)
+    follows=("cameras",),
     summary="reads cameras, checks each frame, publishes it keyed by camera")

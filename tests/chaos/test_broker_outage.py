@@ -75,7 +75,8 @@ def own_site(tmp_path: Path) -> Iterator[tuple[EmbeddedBroker, Site]]:
 
 
 TOPICS = tuple(topology().topics)
-EXPECTED_PARTITIONS = {name: 1 if name == "status" else PARTITIONS for name in TOPICS}
+EXPECTED_PARTITIONS = {name: 1 if topology().topic(name).single_partition else PARTITIONS
+                       for name in TOPICS}
 
 
 def topic_partitions(settings: Settings) -> dict[str, int]:

@@ -125,7 +125,8 @@ def test_each_stage_may_read_only_its_input_and_write_only_its_outputs() -> None
     assert storage["READ"] == {"s1.detections", "group:s1.framewire-storage"}
     assert storage["WRITE"] == {"s1.deadletter", "s1.status", "txn:s1.framewire-storage-"}
     ingest = granted(settings, "ingest")
-    assert "READ" not in ingest
+    # ingest reads the cameras settings topic only, with a follower group of its own
+    assert ingest["READ"] == {"s1.cameras", "group:s1.framewire-ingest-follow-"}
     assert ingest["WRITE"] == {"s1.frames.raw", "s1.deadletter", "s1.status",
                                "txn:s1.framewire-ingest-"}
     # ingest watches every group's lag; DESCRIBE reads no record

@@ -41,14 +41,15 @@ def test_the_built_in_stages_make_the_pipeline_in_order():
     assert {s.name: s.input for s in site.consumers} == {
         "preprocess": "frames.raw", "inference": "frames.ready", "storage": "detections"}
     topics = site.topics
-    assert list(topics) == ["frames.raw", "frames.ready", "detections", "deadletter", "status"]
+    assert list(topics) == ["frames.raw", "frames.ready", "detections", "deadletter", "status",
+                            "cameras"]
     assert topics["frames.ready"].contract is FramePreprocessed
     assert (topics["detections"].writers, topics["detections"].readers) == (
         ("inference",), ("storage",))
     assert topics["status"].single_partition and not topics["deadletter"].single_partition
     assert {n: t.retention for n, t in topics.items()} == {
         "frames.raw": "24h", "frames.ready": "1h", "detections": "30d", "deadletter": "7d",
-        "status": "1h"}
+        "status": "1h", "cameras": "-1"}
 
 
 def test_order_follows_the_topics_not_the_declaration_order():
@@ -138,7 +139,12 @@ def test_topology_json_lists_stages_groups_contracts_and_versions(monkeypatch):
     assert topics["status"]["partitions"] == 1 and topics["status"]["system"]
     assert topics["detections"]["readers"] == ["storage"]
     assert set(topics["frames.raw"]) == {"topic", "name", "contract", "version", "retention",
-                                         "partitions", "writers", "readers", "system"}
+                                         "partitions", "writers", "readers", "system",
+                                         "compacted"}
+    assert topics["cameras"] | {"name": None} == {
+        "topic": "cameras", "name": None, "contract": "json:framewire.config.CameraSettings",
+        "version": None, "retention": "-1", "partitions": 1, "writers": [],
+        "readers": ["ingest"], "system": False, "compacted": True}
 
 
 def test_the_extending_page_shows_the_plugin_as_it_is_and_it_stays_under_50_lines():

@@ -198,6 +198,11 @@ def wait_for_broker(conf: dict[str, Any], timeout_s: float,
 
 # settings every data topic gets on a broker that takes topic configs (not the embedded one)
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024 + 1024
+# a settings topic (cameras) keeps the latest record per key, and its tombstones for ever: a
+# removed camera that the YAML settings also name stays removed after compaction (Kafka drops
+# tombstones after delete.retention.ms, one day by default). The embedded broker takes these
+# configs but compacts nothing: its readers take the latest per key all the same.
+COMPACTED = {"cleanup.policy": "compact", "delete.retention.ms": str(2**63 - 1)}
 
 
 @dataclass(frozen=True)
@@ -215,15 +220,16 @@ def topic_plans(settings: Settings, brokers: int) -> list[TopicPlan]:
     plans = []
     for name, info in topology(settings).topics.items():
         partitions = 1 if info.single_partition else settings.topic_partitions
+        compaction = COMPACTED if info.compacted else {}
         if settings.on_tansu:  # one node in memory: no replicas, no retention to enforce
-            plans.append(TopicPlan(settings.topic(name), partitions, 1, {}))
+            plans.append(TopicPlan(settings.topic(name), partitions, 1, dict(compaction)))
             continue
         rf, isr = settings.replication(brokers)
         configs = {"retention.ms": str(settings.retention_ms(name)),
                    "min.insync.replicas": str(isr),
                    # producers choose per payload (JPEG does not compress, raw pixels do)
                    "compression.type": "producer",
-                   "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+                   "max.message.bytes": str(MAX_MESSAGE_BYTES), **compaction}
         plans.append(TopicPlan(settings.topic(name), partitions, rf, configs))
     return plans
 

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from framewire.broker.client import client_config
@@ -60,6 +60,88 @@ def read_topic(settings: Settings, topic: str, tail: int | None = None,
         return out
     finally:
         consumer.close()
+
+
+# a record of a settings topic as it was written: key and value, None for a tombstone
+KeyedValue = tuple[bytes | None, bytes | None]
+
+
+class TopicFollower:
+    """Follows a small topic (a settings topic) from its start without joining a group.
+
+    ``read_to_end`` returns every record up to the end the partitions have now; ``poll``
+    then returns what is written after. No offset is ever committed: each follower reads
+    the whole topic again when it starts. Its group id (never joined) starts with
+    ``group``-follow-, which the stage's ACLs allow on a secured cluster.
+    """
+
+    def __init__(self, settings: Settings, topic: str, group: str,
+                 timeout_s: float = 5.0) -> None:
+        self.topic, self.timeout_s = topic, timeout_s
+        self.consumer = _reader(settings, f"{group}-follow-{uuid.uuid4().hex[:8]}")
+        self._ends: set[int] | None = None  # partitions not yet read to their end
+
+    def _assign(self) -> bool:
+        """Assign every partition from its start; False while the topic does not exist."""
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s).topics.get(
+                self.topic)
+        except KafkaException as exc:
+            raise TransientError(f"cannot reach the broker to read {self.topic}: {exc}") from exc
+        if meta is None or meta.error is not None or not meta.partitions:
+            return False
+        self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
+                              for p in meta.partitions])
+        self._ends = set(meta.partitions)
+        return True
+
+    def read_to_end(self, timeout_s: float) -> list[KeyedValue]:
+        """Every record up to the end of each partition as it is now, in order.
+
+        TransientError when the topic is missing or its end is not reached within
+        ``timeout_s`` (the broker is away); what was read then comes with the next ``poll``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self._ends is None and not self._assign():
+            if time.monotonic() >= deadline:
+                raise TransientError(f"topic {self.topic} does not exist (yet): create the "
+                                     "site's topics with `framewire topics`")
+            time.sleep(0.1)
+        out: list[KeyedValue] = []
+        while self._ends:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransientError(f"{self.topic} not read to its end within "
+                                     f"{timeout_s:.0f} s: is the broker reachable?")
+            out.extend(self._consume(min(left, 0.5)))
+        return out
+
+    def poll(self, timeout_s: float) -> list[KeyedValue]:
+        """Records not yet returned, waiting up to ``timeout_s`` for the first."""
+        if self._ends is None and not self._assign():
+            time.sleep(min(timeout_s, 0.5))
+            return []
+        return self._consume(timeout_s)
+
+    def _consume(self, timeout_s: float) -> list[KeyedValue]:
+        """What has come: waiting up to ``timeout_s`` for the first message or event only."""
+        first = self.consumer.poll(timeout_s)
+        if first is None:
+            return []
+        out: list[KeyedValue] = []
+        for msg in [first, *self.consumer.consume(500, 0)]:
+            err = msg.error()
+            if err is None:
+                out.append((msg.key(), msg.value()))
+            elif err.code() == KafkaError._PARTITION_EOF:
+                if self._ends is not None:
+                    self._ends.discard(msg.partition())
+            elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                self._ends = None  # the topic went (a broker that lost its data): again
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 class LagProbe:

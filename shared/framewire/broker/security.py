@@ -274,6 +274,10 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
         if spec.input is not None:
             allow(ResourceType.TOPIC, settings.topic(spec.input), AclOperation.READ)
             allow(ResourceType.GROUP, settings.group(spec.name), AclOperation.READ)
+        for name in spec.follows:  # settings topics, read whole by a follower of its own
+            allow(ResourceType.TOPIC, settings.topic(name), AclOperation.READ)
+            allow(ResourceType.GROUP, f"{settings.group(spec.name)}-follow-", AclOperation.READ,
+                  ResourcePatternType.PREFIXED)
         for topic in [*(settings.topic(o.topic) for o in spec.outputs), *system]:
             allow(ResourceType.TOPIC, topic, AclOperation.WRITE)
         # exactly_once: the stage's transactional ids start with its group's name

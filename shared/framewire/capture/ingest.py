@@ -16,6 +16,11 @@ frame, and writes it again with backoff until it goes; meanwhile the heartbeat s
 ``paused`` with the fault (``disk_full``, else ``blob_store``), which clears when capture
 resumes by itself. Only a stop while paused drops the frame in hand (counted under the
 fault's name).
+
+Cameras come and go while ingest runs: ``add_camera`` starts one (or restarts it with a new
+source), ``remove_camera`` stops it, its frames already captured still sent. Given a
+``CameraWatch``, ``run`` starts the cameras the ``cameras`` topic and settings name and
+applies the topic's changes as they come (``framewire.capture.cameras``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
 from opentelemetry.trace import SpanKind
@@ -31,6 +37,7 @@ from opentelemetry.trace import SpanKind
 from framewire.broker.placement import CameraPlacement
 from framewire.broker.reading import LagProbe
 from framewire.capture.backpressure import CameraBuffer, RateCap
+from framewire.capture.cameras import CameraWatch, SourceFactory, camera_source
 from framewire.capture.ingestor import BlobWriteFailed, FrameIngestor, blob_write_failed
 from framewire.capture.sources import CapturedImage
 from framewire.config import Settings
@@ -39,12 +46,21 @@ from framewire.errors import DataError, TransientError
 from framewire.retry import Backoff
 from framewire.runtime import Publisher, StopSignal
 from framewire.runtime.producer import Delivery
+from framewire.secrets import mask_url
 from framewire.store.blobs import BlobStore
 from framewire.telemetry.tracing import inject
 from framewire.topology import topology
 
 log = logging.getLogger(__name__)
-SourceFactory = Callable[[threading.Event], Iterator[CapturedImage]]
+__all__ = ["Ingest", "SourceFactory"]
+
+
+@dataclass
+class LiveCamera:
+    """A camera being read: its thread, and the event that stops it alone."""
+
+    thread: threading.Thread
+    stop: threading.Event
 
 
 class Ingest:
@@ -63,6 +79,8 @@ class Ingest:
         self.lock = threading.Lock()
         self.buffers: dict[str, CameraBuffer[FrameCaptured]] = {}
         self.last_frame: dict[str, float] = {}
+        # the cameras being read (``lock``); a removed camera's buffer stays until it is sent
+        self.cameras: dict[str, LiveCamera] = {}
         # cameras waiting for their frame's blob to be written, and the faults reported for it
         self.paused: set[str] = set()
         self._blob_faults: set[str] = set()
@@ -291,48 +309,122 @@ class Ingest:
 
     # -- live cameras --------------------------------------------------------------------
 
-    def run(self, sources: dict[str, SourceFactory], idle_when_done: bool = False) -> None:
+    def run(self, sources: dict[str, SourceFactory], idle_when_done: bool = False,
+            watch: CameraWatch | None = None) -> None:
         """Run every camera in its own thread until stopped, or until all sources end.
 
         ``idle_when_done``: with no camera, or once every source has ended (files read to
         the end), stay up and keep sending heartbeats until stopped, instead of returning (a
         service that exits is restarted by the supervisor: a restart storm for nothing).
+        ``watch``: the cameras it names run beside ``sources``, and its changes are applied
+        while running (a camera of the same id as a source replaces it).
         """
         pub, cfg = self.publisher, self.settings.ingest
-        self.buffers = {cam: CameraBuffer(cfg.buffer_frames, cfg.backpressure) for cam in sources}
-        self.last_frame = dict.fromkeys(sources, time.monotonic())
         pub.start_heartbeats(self._update_health)
         self.start_lag_watch()
         pub.counters.state = "running"
-        pub.counters.partitions = sorted(sources)
-        threads = []
-        for camera_id, factory in sources.items():
-            thread = threading.Thread(target=self._camera, args=(camera_id, factory),
-                                      name=f"camera-{camera_id}", daemon=True)
-            thread.start()
-            threads.append(thread)
-        log.info("ingest running", extra={"cameras": sorted(sources),
+        managed = {c.camera_id: camera_source(c) for c in watch.start().values()} \
+            if watch is not None else {}
+        for camera_id, factory in {**sources, **managed}.items():
+            self.add_camera(camera_id, factory, quiet=True)
+        follower = None
+        if watch is not None:
+            follower = threading.Thread(target=self._follow, args=(watch,),
+                                        name="camera-watch", daemon=True)
+            follower.start()
+        log.info("ingest running", extra={"cameras": sorted(self.cameras),
                                           "backpressure": cfg.backpressure})
-        if not sources:
-            log.warning("no cameras configured: nothing to read; add cameras (the `cameras` "
-                        "setting), start with --demo, or publish with `framewire publish`")
+        if not self.cameras:
+            log.warning("no cameras configured: nothing to read; add cameras (`framewire "
+                        "cameras add`, the `cameras` setting), start with --demo, or publish "
+                        "with `framewire publish`")
         idle = False
         try:
             while not self.stop.is_set:
-                if not self._send_buffered() and not any(t.is_alive() for t in threads):
-                    if not idle_when_done:
-                        break
-                    if not idle:
-                        idle = True
-                        pub.counters.state = "idle"
-                        log.info("every camera source ended: ingest idles until stopped")
-                    self.stop.wait(0.5)
+                if self._send_buffered() or self._reading():
+                    if idle and pub.counters.state == "idle":  # a camera was added
+                        idle = False
+                        pub.counters.state = "running"
+                    continue
+                if not idle_when_done:
+                    break
+                if not idle:
+                    idle = True
+                    pub.counters.state = "idle"
+                    log.info("every camera source ended: ingest idles until stopped")
+                self.stop.wait(0.5)
         finally:
             self.stop.set()
-            for thread in threads:
-                thread.join(self.settings.shutdown_timeout_s)
+            with self.lock:
+                live = list(self.cameras.values())
+            for camera in live:
+                camera.stop.set()
+            for camera in live:
+                camera.thread.join(self.settings.shutdown_timeout_s)
+            if follower is not None:
+                follower.join(self.settings.shutdown_timeout_s)
+            if watch is not None:
+                watch.close()
             self._send_buffered(drain=True)
             self.close()
+
+    def add_camera(self, camera_id: str, factory: SourceFactory, quiet: bool = False) -> None:
+        """Start reading a camera in a thread of its own; one of the same id is stopped
+        first (its new settings take over)."""
+        self.remove_camera(camera_id, quiet=True)
+        cfg = self.settings.ingest
+        stop = threading.Event()
+        camera = LiveCamera(threading.Thread(target=self._camera, args=(camera_id, factory, stop),
+                                             name=f"camera-{camera_id}", daemon=True), stop)
+        with self.lock:
+            self.buffers.setdefault(camera_id, CameraBuffer(cfg.buffer_frames, cfg.backpressure))
+            self.last_frame[camera_id] = time.monotonic()
+            self.cameras[camera_id] = camera
+            self.publisher.counters.partitions = sorted(self.cameras)
+        camera.thread.start()
+        if not quiet:
+            log.info("camera started", extra={"camera_id": camera_id})
+
+    def remove_camera(self, camera_id: str, quiet: bool = False) -> bool:
+        """Stop reading a camera (waiting for its thread); the frames it captured are still
+        sent. False when no such camera was being read."""
+        with self.lock:
+            camera = self.cameras.pop(camera_id, None)
+            self.last_frame.pop(camera_id, None)
+            self.paused.discard(camera_id)
+            self.publisher.counters.partitions = sorted(self.cameras)
+        if camera is None:
+            return False
+        camera.stop.set()
+        camera.thread.join(self.settings.shutdown_timeout_s)
+        if camera.thread.is_alive():  # a read that does not return: it ends when it does
+            log.warning("camera's reader still busy after its stop; it ends with its read",
+                        extra={"camera_id": camera_id})
+        if not quiet:
+            log.info("camera stopped", extra={"camera_id": camera_id})
+        return True
+
+    def _follow(self, watch: CameraWatch) -> None:
+        """Apply the cameras topic's changes until stopped."""
+        while not self.stop.is_set:
+            try:
+                changes = watch.changes(0.5)
+            except TransientError as exc:
+                log.warning("cameras topic not readable; retrying", extra={"error": str(exc)})
+                self.stop.wait(2.0)
+                continue
+            for camera_id in changes.removed:
+                self.remove_camera(camera_id)
+            for camera in [*changes.changed, *changes.added]:
+                log.info("camera changed: restarting it" if camera in changes.changed
+                         else "camera added", extra={"camera_id": camera.camera_id,
+                                                     "url": mask_url(camera.url)})
+                self.add_camera(camera.camera_id, camera_source(camera))
+
+    def _reading(self) -> bool:
+        """Whether any camera's source is still delivering."""
+        with self.lock:
+            return any(c.thread.is_alive() for c in self.cameras.values())
 
     def _send_buffered(self, drain: bool = False) -> bool:
         """Publish one frame per camera if the pipeline keeps up; False when nothing waited."""
@@ -340,25 +432,33 @@ class Ingest:
             self.publisher.producer.poll(0.05)
             return True
         sent = False
-        for buffer in self.buffers.values():
+        with self.lock:
+            buffers = list(self.buffers.items())
+        for _, buffer in buffers:
             while (frame := buffer.take()) is not None:
                 self.send(frame)
                 sent = True
                 if not drain:
                     break
+        with self.lock:  # a removed camera's buffer goes once sent
+            for camera_id, buffer in buffers:
+                if camera_id not in self.cameras and not len(buffer):
+                    self.buffers.pop(camera_id, None)
         if not sent:
             self.publisher.producer.poll(0.02)
-        return sent or any(len(b) for b in self.buffers.values())
+        return sent or any(len(b) for _, b in buffers)
 
-    def _camera(self, camera_id: str, factory: SourceFactory) -> None:
+    def _camera(self, camera_id: str, factory: SourceFactory, stop: threading.Event) -> None:
         cap, buffer = RateCap(self.settings.ingest.max_fps), self.buffers[camera_id]
         try:
-            for image in factory(self.stop.event):
+            for image in factory(stop):
+                if stop.is_set():  # removed (or restarting) while this frame was read
+                    break
                 if not cap.allow(time.monotonic()):
                     self._drop("fps_cap")
                     continue
                 frame = self.capture(camera_id, image)
-                if frame is not None and not buffer.put(frame, self.stop.event):
+                if frame is not None and not buffer.put(frame, stop):
                     self._drop("back_pressure")
         except Exception:  # one broken camera must not take the others down
             log.exception("camera stopped with an error", extra={"camera_id": camera_id})
@@ -367,11 +467,14 @@ class Ingest:
         """Before each heartbeat: find cameras that stopped delivering (a camera paused by
         ingest, waiting for its frame's blob to be written, is not one)."""
         counters, now = self.publisher.counters, time.monotonic()
-        stalled = sorted(cam for cam in self.buffers if cam not in self.paused
-                         and now - self.last_frame.get(cam, now) > self.settings.camera_stall_s)
+        with self.lock:
+            silent = {cam: now - self.last_frame.get(cam, now) for cam in self.cameras
+                      if cam not in self.paused}
+        stalled = sorted(cam for cam, for_s in silent.items()
+                         if for_s > self.settings.camera_stall_s)
         for cam in set(stalled) - set(counters.stalled_cameras):
             log.warning("camera stalled: no frame", extra={
-                "camera_id": cam, "for_s": round(now - self.last_frame[cam], 1),
+                "camera_id": cam, "for_s": round(silent[cam], 1),
                 "check": "camera power and network, the URL, credentials; ingest keeps "
                          "reconnecting with backoff"})
         for cam in set(counters.stalled_cameras) - set(stalled):

@@ -11,11 +11,18 @@ from framewire.cli import app, console, settings_for
 from framewire.config import Settings
 from framewire.contracts import Contract
 from framewire.contracts.codec import Codec
-from framewire.topology import StageSpec, Topology, stage_settings, topology
+from framewire.topology import StageSpec, TopicInfo, Topology, stage_settings, topology
 
 
 def _contract(codec: Codec, contract: type[Contract]) -> dict[str, Any]:
     return {"contract": contract.SCHEMA, "version": codec.latest(contract.SCHEMA).version}
+
+
+def _topic_contract(codec: Codec, topic: TopicInfo) -> dict[str, Any]:
+    """An Avro topic's contract; a settings topic's JSON model (no schema version)."""
+    if topic.contract is None:
+        return {"contract": f"json:{topic.value_model}", "version": None}
+    return _contract(codec, topic.contract)
 
 
 def describe(settings: Settings, site: Topology) -> dict[str, Any]:
@@ -40,11 +47,11 @@ def describe(settings: Settings, site: Topology) -> dict[str, Any]:
     return {
         "stages": [stage(s) for s in site.stages],
         "topics": [{
-            "topic": t.name, "name": settings.topic(t.name), **_contract(codec, t.contract),
+            "topic": t.name, "name": settings.topic(t.name), **_topic_contract(codec, t),
             "retention": str(settings.retention.get(t.name, t.retention)),
             "partitions": 1 if t.single_partition else settings.topic_partitions,
             "writers": list(t.writers) if not t.system else ["*"],
-            "readers": list(t.readers), "system": t.system,
+            "readers": list(t.readers), "system": t.system, "compacted": t.compacted,
         } for t in site.topics.values()],
     }
 
@@ -74,9 +81,11 @@ def show_topology(
         print(f"  {s['name']:<12} {reads} -> {writes}{group}  x{s['replicas']}")
     print(f"topics ({len(graph['topics'])}):")
     for t in graph["topics"]:
-        flow = ("every process" if t["system"] else ", ".join(t["writers"])) + " -> " + (
+        writers = "framewire cameras" if t["compacted"] else ", ".join(t["writers"])
+        flow = ("every process" if t["system"] else writers) + " -> " + (
             ", ".join(t["readers"]) or "(no stage reads it)")
-        contract = f"{t['contract'].rpartition('.')[2]} v{t['version']}"
+        contract = (f"{t['contract'].rpartition('.')[2]} v{t['version']}" if t["version"]
+                    else f"{t['contract'].rpartition('.')[2]} (JSON)")
         print(f"  {t['name']:<20} {contract:<22} partitions {t['partitions']:<3} "
               f"retention {t['retention']:<5} {flow}")
     console.print("details: framewire topology --json")

@@ -10,7 +10,7 @@ they make (topics, consumer groups, lag probes, the service list of ``framewire 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -29,25 +29,40 @@ ENTRY_POINT_GROUP = "framewire.stages"
 
 @dataclass(frozen=True)
 class TopicInfo:
-    """One logical topic: its contract, default retention, who writes and who reads it."""
+    """One logical topic: its contract, default retention, who writes and who reads it.
+
+    A settings topic (``compacted``) has no Avro contract (``contract`` is None): its key
+    names a thing (a camera), its value is that thing's settings as JSON (``value_model``),
+    a tombstone removes it; it keeps the latest record per key instead of deleting by age.
+    """
 
     name: str
-    contract: type[Contract]
+    contract: type[Contract] | None
     retention: str
     writers: tuple[str, ...]
     readers: tuple[str, ...]
     system: bool = False  # dead letters and heartbeats: written by every process
+    compacted: bool = False
+    value_model: str | None = None  # a settings topic's JSON value: the pydantic model
 
     @property
     def single_partition(self) -> bool:
-        """Heartbeats keep one partition: readers take the newest per process from its end."""
-        return self.name == "status"
+        """Heartbeats keep one partition: readers take the newest per process from its end.
+        A settings topic too: one order for all its changes, read whole by its followers."""
+        return self.name == "status" or self.compacted
 
 
 # Topics every process writes, whatever the stages: dead letters and heartbeats.
 SYSTEM_TOPICS = (
     TopicInfo("deadletter", DeadLetter, "7d", (), (), system=True),
     TopicInfo("status", ServiceHeartbeat, "1h", (), (), system=True),
+)
+# Settings the site keeps in Kafka, changed at run time (``framewire cameras``, the gateway)
+# and followed by the stages that name them in ``follows``. Kept forever: compaction keeps
+# the latest record per key (and, with delete.retention.ms set to forever, the tombstones).
+SETTINGS_TOPICS = (
+    TopicInfo("cameras", None, "-1", (), (), compacted=True,
+              value_model="framewire.config.CameraSettings"),
 )
 
 
@@ -87,6 +102,9 @@ class Topology:
                                              (spec.name,), readers)
         for info in SYSTEM_TOPICS:
             found[info.name] = info
+        for info in SETTINGS_TOPICS:
+            followers = tuple(s.name for s in self.stages if info.name in s.follows)
+            found[info.name] = replace(info, readers=followers)
         return found
 
     def topic(self, name: str) -> TopicInfo:
@@ -126,7 +144,8 @@ def check(specs: Sequence[StageSpec]) -> Topology:
     """The topology of ``specs``, or ConfigError naming what does not fit together."""
     seen: dict[str, StageSpec] = {}
     written: dict[str, tuple[StageSpec, type[Contract]]] = {}
-    system = {t.name for t in SYSTEM_TOPICS}
+    system = {t.name for t in (*SYSTEM_TOPICS, *SETTINGS_TOPICS)}
+    settings_topics = {t.name for t in SETTINGS_TOPICS}
     for spec in specs:
         if spec.name in seen:
             raise ConfigError(f"two stages are named {spec.name!r} ({seen[spec.name].entry} and "
@@ -141,6 +160,10 @@ def check(specs: Sequence[StageSpec]) -> Topology:
                                   f"write {out.topic!r}; each topic has one writing stage")
             written[out.topic] = (spec, out.contract)
     for spec in specs:
+        for name in spec.follows:
+            if name not in settings_topics:
+                raise ConfigError(f"stage {spec.name} follows {name!r}, which is not a settings "
+                                  f"topic; settings topics: {', '.join(sorted(settings_topics))}")
         if spec.input is None:
             continue
         if spec.input not in written:

@@ -38,7 +38,9 @@ class StageSpec:
     cameras); ``entry`` names its code as ``module:attribute``: a ``framewire.runtime.Stage``
     subclass the runtime's loop runs, or, for a source, a function
     ``main(settings, stop, demo)``. ``settings`` is the model of its knobs (batch size,
-    linger, fetch wait...) with their defaults: ``StageSettings`` unless given.
+    linger, fetch wait...) with their defaults: ``StageSettings`` unless given. ``follows``
+    names the settings topics (compacted, JSON: ``cameras``) the stage reads whole and keeps
+    following beside its input.
     """
 
     name: str
@@ -49,6 +51,7 @@ class StageSpec:
     outputs: tuple[Output, ...] = ()
     # the runtime's knobs by default, so a stage without knobs of its own needs no model
     settings: type[BaseModel] = field(default=StageSettings)
+    follows: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
