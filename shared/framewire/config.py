@@ -102,6 +102,19 @@ class IngestSettings(BaseModel):
     max_in_flight: int = Field(500, ge=1, description="unacknowledged frames that count as behind")
 
 
+class GatewaySettings(BaseModel):
+    """The gateway: Framewire's HTTP API (``/api/v1``), one process under ``framewire run``."""
+
+    host: str = Field("127.0.0.1", description="address the gateway listens on; loopback unless "
+                      "set (e.g. 0.0.0.0 to serve other hosts: every request needs a token)")
+    port: int = Field(8080, ge=0, le=65535, description="its port; 0 = a free port, written to "
+                      "FRAMEWIRE_HOME/gateway.url")
+    stream_settle_ms: int = Field(
+        1000, ge=0, le=60_000, description="the live stream sends a result once it has been "
+        "stored this long: a slower storage transaction begun earlier has committed by then, so "
+        "a stream resumed from an event id misses nothing")
+
+
 class CameraSettings(BaseModel):
     """A camera ingest reads by itself (``framewire publish`` covers one-off sources)."""
 
@@ -241,6 +254,7 @@ class Settings(BaseSettings):
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     stages: list[str] = Field(
         default_factory=list, description="more stage declarations, as module:attribute of a "
         "StageSpec, beside those registered in the framewire.stages entry-point group")

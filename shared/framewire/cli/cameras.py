@@ -33,9 +33,6 @@ def add(
                                               "as the source delivers).")] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Start a file or folder again at "
                                        "its end.")] = False,
-    retention: Annotated[str | None, typer.Option(help="How long its results and frames are "
-                                                  "kept, e.g. 7d (default: data_retention)."
-                                                  )] = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Add a camera, or change the one of that id; ingest starts (or restarts) it at once.
@@ -46,7 +43,7 @@ def add(
 
     settings = settings_for()
     written = add_camera(settings, {"camera_id": camera_id, "url": url, "fps": fps,
-                                    "loop": loop, "retention": retention})
+                                    "loop": loop})
     shown = written.camera.as_json()
     if as_json:
         _print_json({"camera": shown, "created": written.created})
