@@ -87,6 +87,7 @@ def test_a_run_shows_no_secret_anywhere_and_keeps_its_files_private(
     site.env.update({
         "FRAMEWIRE_EMBEDDED_BROKER": "false",  # the session's broker, as an existing cluster
         "FRAMEWIRE_DATABASE_URL": db_url,
+        "FRAMEWIRE_GATEWAY__PORT": "0",  # a free port: another run may hold 8080
         "FRAMEWIRE_CAMERAS": json.dumps([{"camera_id": "door", "url": snapshot, "fps": 10},
                                          {"camera_id": "gate", "url": rtsp}]),
         # a librdkafka property the plaintext broker ignores, as a SASL site would set it;

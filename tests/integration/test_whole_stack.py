@@ -50,7 +50,8 @@ def descendants(pid: int) -> list[int]:
 def start_run(home: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FRAMEWIRE_HOME": str(home),
            "FRAMEWIRE_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "FRAMEWIRE_PARTITIONS": "4",
-           "FRAMEWIRE_DEMO_FPS": "4", "FRAMEWIRE_HEARTBEAT_INTERVAL_S": "0.5"}
+           "FRAMEWIRE_DEMO_FPS": "4", "FRAMEWIRE_HEARTBEAT_INTERVAL_S": "0.5",
+           "FRAMEWIRE_GATEWAY__PORT": "0"}  # a free port: another run may hold 8080
     log = (home / "run.out").open("ab")
     return subprocess.Popen([sys.executable, "-m", "framewire.cli", "run"], env=env,
                             stdout=log, stderr=subprocess.STDOUT)

@@ -36,8 +36,10 @@ def spec(name: str, reads: str | None, writes: str | None, contract=InferenceRes
 
 def test_the_built_in_stages_make_the_pipeline_in_order():
     site = topology()
-    assert site.names == ("ingest", "preprocess", "inference", "storage")
-    assert [s.name for s in site.sources] == ["ingest"]
+    assert site.names == ("gateway", "ingest", "preprocess", "inference", "storage")
+    # the gateway reads no topic: a source, which writes frames.raw through ingest's code
+    assert [s.name for s in site.sources] == ["gateway", "ingest"]
+    assert site.stage("gateway").outputs == ()
     assert {s.name: s.input for s in site.consumers} == {
         "preprocess": "frames.raw", "inference": "frames.ready", "storage": "detections"}
     topics = site.topics
@@ -124,7 +126,7 @@ def test_topology_json_lists_stages_groups_contracts_and_versions(monkeypatch):
     assert shown.exit_code == 0, shown.output
     graph = json.loads(shown.stdout)
     stages = {s["name"]: s for s in graph["stages"]}
-    assert list(stages) == ["ingest", "preprocess", "inference", "storage"]
+    assert list(stages) == ["gateway", "ingest", "preprocess", "inference", "storage"]
     assert stages["ingest"]["kind"] == "source" and stages["ingest"]["group"] is None
     inference = stages["inference"]
     assert inference["group"] == "s1.framewire-inference"

@@ -84,6 +84,8 @@ def run(
             console.print(f"Apache Kafka: {sup.kafka.nodes} node(s) on "
                           f"{sup.kafka.bootstrap_servers}, data in {sup.kafka.folder}")
         console.print(f"services started; logs in {sup.logs}. Ctrl-C to stop.")
+        if any(child.service == "gateway" for child in sup.children):
+            console.print(_gateway_line(settings))
         codec = make_codec(settings.schema_registry_url, settings.schema_registry_auth)
         started, last = time.monotonic(), (time.monotonic(), 0)
         while not stop.wait(3.0):
@@ -102,6 +104,15 @@ def run(
         console.print("stopping: services finish their batch, commit and leave their groups")
         sup.stop()
         console.print("stopped")
+
+
+def _gateway_line(settings: Settings) -> str:
+    """Where the gateway serves, and how to get a token for it."""
+    gateway = settings.gateway
+    url = (f"http://{gateway.host}:{gateway.port}" if gateway.port
+           else f"the URL in {settings.home.resolve() / 'gateway.url'}")
+    return (f"gateway {url}/api/v1 (OpenAPI {url}/openapi.json); a token: "
+            "`framewire token create --role admin`")
 
 
 def _broker_options(kind: str | None, nodes: int | None) -> None:
@@ -287,6 +298,7 @@ from framewire.cli import erase as _erase  # noqa: E402,F401
 from framewire.cli import licenses as _licenses  # noqa: E402,F401
 from framewire.cli import publish as _publish  # noqa: E402,F401  (registers commands)
 from framewire.cli import recover as _recover  # noqa: E402,F401
+from framewire.cli import token as _token  # noqa: E402,F401
 from framewire.cli import topology as _topology  # noqa: E402,F401
 from framewire.cli import trace as _trace  # noqa: E402,F401
 from framewire.cli import views as _views  # noqa: E402,F401

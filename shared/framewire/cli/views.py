@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -68,18 +67,11 @@ def deadletters(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from framewire.ops.status import dead_letters
+    from framewire.ops.status import dead_letter_report, dead_letters
 
     letters = dead_letters(settings_for())[-limit:]
     if as_json:
-        _print_json([
-            {"service": d.service, "code": d.code, "reason": d.reason, "failed_at": d.failed_at,
-             "source_topic": d.source_topic, "source_partition": d.source_partition,
-             "source_offset": d.source_offset, "camera_id": d.camera_id,
-             "frame_id": d.frame_id, "payload_bytes": len(d.payload or b""),
-             "payload_uri": d.payload_uri}
-            for _, d in letters
-        ])
+        _print_json([dead_letter_report(d) for _, d in letters])
         return
     table = Table("failed", "service", "code", "camera", "frame id", "source", "reason")
     for _, d in letters:
@@ -100,46 +92,13 @@ def status(
 
     Example: framewire status --json
     """
-    from framewire.ops.status import broker_status, site_status
+    from framewire.ops.status import broker_status, site_status, status_report
 
     settings = settings_for()
     statuses = site_status(settings)
     brokers = broker_status(settings)
-    now = datetime.now(UTC)
     if as_json:
-        _print_json([
-            {"service": s.service, "alive": bool(s.alive), "lag": s.lag,
-             "records_in": s.total("records_in"), "records_out": s.total("records_out"),
-             "dead_lettered": s.total("dead_lettered"), "dropped": s.total("dropped"),
-             "cpu_s_per_1000_frames": s.cpu_per_1000_frames,
-             "host_joules_per_1000_frames": s.joules_per_1000_frames("host"),
-             "gpu_joules_per_1000_frames": s.joules_per_1000_frames("gpu"),
-             "problems": s.problems,
-             "instances": [
-                 {"instance": b.instance, "pid": b.pid, "host": b.host, "state": b.state,
-                  "version": b.version, "partitions": b.partitions,
-                  "seconds_since_heartbeat": round((now - b.sent_at).total_seconds(), 1),
-                  "records_in": b.records_in, "records_out": b.records_out,
-                  "dead_lettered": b.dead_lettered, "dropped": b.dropped,
-                  "drop_reasons": b.drop_reasons, "faults": b.faults,
-                  "restarts": b.restarts, "broker_ok": b.broker_ok,
-                  "stalled_cameras": b.stalled_cameras,
-                  "last_commit_at": b.last_commit_at, "metrics_port": b.metrics_port,
-                  "cpu_s_per_1000_frames": b.cpu_s_per_1000_frames,
-                  "out_per_s": b.out_per_s, "host_watts": b.host_watts,
-                  "gpu_watts": b.gpu_watts}
-                 for b in s.instances]}
-            for s in statuses
-        ] + [{
-            # the services' keys, so every entry has one shape; a broker has no such counters
-            "service": "broker", "kind": brokers.kind, "alive": brokers.alive, "lag": None,
-            "records_in": None, "records_out": None, "dead_lettered": None, "dropped": None,
-            "cpu_s_per_1000_frames": None, "host_joules_per_1000_frames": None,
-            "gpu_joules_per_1000_frames": None, "problems": brokers.problems,
-            "instances": [{"node_id": n.node_id, "listener": n.listener, "pid": n.pid,
-                           "alive": n.alive,
-                           "under_replicated_partitions": n.under_replicated_partitions}
-                          for n in brokers.nodes]}])
+        _print_json(status_report(statuses, brokers))
         return
     table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered",
                   "dropped", "lag", "CPU-s/1k frames", "J/1k frames", "metrics")

@@ -265,3 +265,51 @@ def broker_status(settings: Settings, timeout_s: float = 5.0) -> BrokerStatus:
         status.problems.append(f"{sum(under.values())} partition(s) under-replicated: a node "
                                "is down or behind; writes wait for min.insync.replicas")
     return status
+
+
+def dead_letter_report(letter: DeadLetter) -> dict[str, Any]:
+    """One dead letter as ``framewire deadletters --json`` and the gateway show it."""
+    return {"service": letter.service, "code": letter.code, "reason": letter.reason,
+            "failed_at": letter.failed_at, "source_topic": letter.source_topic,
+            "source_partition": letter.source_partition, "source_offset": letter.source_offset,
+            "camera_id": letter.camera_id, "frame_id": letter.frame_id,
+            "payload_bytes": len(letter.payload or b""), "payload_uri": letter.payload_uri}
+
+
+def status_report(statuses: list[ServiceStatus], brokers: BrokerStatus) -> list[dict[str, Any]]:
+    """The site's status as ``framewire status --json`` and the gateway's ``/status`` show it:
+    one entry per service, then one for the broker, all of one shape."""
+    now = datetime.now(UTC)
+    return [
+        {"service": s.service, "alive": bool(s.alive), "lag": s.lag,
+         "records_in": s.total("records_in"), "records_out": s.total("records_out"),
+         "dead_lettered": s.total("dead_lettered"), "dropped": s.total("dropped"),
+         "cpu_s_per_1000_frames": s.cpu_per_1000_frames,
+         "host_joules_per_1000_frames": s.joules_per_1000_frames("host"),
+         "gpu_joules_per_1000_frames": s.joules_per_1000_frames("gpu"),
+         "problems": s.problems,
+         "instances": [
+             {"instance": b.instance, "pid": b.pid, "host": b.host, "state": b.state,
+              "version": b.version, "partitions": b.partitions,
+              "seconds_since_heartbeat": round((now - b.sent_at).total_seconds(), 1),
+              "records_in": b.records_in, "records_out": b.records_out,
+              "dead_lettered": b.dead_lettered, "dropped": b.dropped,
+              "drop_reasons": b.drop_reasons, "faults": b.faults,
+              "restarts": b.restarts, "broker_ok": b.broker_ok,
+              "stalled_cameras": b.stalled_cameras,
+              "last_commit_at": b.last_commit_at, "metrics_port": b.metrics_port,
+              "cpu_s_per_1000_frames": b.cpu_s_per_1000_frames,
+              "out_per_s": b.out_per_s, "host_watts": b.host_watts,
+              "gpu_watts": b.gpu_watts}
+             for b in s.instances]}
+        for s in statuses
+    ] + [{
+        # the services' keys, so every entry has one shape; a broker has no such counters
+        "service": "broker", "kind": brokers.kind, "alive": brokers.alive, "lag": None,
+        "records_in": None, "records_out": None, "dead_lettered": None, "dropped": None,
+        "cpu_s_per_1000_frames": None, "host_joules_per_1000_frames": None,
+        "gpu_joules_per_1000_frames": None, "problems": brokers.problems,
+        "instances": [{"node_id": n.node_id, "listener": n.listener, "pid": n.pid,
+                       "alive": n.alive,
+                       "under_replicated_partitions": n.under_replicated_partitions}
+                      for n in brokers.nodes]}]

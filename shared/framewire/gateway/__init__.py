@@ -1,0 +1,1 @@
+"""The gateway: Framewire over HTTP (results, live stream, frame push, dead letters, status)."""
