@@ -18,6 +18,7 @@ from framewire.runtime import Stage
 from framewire.runtime.loop import Outcome
 from framewire.services.inference import STAGE
 from framewire.services.inference.accel import CPU_PROVIDER
+from framewire.services.inference.frames import FrameKeeper, KeptFrame
 from framewire.services.inference.models import Detector, choose_providers
 from framewire.store.blobs import BlobStore, resolve_payload
 from framewire.telemetry.metrics import service_metrics
@@ -45,6 +46,7 @@ class InferenceStage(Stage):
             1 if self.detector.provider == CPU_PROVIDER else min(4, usable_cores()))
         self._decoders = ThreadPoolExecutor(threads, "decode") if threads > 1 else None
         self.blobs = BlobStore.from_settings(settings)
+        self.keeper = FrameKeeper(settings, self.manifest, self.blobs)
         service_metrics().model.info({"model": self.manifest.name,
                                       "version": self.manifest.version,
                                       "provider": self.detector.provider})
@@ -102,9 +104,11 @@ class InferenceStage(Stage):
                 "framewire.provider": self.detector.provider,
                 "framewire.batch_size": len(images)}):
             found = self.detector.detect(images)
-        return [self._result(frame, boxes) for frame, boxes in zip(records, found, strict=True)]
+        return [self._result(frame, boxes, self.keeper.keep(frame, image, boxes))
+                for frame, image, boxes in zip(records, images, found, strict=True)]
 
-    def _result(self, frame: FramePreprocessed, boxes: np.ndarray) -> InferenceResult:
+    def _result(self, frame: FramePreprocessed, boxes: np.ndarray,
+                kept: KeptFrame) -> InferenceResult:
         lb = Letterbox(frame.scale, frame.pad_x, frame.pad_y, frame.input_width,
                        frame.input_height)
         mapped = unletterbox_boxes(boxes, lb, frame.orig_width, frame.orig_height)
@@ -121,5 +125,6 @@ class InferenceStage(Stage):
             orig_width=frame.orig_width, orig_height=frame.orig_height,
             model_name=self.manifest.name, model_version=self.manifest.version,
             provider=self.detector.provider, too_dark=frame.too_dark, blurred=frame.blurred,
-            frozen=frame.frozen, detections=detections,
+            frozen=frame.frozen, detections=detections, frame_uri=kept.frame_uri,
+            thumbnail_uri=kept.thumbnail_uri, faces_blurred=kept.faces_blurred,
         )

@@ -72,8 +72,9 @@ class PreprocessStage(Stage):
         seen = self.examine(frame)
         pixels = encode_jpeg(seen.boxed, cfg.jpeg_quality) if cfg.pixel_format == "jpeg" \
             else seen.boxed.tobytes()
+        # under privacy mode the letterboxed frame, faces and all, stays off the blob store
         inline, uri, digest = inline_or_reference(pixels, self.settings.max_inline_bytes,
-                                                  self.blobs)
+                                                  self.blobs, private=frame.header.privacy)
         return self.describe(frame, seen, cfg.pixel_format, inline, uri, digest)
 
     def describe(self, frame: FrameCaptured, seen: Examined, pixel_format: str,

@@ -37,6 +37,9 @@ def duration_ms(value: str | int) -> int:
     raise ValueError(f"{value!r} is not a duration: write e.g. 500ms, 90s, 15m, 24h, 30d or -1")
 
 
+# raw frames (a FrameCaptured topic) under privacy mode, unless `retention` names the topic
+PRIVATE_RAW_RETENTION = "1h"
+
 # a supervised process whose slot exited this many times within the window is in a crash loop
 CRASH_LOOP_EXITS, CRASH_LOOP_WINDOW_S = 3, 300.0
 
@@ -82,6 +85,11 @@ class InferenceSettings(StageSettings):
         "None = auto: on for GPU providers (a quarter of the bytes to copy), off on the CPU")
     decode_threads: int = Field(0, ge=0, le=64, description="threads decoding a micro-batch's "
                                 "JPEGs; 0 = auto: 1 on the CPU provider, up to 4 on a GPU")
+    store_frames: Literal["all", "detections", "none"] = Field(
+        "detections", description="which frames are kept in the blob store (a JPEG as the model "
+        "saw it, and a thumbnail), named by the result's frame_uri and thumbnail_uri: every "
+        "frame, those with a detection, or none; under privacy mode every face found in them is "
+        "blurred first")
 
 
 class StorageSettings(StageSettings):
@@ -125,6 +133,8 @@ class CameraSettings(BaseModel):
     retention: str | None = Field(
         None, description="how long this camera's results, detections, spans and blobs are "
         "kept (e.g. 7d, 12h); unset = data_retention")
+    privacy_mode: bool | None = Field(
+        None, description="this camera's privacy mode; unset = the site's privacy_mode")
 
     @field_validator("retention")
     @classmethod
@@ -262,6 +272,10 @@ class Settings(BaseSettings):
         default_factory=dict, description="settings of stages that are not Framewire's own, "
         "per stage name (e.g. FRAMEWIRE_STAGE_OPTIONS__CONFIDENT__MIN_SCORE=0.6)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    privacy_mode: bool = Field(
+        True, description="keep raw frames off the blob store (they travel inside their Kafka "
+        "records, frames.raw keeps them 1h unless `retention` says otherwise) and blur every "
+        "face the model finds before a frame is stored; per camera: cameras[].privacy_mode")
     accept_agpl_models: bool = Field(
         False, description="start a model whose manifest licence is AGPL (its terms reach a "
         "site serving its results over a network); `framewire licenses` lists what runs")
@@ -375,10 +389,23 @@ class Settings(BaseSettings):
         return ",".join(f"{host}:{int(port) + i}" for i in range(self.broker_nodes))
 
     def retention_ms(self, name: str) -> int:
-        """How long the logical topic ``name`` keeps records, in milliseconds."""
+        """How long the logical topic ``name`` keeps records, in milliseconds: as
+        ``retention`` sets it, else raw frames ``PRIVATE_RAW_RETENTION`` under privacy mode,
+        else as its stage declares."""
+        from framewire.contracts import FrameCaptured
         from framewire.topology import topology
 
-        return duration_ms(self.retention.get(name, topology(self).topic(name).retention))
+        topic = topology(self).topic(name)
+        if name in self.retention:
+            return duration_ms(self.retention[name])
+        if self.privacy_mode and topic.contract is FrameCaptured:
+            return duration_ms(PRIVATE_RAW_RETENTION)
+        return duration_ms(topic.retention)
+
+    def privacy_for(self, camera_id: str) -> bool:
+        """Whether ``camera_id``'s frames are captured in privacy mode."""
+        own = next((c.privacy_mode for c in self.cameras if c.camera_id == camera_id), None)
+        return self.privacy_mode if own is None else own
 
     def replication(self, brokers: int) -> tuple[int, int]:
         """(replication factor, min.insync.replicas) for a cluster of ``brokers`` brokers."""

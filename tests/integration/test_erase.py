@@ -18,7 +18,13 @@ from framewire.broker.reading import read_topic
 from framewire.contracts import DeadLetter, FrameCaptured, FramePreprocessed
 from framewire.contracts.codec import Codec
 from framewire.store.db import open_database
-from framewire.store.tables import camera_table, detection_table, result_table, span_table
+from framewire.store.tables import (
+    BLOB_COLUMNS,
+    camera_table,
+    detection_table,
+    result_table,
+    span_table,
+)
 from tests.fixtures.images import synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 
@@ -48,8 +54,12 @@ def camera_rows(url: str, camera: str) -> dict[str, int]:
 
 
 def blob_uris_of(site: Site, camera: str) -> set[str]:
-    """Every blob the camera's records on the topics name."""
+    """Every blob the camera's records on the topics and its stored results name."""
     settings, codec, uris = site.settings, Codec(), set()
+    with open_database(settings.resolved_database_url) as db, db.engine.connect() as conn:
+        for row in conn.execute(sa.select(*(result_table.c[c] for c in BLOB_COLUMNS)).where(
+                result_table.c.camera_id == camera)):
+            uris |= set(row) - {None}
     for topic, contract in (("frames.raw", FrameCaptured), ("frames.ready", FramePreprocessed),
                             ("deadletter", DeadLetter)):
         for msg in read_topic(settings, settings.topic(topic)):
@@ -63,6 +73,8 @@ def blob_uris_of(site: Site, camera: str) -> set[str]:
 def test_erase_leaves_nothing_of_the_camera_in_the_database_or_the_blob_folder(
         site: Site, tmp_path: Path):
     site.env["FRAMEWIRE_MAX_INLINE_BYTES"] = "1024"  # every frame and pixel payload is a blob
+    site.env["FRAMEWIRE_PRIVACY_MODE"] = "false"  # (privacy mode keeps raw frames inline)
+    site.env["FRAMEWIRE_INFERENCE__STORE_FRAMES"] = "all"  # and a stored frame per result
     settings = site.settings
     site.start("preprocess", "inference", "storage")
     originals: dict[str, set[str]] = {}

@@ -123,14 +123,15 @@ def hostile_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sit
     """A site with the test stage that crashes: on the embedded broker, then on Apache Kafka."""
     broker = request.getfixturevalue("broker" if request.param == "embedded"
                                      else "kafka_cluster")
-    # every frame over 1 KiB goes to the blob store, on a small tmpfs of its own (full disk)
+    # every frame over 1 KiB goes to the blob store, on a small tmpfs of its own (full disk;
+    # privacy mode off, as it keeps raw frames inline)
     # a member that died holds its partitions until its session times out: as short as the
     # broker allows (Apache Kafka: 6 s at least)
     timing = QUICK_FAILOVER if request.param == "kafka" else {
         "session.timeout.ms": 3000, "heartbeat.interval.ms": 500}
     site = Site(broker, tmp_path / "home", stages=json.dumps([CHECKER]),
                 poison_pill_limit=POISON_PILL_LIMIT, kafka=json.dumps(timing),
-                max_inline_bytes=1024)
+                max_inline_bytes=1024, privacy_mode=False)
     blobs = site.settings.resolved_blob_dir
     blobs.mkdir(parents=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(blobs)],

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from dataclasses import replace
 
 import cv2
+import numpy as np
 import pytest
 from skimage import data as skdata
 
@@ -14,8 +17,12 @@ from framewire.capture.ingest import Ingest
 from framewire.capture.sources import CapturedImage
 from framewire.contracts import FrameCaptured, FrameHeader, InferenceResult, utcnow
 from framewire.contracts.codec import Codec
+from framewire.models.manifest import load_manifest
 from framewire.ops.status import dead_letters
+from framewire.pixels.letterbox import letterbox
 from framewire.runtime import Publisher, StopSignal
+from framewire.services.inference.models import Detector
+from framewire.store.blobs import BlobStore
 from framewire.store.db import open_database
 from tests.fixtures.images import ASTRONAUT_FACE, bad_inputs, jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
@@ -70,19 +77,48 @@ def test_four_cameras_of_fifty_frames_make_exactly_200_rows_in_per_camera_order(
     assert sorted(p for (p,) in partitions.values()) == [0, 1, 2, 3]
 
 
-def test_face_photo_gives_a_face_box_within_15_px_of_the_true_box(site: Site):
+def faces_in(detector: Detector, blobs: BlobStore, uri: str | None) -> int:
+    """How many faces the site's detector finds in a stored JPEG."""
+    assert uri is not None
+    image = cv2.imdecode(np.frombuffer(blobs.get(uri), np.uint8), cv2.IMREAD_COLOR)
+    return len(detector.detect([letterbox(image, 640, 384)[0]])[0])
+
+
+def test_face_photo_gives_a_face_box_and_is_stored_blurred_and_never_raw(site: Site):
+    # every payload over 1 KiB would be a blob, but privacy mode keeps raw frames inline;
+    # cam-open is out of privacy mode: the control
+    site.env["FRAMEWIRE_MAX_INLINE_BYTES"] = "1024"
+    site.env["FRAMEWIRE_CAMERAS"] = json.dumps(
+        [{"camera_id": "cam-open", "url": "/unused", "privacy_mode": False}])
     site.start(*STAGES)
     photo = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
-    publish(site, [("cam-face", jpeg(photo, 95))])
-    wait_until(lambda: stored_count(site) >= 1, 120, "the face result")
-    db = open_database(site.settings.resolved_database_url)
-    (row,) = db.query_results(camera_id="cam-face")
-    db.close()
+    raw = {"cam-face": jpeg(photo, 95), "cam-open": jpeg(photo, 90)}
+    publish(site, list(raw.items()))
+    wait_until(lambda: stored_count(site) >= 2, 120, "both face results")
+    with open_database(site.settings.resolved_database_url) as db:
+        (row,) = db.query_results(camera_id="cam-face")
+        (control,) = db.query_results(camera_id="cam-open")
     faces = [d for d in row.detections if d.label == "face"]
     assert len(faces) == 1
     true_box = ASTRONAUT_FACE
     got = (faces[0].x1, faces[0].y1, faces[0].x2, faces[0].y2)
     assert max(abs(a - b) for a, b in zip(got, true_box, strict=True)) <= 15, got
+
+    # the detector, run again on what was stored, finds no face; the control still has one
+    blobs, detector = BlobStore.from_settings(site.settings), Detector(
+        load_manifest("centerface"), ["CPUExecutionProvider"])
+    assert (row.privacy, row.faces_blurred, control.privacy) == (True, 1, False)
+    assert faces_in(detector, blobs, row.frame_uri) == 0
+    assert faces_in(detector, blobs, row.thumbnail_uri) == 0
+    assert faces_in(detector, blobs, control.frame_uri) == 1
+    # the private raw frame travelled inline and was never written to the blob store
+    stored = {p.name.removesuffix(".bin") for p in blobs.root.rglob("*.bin")}
+    assert hashlib.sha256(raw["cam-face"]).hexdigest() not in stored
+    assert hashlib.sha256(raw["cam-open"]).hexdigest() in stored  # the claim check
+    records = {r.camera_id: r for r in (
+        Codec().decode(m.value(), FrameCaptured)
+        for m in read_topic(site.settings, site.settings.topic("frames.raw")))}
+    assert records["cam-face"].image == raw["cam-face"] and records["cam-face"].image_uri is None
 
 
 def test_bad_inputs_are_dead_lettered_with_distinct_reasons_and_services_stay_alive(site: Site):

@@ -94,7 +94,7 @@ def test_a_run_shows_no_secret_anywhere_and_keeps_its_files_private(
         # the embedded broker's group timing, as the site does not know it runs on one
         "FRAMEWIRE_KAFKA": json.dumps({"sasl.password": SASL_PASSWORD,
                                        **EMBEDDED_CLIENT_DEFAULTS}),
-        "FRAMEWIRE_MAX_INLINE_BYTES": "1024",  # frames kept as blob files under home
+        "FRAMEWIRE_INFERENCE__STORE_FRAMES": "all",  # every frame kept as blob files in home
     })
     env = {**os.environ, **site.env}
     run_out = tmp_path / "run.out"

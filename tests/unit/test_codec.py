@@ -36,11 +36,11 @@ def schema_texts() -> dict[str, str]:
     return {p.name: p.read_text() for p in folder.iterdir() if p.name.endswith(".avsc")}
 
 
-def with_v3_frame_captured(texts: dict[str, str]) -> dict[str, str]:
-    """The shipped schemas plus a FrameCaptured v3 that adds a defaulted field to v2."""
-    v3 = json.loads(texts["FrameCaptured.v2.avsc"])
-    v3["fields"].append({"name": "exposure_ms", "type": ["null", "float"], "default": None})
-    return {**texts, "FrameCaptured.v3.avsc": json.dumps(v3)}
+def with_newer_frame_captured(texts: dict[str, str]) -> dict[str, str]:
+    """The shipped schemas plus a FrameCaptured v4 that adds a defaulted field to v3."""
+    v4 = json.loads(texts["FrameCaptured.v3.avsc"])
+    v4["fields"].append({"name": "exposure_ms", "type": ["null", "float"], "default": None})
+    return {**texts, "FrameCaptured.v4.avsc": json.dumps(v4)}
 
 
 def test_every_contract_round_trips():
@@ -77,7 +77,7 @@ def test_every_contract_round_trips():
 def test_frame_records_read_their_header_fields_by_the_old_names():
     record = frame()
     assert (record.frame_id, record.camera_id, record.seq, record.captured_at,
-            record.ingested_at, record.image_uri) == astuple(record.header)
+            record.ingested_at, record.image_uri, record.privacy) == astuple(record.header)
 
 
 def test_a_stage_carries_the_header_forward_as_it_is():
@@ -94,7 +94,7 @@ def test_a_stage_carries_the_header_forward_as_it_is():
 def test_a_newer_reader_reads_older_records_with_the_default():
     texts = schema_texts()
     old, new = Codec(load_schema_versions(texts)), Codec(load_schema_versions(
-        with_v3_frame_captured(texts)))
+        with_newer_frame_captured(texts)))
     decoded = new.decode_dict(old.encode(frame()), FrameCaptured.SCHEMA)
     assert decoded["exposure_ms"] is None
     assert decoded["header"]["frame_id"] == "01HZX"
@@ -102,11 +102,12 @@ def test_a_newer_reader_reads_older_records_with_the_default():
 
 def test_a_v1_record_is_upgraded_then_resolved_to_a_newer_version():
     texts = schema_texts()
-    v1 = {k: v for k, v in texts.items() if k != "FrameCaptured.v2.avsc"}
+    v1 = {k: v for k, v in texts.items()
+          if k not in ("FrameCaptured.v2.avsc", "FrameCaptured.v3.avsc")}
     data = {**frame().to_avro(), **frame().header.to_avro(), "schema_version": 1}
     del data["header"]
     encoded = Codec(load_schema_versions(v1)).encode_dict(FrameCaptured.SCHEMA, data)
-    decoded = Codec(load_schema_versions(with_v3_frame_captured(texts))).decode_dict(
+    decoded = Codec(load_schema_versions(with_newer_frame_captured(texts))).decode_dict(
         encoded, FrameCaptured.SCHEMA)
     assert decoded["exposure_ms"] is None
     assert decoded["header"] == {k: data[k] for k in HEADER_FIELDS}
@@ -115,15 +116,15 @@ def test_a_v1_record_is_upgraded_then_resolved_to_a_newer_version():
 def test_an_older_reader_reads_newer_records_ignoring_the_new_field():
     texts = schema_texts()
     old, new = Codec(load_schema_versions(texts)), Codec(load_schema_versions(
-        with_v3_frame_captured(texts)))
+        with_newer_frame_captured(texts)))
     data = {**frame().to_avro(), "exposure_ms": 8.5}
     encoded = new.encode_dict(FrameCaptured.SCHEMA, data)
-    # the v2-only reader does not know v3's fingerprint: it must be told about v3 ...
+    # the v3-only reader does not know v4's fingerprint: it must be told about v4 ...
     with pytest.raises(DataError) as err:
         old.decode(encoded, FrameCaptured)
     assert err.value.code == "unknown_schema"
-    # ... and a reader that ships v3 but reads as v2 (rolling back) resolves it
-    rollback = Codec(load_schema_versions(with_v3_frame_captured(texts)))
+    # ... and a reader that ships v4 but reads as v3 (rolling back) resolves it
+    rollback = Codec(load_schema_versions(with_newer_frame_captured(texts)))
     rollback._latest[FrameCaptured.SCHEMA] = old.latest(FrameCaptured.SCHEMA)
     assert rollback.decode(encoded, FrameCaptured) == frame(
         header=FrameHeader.from_avro(data["header"]))

@@ -130,14 +130,17 @@ def test_each_type_has_the_fields_of_its_newest_schema(contract: str):
 
 
 def test_every_schema_with_a_frame_header_defines_it_alike():
-    headers = []
+    headers: dict[str, set[str]] = {}
     for filename in SCHEMA_FILES:
         for f in parsed_schema(filename)["fields"]:
             if isinstance(f["type"], dict) and f["type"].get("name") == "io.framewire.FrameHeader":
-                headers.append(to_parsing_canonical_form(f["type"]))
-    assert len(headers) == 3  # FrameCaptured, FramePreprocessed, InferenceResult v2
-    assert len(set(headers)) == 1
-    assert tuple(f["name"] for f in json.loads(headers[0])["fields"]) == HEADER_FIELDS
+                version = filename.rsplit(".", 2)[-2]
+                headers.setdefault(version, set()).add(to_parsing_canonical_form(f["type"]))
+    # FrameCaptured, FramePreprocessed and InferenceResult: v2 brought the header, v3 privacy
+    assert sorted(headers) == ["v2", "v3"]
+    assert all(len(alike) == 1 for alike in headers.values())
+    (newest,) = headers["v3"]
+    assert tuple(f["name"] for f in json.loads(newest)["fields"]) == HEADER_FIELDS
 
 
 def test_the_frame_records_newest_versions_carry_the_header_first():

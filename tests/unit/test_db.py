@@ -85,7 +85,7 @@ def test_password_is_hidden_in_errors() -> None:
 RESULT_COLUMNS = ("frame_id", "camera_id", "seq", "captured_at", "ingested_at", "preprocessed_at",
                   "inferred_at", "stored_at", "orig_width", "orig_height", "model_name",
                   "model_version", "provider", "image_uri", "too_dark", "blurred", "frozen",
-                  "detection_count")
+                  "detection_count", "privacy", "frame_uri", "thumbnail_uri", "faces_blurred")
 
 
 def test_the_results_table_keeps_its_columns_for_existing_databases() -> None:

@@ -144,8 +144,9 @@ def ingest_problems(site: Site) -> list[str]:
 
 def ingest_on(site: Site, full_disk: FullDisk) -> Ingest:
     """An ingest whose every frame is bigger than the inline limit: each goes to the (full)
-    blob store."""
+    blob store (privacy mode off: with it on, raw frames never go there)."""
     site.env["FRAMEWIRE_BLOB_DIR"] = str(full_disk.root)
+    site.env["FRAMEWIRE_PRIVACY_MODE"] = "false"
     site.env["FRAMEWIRE_MAX_INLINE_BYTES"] = "1024"
     return Ingest(site.settings, stop=StopSignal(install=False))
 

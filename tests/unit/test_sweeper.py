@@ -20,14 +20,16 @@ from framewire.store.tables import span_table
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
-def result(frame_id: str, camera: str, age: timedelta, image_uri: str) -> InferenceResult:
+def result(frame_id: str, camera: str, age: timedelta, image_uri: str,
+           frame_uri: str | None = None, thumbnail_uri: str | None = None) -> InferenceResult:
     at = NOW - age
     return InferenceResult(
         header=FrameHeader(frame_id=frame_id, camera_id=camera, seq=0, captured_at=at,
                            ingested_at=at, image_uri=image_uri),
         preprocessed_at=at, inferred_at=at, orig_width=64, orig_height=64, model_name="m",
         model_version="1", provider="cpu", too_dark=False, blurred=False, frozen=False,
-        detections=[Detection(label="face", class_id=0, score=0.9, x1=1, y1=1, x2=5, y2=5)])
+        detections=[Detection(label="face", class_id=0, score=0.9, x1=1, y1=1, x2=5, y2=5)],
+        frame_uri=frame_uri, thumbnail_uri=thumbnail_uri, faces_blurred=1)
 
 
 def swept(kind: str) -> float:
@@ -43,15 +45,19 @@ def settings(tmp_path, monkeypatch):
 
 def test_each_camera_keeps_its_data_for_its_own_retention_and_no_longer(settings):
     blobs = BlobStore(settings.resolved_blob_dir)
-    uri = {name: blobs.put(name.encode() * 100)[0] for name in ("s-old", "s-new", "d-old")}
+    uri = {name: blobs.put(name.encode() * 100)[0]
+           for name in ("s-old", "s-new", "d-old", "s-old-frame", "s-old-thumb", "s-new-frame")}
     orphan_old, _ = blobs.put(b"letterboxed pixels" * 100)
     orphan_new, _ = blobs.put(b"a dead letter's payload" * 100)
     old = (NOW - timedelta(days=40)).timestamp()
-    os.utime(blobs.locate(orphan_old)[0], (old, old))
+    for aged in (orphan_old, uri["s-new-frame"]):  # the stored frame is named: it stays
+        os.utime(blobs.locate(aged)[0], (old, old))
     with open_database(settings.resolved_database_url) as db:
         db.upsert_results([
-            result("s-old", "cam-short", timedelta(hours=2), uri["s-old"]),
-            result("s-new", "cam-short", timedelta(minutes=10), uri["s-new"]),
+            result("s-old", "cam-short", timedelta(hours=2), uri["s-old"], uri["s-old-frame"],
+                   uri["s-old-thumb"]),
+            result("s-new", "cam-short", timedelta(minutes=10), uri["s-new"],
+                   uri["s-new-frame"]),
             result("d-old", "cam-default", timedelta(hours=2), uri["d-old"]),  # within 30d
         ])
     with open_database(settings.resolved_span_database_url) as spans, spans.engine.begin() as c:
@@ -69,15 +75,15 @@ def test_each_camera_keeps_its_data_for_its_own_retention_and_no_longer(settings
     assert retention_of(settings, "cam-short") == timedelta(hours=1)
     assert retention_of(settings, "cam-default") == timedelta(days=30)
     assert (deleted["results"], deleted["detections"], deleted["spans"]) == (1, 1, 1)
-    assert deleted["blobs"] == 2  # s-old's frame, the old orphan
+    assert deleted["blobs"] == 4  # s-old's original, stored frame and thumbnail; the orphan
     with open_database(settings.resolved_database_url) as db:
         assert sorted(db.frame_ids()) == ["d-old", "s-new"]
     left = {p.as_uri() for p in settings.resolved_blob_dir.rglob("*.bin")}
-    assert left == {uri["s-new"], uri["d-old"], orphan_new}
+    assert left == {uri["s-new"], uri["s-new-frame"], uri["d-old"], orphan_new}
     with open_database(settings.resolved_span_database_url) as spans, \
             spans.engine.connect() as c:
         assert [r.frame_id for r in c.execute(sa.select(span_table))] == ["s-new"]
-    for kind, count in (("results", 1), ("detections", 1), ("spans", 1), ("blobs", 2)):
+    for kind, count in (("results", 1), ("detections", 1), ("spans", 1), ("blobs", 4)):
         assert swept(kind) - before[kind] == count
     assert sweep(settings, NOW)["results"] == 0  # nothing more to do
 

@@ -74,7 +74,8 @@ class Ingest:
         self.stop = stop or StopSignal()
         self.publisher = publisher or Publisher(settings, self.name)
         self.ingestor = FrameIngestor(BlobStore.from_settings(settings),
-                                      settings.max_upload_bytes, settings.max_inline_bytes)
+                                      settings.max_upload_bytes, settings.max_inline_bytes,
+                                      settings.privacy_for)
         self.placement = CameraPlacement(settings.home / "camera-partitions.json")
         self.lock = threading.Lock()
         self.buffers: dict[str, CameraBuffer[FrameCaptured]] = {}

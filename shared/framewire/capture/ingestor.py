@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from ulid import ULID
@@ -47,9 +48,13 @@ def blob_write_failed(exc: OSError | TransientError, root: Path) -> BlobWriteFai
 class FrameIngestor:
     """Validates captured images and gives each one its frame id and per-camera seq."""
 
-    def __init__(self, blobs: BlobStore, max_upload_bytes: int, max_inline_bytes: int) -> None:
+    def __init__(self, blobs: BlobStore, max_upload_bytes: int, max_inline_bytes: int,
+                 privacy_for: Callable[[str], bool] | None = None) -> None:
         self.blobs = blobs
         self.max_upload_bytes, self.max_inline_bytes = max_upload_bytes, max_inline_bytes
+        # whether a camera's frames are captured in privacy mode (Settings.privacy_for);
+        # unset = all of them
+        self.privacy_for = privacy_for or (lambda _camera_id: True)
         self._seq: defaultdict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
@@ -64,9 +69,11 @@ class FrameIngestor:
                 "lower the camera's resolution or quality, or raise FRAMEWIRE_MAX_UPLOAD_BYTES",
             )
         info = sniff_image(image.data)
+        private = self.privacy_for(camera_id)
         try:
+            # under privacy mode the raw frame travels in its record and is never stored
             inline, uri, digest = inline_or_reference(image.data, self.max_inline_bytes,
-                                                      self.blobs)
+                                                      self.blobs, private=private)
         except (OSError, TransientError) as exc:
             raise blob_write_failed(exc, self.blobs.root) from exc
         # the seq is taken once the blob is written: a frame retried after a failed write
@@ -77,7 +84,7 @@ class FrameIngestor:
         return FrameCaptured(
             header=FrameHeader(frame_id=str(ULID()), camera_id=camera_id, seq=seq,
                                captured_at=image.captured_at, ingested_at=utcnow(),
-                               image_uri=uri),
+                               image_uri=uri, privacy=private),
             # a source masks its URL already; this is the records' guarantee (plug-in sources)
             source=mask_url(image.source), content_type=info.content_type, width=info.width,
             height=info.height, image=inline, image_sha256=digest,

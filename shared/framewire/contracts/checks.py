@@ -124,6 +124,9 @@ def _result(r: InferenceResult) -> None:
     for name in ("model_name", "model_version", "provider"):
         text(name, getattr(r, name), 256)
     count("len(detections)", len(r.detections), 0, MAX_DETECTIONS)
+    text("frame_uri", r.frame_uri, optional=True)
+    text("thumbnail_uri", r.thumbnail_uri, optional=True)
+    count("faces_blurred", r.faces_blurred, 0, MAX_DETECTIONS)
     for i, d in enumerate(r.detections):
         text(f"detections[{i}].label", d.label, 256)
         count(f"detections[{i}].class_id", d.class_id)

@@ -77,6 +77,9 @@ class FrameHeader:
     captured_at: datetime
     ingested_at: datetime
     image_uri: str | None = None  # the original frame in the blob store, when stored
+    # privacy mode, decided at capture (privacy_mode, or the camera's own): the raw frame stays
+    # off the blob store, and every face found is blurred in the frame that is stored
+    privacy: bool = True
 
     def to_avro(self) -> dict[str, Any]:
         """The header as the plain dict fastavro writes."""
@@ -124,6 +127,10 @@ class FrameRecord(Contract):
     def image_uri(self) -> str | None:
         return self.header.image_uri
 
+    @property
+    def privacy(self) -> bool:
+        return self.header.privacy
+
     def to_avro(self) -> dict[str, Any]:
         data = Contract.to_avro(self)
         data["header"] = self.header.to_avro()
@@ -147,7 +154,7 @@ class FrameCaptured(FrameRecord):
     height: int
     image: bytes | None = None
     image_sha256: str | None = None  # with header.image_uri when the image rides by reference
-    schema_version: int = 2
+    schema_version: int = 3
 
 
 @dataclass(slots=True)
@@ -171,7 +178,7 @@ class FramePreprocessed(FrameRecord):
     pixels: bytes | None = None
     pixels_uri: str | None = None
     pixels_sha256: str | None = None
-    schema_version: int = 2
+    schema_version: int = 3
 
 
 @dataclass(slots=True)
@@ -202,7 +209,11 @@ class InferenceResult(FrameRecord):
     blurred: bool
     frozen: bool
     detections: list[Detection] = field(default_factory=list)
-    schema_version: int = 2
+    # the frame as stored (a JPEG as the model saw it, faces blurred under header.privacy)
+    frame_uri: str | None = None
+    thumbnail_uri: str | None = None
+    faces_blurred: int = 0
+    schema_version: int = 3
 
     def to_avro(self) -> dict[str, Any]:
         data = FrameRecord.to_avro(self)
@@ -283,7 +294,8 @@ Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
 def nest_frame_header(data: dict[str, Any]) -> dict[str, Any]:
     """A v1 frame record (header fields at the top level) in the v2 shape (under ``header``)."""
     nested = {k: v for k, v in data.items() if k not in HEADER_FIELDS}
-    nested["header"] = {name: data[name] for name in HEADER_FIELDS}
+    # header fields added after v2 (privacy) come from Avro resolution to the newer version
+    nested["header"] = {name: data[name] for name in HEADER_FIELDS if name in data}
     return nested
 
 

@@ -3,7 +3,8 @@ forgotten, a camera taken down), optionally only what is older than a time.
 
 What is removed: the camera's results and their detections, its row in the cameras table (or
 its counts, when only older results go), the spans of its frames, and the blobs its frames
-left in the blob store: the original images (``image_uri``), the letterboxed pixels of
+left in the blob store: the original images (``image_uri``), the stored frames and their
+thumbnails (``frame_uri``, ``thumbnail_uri``), the letterboxed pixels of
 ``frames.ready`` (``pixels_uri``) and the payloads of its dead letters; a blob that another
 camera's row or record also names (the store is content-addressed: the same bytes are one
 blob) stays. The records still on
@@ -27,7 +28,14 @@ from framewire.contracts.codec import Codec, make_codec
 from framewire.errors import DataError, FramewireError, TransientError
 from framewire.store.blobs import BlobStore
 from framewire.store.db import Database, open_database
-from framewire.store.tables import camera_table, detection_table, result_table, span_table
+from framewire.store.tables import (
+    BLOB_COLUMNS,
+    blobs_named,
+    camera_table,
+    detection_table,
+    result_table,
+    span_table,
+)
 
 log = logging.getLogger(__name__)
 # the kinds the report counts, in its order (``--json`` keys)
@@ -82,9 +90,7 @@ def _erase(settings: Settings, report: ErasureReport, uris: set[str], others: se
         uris -= others
         if uris:
             with db.engine.connect() as conn:
-                uris -= {r.image_uri for r in conn.execute(
-                    sa.select(result_table.c.image_uri).where(
-                        result_table.c.image_uri.in_(sorted(uris))))}
+                uris -= blobs_named(conn, sorted(uris))
     with open_database(settings.resolved_span_database_url) as spans:
         _erase_spans(spans, report.camera_id, frame_ids, report.before, report)
     blobs = BlobStore.from_settings(settings)
@@ -100,9 +106,10 @@ def _erase_results(db: Database, camera_id: str, before: datetime | None,
     if before is not None:
         which = sa.and_(which, results.captured_at < before)
     with db.engine.begin() as conn:
-        rows = conn.execute(sa.select(results.frame_id, results.image_uri).where(which)).all()
+        rows = conn.execute(sa.select(results.frame_id, *(results[c] for c in BLOB_COLUMNS))
+                            .where(which)).all()
         frame_ids = {r.frame_id for r in rows}
-        uris.update(r.image_uri for r in rows if r.image_uri)
+        uris.update(uri for r in rows for uri in r[1:] if uri)
         for chunk in _chunks(sorted(frame_ids)):
             report.counts["detections"] += conn.execute(sa.delete(detection_table).where(
                 detection_table.c.frame_id.in_(chunk))).rowcount

@@ -1,8 +1,8 @@
 """Retention: the storage service deletes what is past its retention, every
-``sweep_interval_s``: each camera's results, detections, spans and original frames older than
-its ``retention`` (``data_retention`` unless the camera sets its own), then blobs no row names
-that are older than ``data_retention`` (letterboxed pixels, dead-letter payloads). What it
-deleted is counted in ``framewire_swept_total{kind}`` and logged."""
+``sweep_interval_s``: each camera's results, detections, spans, original and stored frames and
+thumbnails older than its ``retention`` (``data_retention`` unless the camera sets its own),
+then blobs no row names that are older than ``data_retention`` (letterboxed pixels, dead-letter
+payloads). What it deleted is counted in ``framewire_swept_total{kind}`` and logged."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from framewire.errors import FramewireError
 from framewire.ops.erase import ErasureReport, erase_rows
 from framewire.store.blobs import BlobStore
 from framewire.store.db import open_database
-from framewire.store.tables import camera_table, result_table
+from framewire.store.tables import blobs_named, camera_table
 from framewire.telemetry.metrics import service_metrics
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,7 @@ def _sweep_orphans(settings: Settings, now: datetime) -> int:
     if not old:
         return 0
     with open_database(settings.resolved_database_url) as db, db.engine.connect() as conn:
-        named = {r.image_uri for r in conn.execute(sa.select(result_table.c.image_uri).where(
-            result_table.c.image_uri.in_([p.as_uri() for p in old])))}
+        named = blobs_named(conn, [p.as_uri() for p in old])
     removed = 0
     for path in old:
         if path.as_uri() not in named:

@@ -43,12 +43,20 @@ class DeadLetters:
         URLs in the reason are masked: a letter is read by whoever reads the topic.
         """
         reason = mask_urls_in(error.reason)
-        inline, uri = payload, None
-        if payload is not None:
-            inline, uri, _ = inline_or_reference(payload, self.settings.max_inline_bytes,
-                                                 self.blobs)
         if camera_id is None and key:
             camera_id = key.decode(errors="replace")
+        inline, uri = payload, None
+        if payload is not None:
+            # a frame under privacy mode is never written to the blob store, not even as a
+            # dead letter: it stays in the letter, or, past what a record holds, is not kept
+            private = self.settings.privacy_mode or (
+                camera_id is not None and self.settings.privacy_for(camera_id))
+            try:
+                inline, uri, _ = inline_or_reference(payload, self.settings.max_inline_bytes,
+                                                     self.blobs, private=private)
+            except DataError:
+                inline = None
+                reason += f" (its {len(payload)} bytes not kept: privacy mode)"
         letter = DeadLetter(
             service=self.service, code=error.code, reason=reason, failed_at=utcnow(),
             source_topic=source[0] if source else None,

@@ -246,11 +246,24 @@ class BlobStore:
         return expected, digest
 
 
+# the most a frame may weigh inside its Kafka record (producers' message.max.bytes is 16 MiB,
+# and the record has more than the image in it)
+PRIVATE_INLINE_LIMIT = 15 * 1024 * 1024
+
+
 def inline_or_reference(
-    data: bytes, max_inline_bytes: int, store: BlobStore
+    data: bytes, max_inline_bytes: int, store: BlobStore, private: bool = False
 ) -> tuple[bytes | None, str | None, str | None]:
-    """Decide how bytes travel: (inline bytes, None, None) or (None, uri, sha256)."""
-    if len(data) <= max_inline_bytes:
+    """Decide how bytes travel: (inline bytes, None, None) or (None, uri, sha256).
+
+    ``private`` bytes (a frame under privacy mode) never go to the store: they travel inline
+    up to ``PRIVATE_INLINE_LIMIT``, and larger ones are refused (``too_large``)."""
+    if private and len(data) > PRIVATE_INLINE_LIMIT:
+        raise DataError(
+            "too_large", f"{len(data)} bytes cannot travel inside a Kafka record (at most "
+            f"{PRIVATE_INLINE_LIMIT}), and privacy mode keeps raw frames off the blob store; "
+            "lower the camera's resolution or quality, or turn privacy_mode off for it")
+    if private or len(data) <= max_inline_bytes:
         return data, None, None
     uri, digest = store.put(data)
     return None, uri, digest

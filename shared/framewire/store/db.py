@@ -298,6 +298,7 @@ def open_database(url: str) -> Database:
                     # the same race on SQLite: take the write lock before checking the tables
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 metadata.create_all(conn)
+                _add_missing_columns(conn)
             break
         except DBAPIError as err:
             if "already exists" in str(err) and attempt < 2:
@@ -306,6 +307,20 @@ def open_database(url: str) -> Database:
             raise _open_failure(err, where) from err
     log.info("database opened", extra={"url": where})
     return Database(engine)
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """Columns a newer Framewire added to a table this database already had (each new column
+    is nullable or has a server default, so older rows read as before)."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+                log.info("database column added", extra={"table": table.name,
+                                                          "column": column.name})
 
 
 def _sqlite_engine(url: URL) -> Engine:

@@ -74,11 +74,32 @@ result_table = sa.Table(
     sa.Column("blurred", sa.Boolean, nullable=False),
     sa.Column("frozen", sa.Boolean, nullable=False),
     sa.Column("detection_count", sa.Integer, nullable=False),
+    # added with contract v3 (open_database adds them to an older database)
+    sa.Column("privacy", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("frame_uri", sa.String, nullable=True),
+    sa.Column("thumbnail_uri", sa.String, nullable=True),
+    sa.Column("faces_blurred", sa.Integer, nullable=False, server_default="0"),
     # (camera_id, captured_at) also serves lookups by camera_id alone, so no separate index.
     sa.Index("ix_results_camera_id_captured_at", "camera_id", "captured_at"),
     # The dashboard's "newest across all cameras" query.
     sa.Index("ix_results_captured_at", "captured_at"),
 )
+
+# Result columns that name a blob: the original frame, the stored (blurred) frame, its
+# thumbnail. Erasure and the retention sweeper delete a blob only when no row names it.
+BLOB_COLUMNS = ("image_uri", "frame_uri", "thumbnail_uri")
+
+
+def blobs_named(conn: sa.Connection, uris: Sequence[str]) -> set[str]:
+    """Those of ``uris`` that a stored result still names."""
+    named: set[str] = set()
+    for name in BLOB_COLUMNS:
+        column = result_table.c[name]
+        for start in range(0, len(uris), 500):
+            named.update(conn.execute(sa.select(column).where(
+                column.in_(uris[start:start + 500]))).scalars())
+    return named
+
 
 # The embedded span store: where traces go when no OTLP endpoint is configured.
 span_table = sa.Table(
