@@ -15,10 +15,10 @@ from framewire.errors import TransientError
 from framewire.topology import topology
 
 
-def _reader(settings: Settings, group: str | None = None) -> Consumer:
+def _reader(settings: Settings, group: str | None = None, fetch_wait_ms: int = 50) -> Consumer:
     # a short fetch wait, so that reading to the end of a busy topic (status) ends quickly
     return Consumer(client_config(settings, {"auto.offset.reset": "earliest", "log_level": 0,
-                                             "fetch.wait.max.ms": 50}, **{
+                                             "fetch.wait.max.ms": fetch_wait_ms}, **{
         "group.id": group or f"framewire-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "enable.partition.eof": True,
     }))
@@ -72,13 +72,16 @@ class TopicFollower:
     ``read_to_end`` returns every record up to the end the partitions have now; ``poll``
     then returns what is written after. No offset is ever committed: each follower reads
     the whole topic again when it starts. Its group id (never joined) starts with
-    ``group``-follow-, which the stage's ACLs allow on a secured cluster.
+    ``group``-follow-, which the stage's ACLs allow on a secured cluster. ``fetch_wait_ms``:
+    how long the broker may hold a fetch at the end of the topic (the embedded broker holds
+    it that long each time, so a long-lived follower of a quiet topic asks for more).
     """
 
     def __init__(self, settings: Settings, topic: str, group: str,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, fetch_wait_ms: int = 50) -> None:
         self.topic, self.timeout_s = topic, timeout_s
-        self.consumer = _reader(settings, f"{group}-follow-{uuid.uuid4().hex[:8]}")
+        self.consumer = _reader(settings, f"{group}-follow-{uuid.uuid4().hex[:8]}",
+                                fetch_wait_ms)
         self._ends: set[int] | None = None  # partitions not yet read to their end
 
     def _assign(self) -> bool:

@@ -141,8 +141,10 @@ class CameraWatch:
     def __init__(self, settings: Settings, service: str = "ingest",
                  start_timeout_s: float = 10.0) -> None:
         self.settings, self.start_timeout_s = settings, start_timeout_s
+        # a change waits at most this long on the broker: 2 fetches a second of a quiet
+        # topic, not 20
         self.follower = TopicFollower(settings, settings.topic(CAMERAS_TOPIC),
-                                      settings.group(service))
+                                      settings.group(service), fetch_wait_ms=500)
         self.table: dict[str, CameraSettings | None] = {}
         self.cameras: dict[str, CameraSettings] = {}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 
@@ -26,7 +26,6 @@ from framewire.capture.cameras import (
 )
 from framewire.config import CameraSettings, Settings
 from framewire.errors import ConfigError, FramewireError, TransientError
-from framewire.runtime.producer import TrackedProducer
 from framewire.secrets import mask_url, mask_urls_in
 
 TIMEOUT_S = 10.0
@@ -134,10 +133,24 @@ def _topic_exists(settings: Settings, timeout_s: float) -> bool:
 
 def _write(settings: Settings, camera_id: str, value: bytes | None, timeout_s: float) -> None:
     """One record on the cameras topic (made first if missing), acknowledged by all
-    in-sync replicas."""
+    in-sync replicas; TransientError when it is not within ``timeout_s``."""
     if not _topic_exists(settings, timeout_s):
         ensure_topics(settings, timeout_s)
-    producer = TrackedProducer(settings, "cameras", on_error=lambda _err: None,
-                               on_delivered=lambda: None)
-    producer.produce(settings.topic(CAMERAS_TOPIC), value, camera_id.encode(), None)
-    producer.flush(timeout_s)
+    # not idempotent: Apache Kafka takes about a second to hand a producer its id, and a
+    # retried record of this one-record producer could only repeat the latest value
+    producer = Producer(client_config(
+        settings, {"acks": "all", "enable.idempotence": False, "log_level": 0},
+        **{"client.id": "framewire-cameras", "allow.auto.create.topics": False}))
+    failed: list[str] = []
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            failed.append(err.str())
+
+    topic = settings.topic(CAMERAS_TOPIC)
+    producer.produce(topic, key=camera_id.encode(), value=value, on_delivery=delivered)
+    if producer.flush(timeout_s) or failed:
+        raise TransientError(f"the change to camera {camera_id!r} was not acknowledged by "
+                             f"the broker within {timeout_s:.0f} s ({'; '.join(failed)}); is it "
+                             f"reachable at {settings.bootstrap_servers}? `framewire cameras ls` shows "
+                             "whether it took")

@@ -140,11 +140,10 @@ class TrackedProducer:
             self._transactions_ready = True
         self.producer.begin_transaction()
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | None,
+    def produce(self, topic: str, value: bytes, key: bytes | None,
                 headers: Headers | None, delivery: Delivery | None = None,
                 partition: int | None = None, producer: Producer | None = None) -> None:
-        """Queue encoded bytes (None: a tombstone) for a full topic name (retrying while the
-        queue is full).
+        """Queue encoded bytes for a full topic name (retrying while the queue is full).
 
         Its acknowledgement is awaited by ``flush``, or counted in ``delivery`` when given.
         Without ``partition``, the key's hash picks the partition.
