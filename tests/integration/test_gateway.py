@@ -108,6 +108,7 @@ def gateway(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
         site.stop()
     # SIGTERM: streams ended, requests finished, pushed frames acknowledged, exit 0
     assert [p.returncode for p in site.procs["gateway"]] == [0], site.logs()
+    assert not (site.home / "gateway.url").exists()
 
 
 def result(frame_id: str, camera: str, captured_at: datetime) -> InferenceResult:
@@ -249,6 +250,7 @@ def test_results_are_listed_by_camera_and_time_and_one_by_frame_id(gateway: Gate
                                   "y1": 2.0, "x2": 30.0, "y2": 40.0}]
     assert datetime.fromisoformat(one["captured_at"]) == (now - timedelta(hours=1))
     assert one["frame_url"] is None and one["thumbnail_url"] is None
+    assert "image_uri" not in one
 
 
 def test_a_results_stored_frame_and_thumbnail_are_served_as_jpeg(gateway: Gateway):
@@ -266,6 +268,7 @@ def test_a_results_stored_frame_and_thumbnail_are_served_as_jpeg(gateway: Gatewa
         one = client.get(f"{API}/results/IMG-1").json()
         assert one["frame_url"] == f"{API}/results/IMG-1/frame"
         assert one["thumbnail_url"] == f"{API}/results/IMG-1/thumbnail"
+        assert not {"image_uri", "frame_uri", "thumbnail_uri"} & set(one)  # server paths
         for url, data in ((one["frame_url"], frame), (one["thumbnail_url"], thumb)):
             got = client.get(url)
             assert (got.status_code, got.headers["content-type"]) == (200, "image/jpeg")

@@ -21,6 +21,8 @@ from framewire.store.tables import DETECTION_FIELDS, detection_table, result_tab
 
 API = "/api/v1"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# result columns that name blobs by their place on the server's disk
+SERVER_PATHS = ("image_uri", "frame_uri", "thumbnail_uri")
 
 
 @dataclass(frozen=True, order=True)
@@ -47,14 +49,17 @@ class StreamPosition:
 
 
 def result_json(result: StoredResult, row: sa.RowMapping | None = None) -> dict[str, Any]:
-    """A stored result as JSON (``framewire results --json``'s fields), with ``frame_url`` and
-    ``thumbnail_url``: the API paths of its stored (face-blurred) frame and thumbnail, or null
-    when it has none."""
+    """A stored result as JSON (``framewire results --json``'s fields less the blob URIs), with
+    ``frame_url`` and ``thumbnail_url``: the API paths of its stored (face-blurred) frame and
+    thumbnail, or null when it has none."""
     flat = result.as_flat_dict()
     links = {}
     for column, path in (("frame_uri", "frame"), ("thumbnail_uri", "thumbnail")):
         uri = blob_uri(result, row, column)
         links[f"{path}_url"] = f"{API}/results/{result.frame_id}/{path}" if uri else None
+    # blob URIs name files on the server: HTTP clients get the routes above instead
+    for column in SERVER_PATHS:
+        flat.pop(column, None)
     return jsonable_encoder({**flat, **links})
 
 

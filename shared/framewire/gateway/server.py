@@ -69,4 +69,5 @@ def serve(settings: Settings, stop: StopSignal | None = None) -> None:
         thread.join(GRACEFUL_S + 5)
         pusher.close()
         state.close()
+        url_file(settings).unlink(missing_ok=True)
         log.info("gateway stopped")
