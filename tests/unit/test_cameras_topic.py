@@ -17,9 +17,11 @@ from framewire.capture.cameras import (
     parse_camera,
 )
 from framewire.config import CameraSettings, load_settings
+from framewire.contracts import FrameCaptured
 from framewire.errors import ConfigError
 from framewire.ops.cameras import SiteCamera, validated_camera
-from framewire.topology import topology
+from framewire.topology import Output, StageSpec, topology
+from framewire.topology.registry import check
 
 
 def cam(camera_id: str, url: str = "/data/shots", **kw) -> CameraSettings:
@@ -136,3 +138,14 @@ def test_cameras_add_refuses_a_bad_camera_before_reaching_the_broker(args, wante
                                env={"FRAMEWIRE_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
     assert isinstance(shown.exception, ConfigError), shown.output
     assert wanted in str(shown.exception) and "s3cret" not in str(shown.exception)
+
+
+def test_a_stage_may_follow_or_manage_only_a_settings_topic():
+    source = StageSpec(name="src", summary="s", entry="x:src",
+                       outputs=(Output("frames.raw", FrameCaptured),), follows=("cameras",))
+    api = StageSpec(name="api", summary="a", entry="x:api", manages=("cameras",))
+    info = check([source, api]).topic("cameras")
+    assert (info.writers, info.readers) == (("api",), ("src",))
+    with pytest.raises(ConfigError, match="manages 'frames.raw', which is not a settings topic"):
+        check([source, StageSpec(name="bad", summary="b", entry="x:b",
+                                 manages=("frames.raw",))])

@@ -274,10 +274,14 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
         if spec.input is not None:
             allow(ResourceType.TOPIC, settings.topic(spec.input), AclOperation.READ)
             allow(ResourceType.GROUP, settings.group(spec.name), AclOperation.READ)
-        for name in spec.follows:  # settings topics, read whole by a follower of its own
+        # settings topics: read whole by a follower of its own, written by those managing them
+        for name in sorted({*spec.follows, *spec.manages}):
             allow(ResourceType.TOPIC, settings.topic(name), AclOperation.READ)
+        if spec.follows or spec.manages:
             allow(ResourceType.GROUP, f"{settings.group(spec.name)}-follow-", AclOperation.READ,
                   ResourcePatternType.PREFIXED)
+        for name in spec.manages:
+            allow(ResourceType.TOPIC, settings.topic(name), AclOperation.WRITE)
         for topic in [*(settings.topic(o.topic) for o in spec.outputs), *system]:
             allow(ResourceType.TOPIC, topic, AclOperation.WRITE)
         # exactly_once: the stage's transactional ids start with its group's name

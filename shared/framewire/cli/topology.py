@@ -81,7 +81,8 @@ def show_topology(
         print(f"  {s['name']:<12} {reads} -> {writes}{group}  x{s['replicas']}")
     print(f"topics ({len(graph['topics'])}):")
     for t in graph["topics"]:
-        writers = "framewire cameras" if t["compacted"] else ", ".join(t["writers"])
+        writers = ", ".join(["framewire cameras", *t["writers"]] if t["compacted"]
+                            else t["writers"])
         flow = ("every process" if t["system"] else writers) + " -> " + (
             ", ".join(t["readers"]) or "(no stage reads it)")
         contract = (f"{t['contract'].rpartition('.')[2]} v{t['version']}" if t["version"]

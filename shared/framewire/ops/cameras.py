@@ -112,7 +112,9 @@ def _read_table(settings: Settings, timeout_s: float) -> dict[str, CameraSetting
     does not exist yet."""
     if not _topic_exists(settings, timeout_s):
         return {}
-    follower = TopicFollower(settings, settings.topic(CAMERAS_TOPIC), settings.group("cli"))
+    # the group (never joined) of this process's principal: one its ACLs allow
+    follower = TopicFollower(settings, settings.topic(CAMERAS_TOPIC),
+                             settings.group(settings.kafka_principal or "cli"))
     try:
         return latest_per_key(follower.read_to_end(timeout_s))
     finally:
@@ -152,5 +154,5 @@ def _write(settings: Settings, camera_id: str, value: bytes | None, timeout_s: f
     if producer.flush(timeout_s) or failed:
         raise TransientError(f"the change to camera {camera_id!r} was not acknowledged by "
                              f"the broker within {timeout_s:.0f} s ({'; '.join(failed)}); is it "
-                             f"reachable at {settings.bootstrap_servers}? `framewire cameras ls` shows "
-                             "whether it took")
+                             f"reachable at {settings.bootstrap_servers}? `framewire cameras "
+                             "ls` shows whether it took")

@@ -103,8 +103,9 @@ class Topology:
         for info in SYSTEM_TOPICS:
             found[info.name] = info
         for info in SETTINGS_TOPICS:
-            followers = tuple(s.name for s in self.stages if info.name in s.follows)
-            found[info.name] = replace(info, readers=followers)
+            found[info.name] = replace(
+                info, writers=tuple(s.name for s in self.stages if info.name in s.manages),
+                readers=tuple(s.name for s in self.stages if info.name in s.follows))
         return found
 
     def topic(self, name: str) -> TopicInfo:
@@ -160,10 +161,12 @@ def check(specs: Sequence[StageSpec]) -> Topology:
                                   f"write {out.topic!r}; each topic has one writing stage")
             written[out.topic] = (spec, out.contract)
     for spec in specs:
-        for name in spec.follows:
-            if name not in settings_topics:
-                raise ConfigError(f"stage {spec.name} follows {name!r}, which is not a settings "
-                                  f"topic; settings topics: {', '.join(sorted(settings_topics))}")
+        for verb, names in (("follows", spec.follows), ("manages", spec.manages)):
+            for name in names:
+                if name not in settings_topics:
+                    raise ConfigError(f"stage {spec.name} {verb} {name!r}, which is not a "
+                                      "settings topic; settings topics: "
+                                      f"{', '.join(sorted(settings_topics))}")
         if spec.input is None:
             continue
         if spec.input not in written:

@@ -40,7 +40,7 @@ class StageSpec:
     ``main(settings, stop, demo)``. ``settings`` is the model of its knobs (batch size,
     linger, fetch wait...) with their defaults: ``StageSettings`` unless given. ``follows``
     names the settings topics (compacted, JSON: ``cameras``) the stage reads whole and keeps
-    following beside its input.
+    following beside its input; ``manages`` those it changes (an HTTP API adding cameras).
     """
 
     name: str
@@ -52,6 +52,7 @@ class StageSpec:
     # the runtime's knobs by default, so a stage without knobs of its own needs no model
     settings: type[BaseModel] = field(default=StageSettings)
     follows: tuple[str, ...] = ()
+    manages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
