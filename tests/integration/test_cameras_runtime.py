@@ -13,13 +13,16 @@ import cv2
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
+from framewire.broker.cluster import KafkaCluster
 from framewire.broker.reading import read_topic
+from framewire.capture.cameras import CameraWatch
 from framewire.contracts import FrameCaptured
 from framewire.contracts.codec import Codec
 from framewire.ops.cameras import add_camera, list_cameras, remove_camera
 from framewire.ops.status import heartbeats
 from tests.fixtures.images import synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
+from tests.integration.test_kafka_security import as_principal, denials
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +128,14 @@ def test_the_cameras_topic_on_apache_kafka_is_compacted_and_keeps_the_latest_per
                .result(10).items()}
     assert configs["cleanup.policy"] == "compact"
     assert configs["delete.retention.ms"] == str(2**63 - 1)
+
+
+def test_ingest_principal_reads_the_cameras_topic_under_its_acls(
+        secure_kafka: KafkaCluster, secure_site: Site):
+    add_camera(secure_site.settings, {"camera_id": "tls-1", "url": "rtsp://u:pw@10.0.0.7/s"})
+    watch = CameraWatch(as_principal(secure_site, "ingest"))
+    try:
+        assert list(watch.start()) == ["tls-1"]
+    finally:
+        watch.close()
+    assert denials(secure_kafka, secure_site) == set()
