@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,10 @@ def test_whole_stack_killed_with_sigkill_comes_back_and_processes_new_frames(tmp
     first = start_run(home, port)
     try:
         wait_until(lambda: stored(home) >= 10, 120, "the first run to store 10 results")
+        # the gateway is one of its processes (port 0: the URL it got is in gateway.url)
+        wait_until(lambda: (home / "gateway.url").exists(), 30, "the gateway to listen")
+        url = (home / "gateway.url").read_text().strip()
+        assert urllib.request.urlopen(f"{url}/openapi.json", timeout=10).status == 200
         victims = [first.pid, *descendants(first.pid)]
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
