@@ -53,6 +53,8 @@ from framewire.topology import topology
 
 log = logging.getLogger(__name__)
 __all__ = ["Ingest", "SourceFactory"]
+# how long a change from the cameras topic waits for a stopped camera's reader
+FOLLOW_STOP_WAIT_S = 2.0
 
 
 @dataclass
@@ -369,10 +371,11 @@ class Ingest:
             self._send_buffered(drain=True)
             self.close()
 
-    def add_camera(self, camera_id: str, factory: SourceFactory, quiet: bool = False) -> None:
+    def add_camera(self, camera_id: str, factory: SourceFactory, quiet: bool = False,
+                   wait_s: float | None = None) -> None:
         """Start reading a camera in a thread of its own; one of the same id is stopped
-        first (its new settings take over)."""
-        self.remove_camera(camera_id, quiet=True)
+        first (its new settings take over; ``wait_s`` as for ``remove_camera``)."""
+        self.remove_camera(camera_id, quiet=True, wait_s=wait_s)
         cfg = self.settings.ingest
         stop = threading.Event()
         camera = LiveCamera(threading.Thread(target=self._camera, args=(camera_id, factory, stop),
@@ -386,9 +389,11 @@ class Ingest:
         if not quiet:
             log.info("camera started", extra={"camera_id": camera_id})
 
-    def remove_camera(self, camera_id: str, quiet: bool = False) -> bool:
-        """Stop reading a camera (waiting for its thread); the frames it captured are still
-        sent. False when no such camera was being read."""
+    def remove_camera(self, camera_id: str, quiet: bool = False,
+                      wait_s: float | None = None) -> bool:
+        """Stop reading a camera, waiting up to ``wait_s`` (default: the shutdown timeout)
+        for its thread; the frames it captured are still sent. False when no such camera
+        was being read."""
         with self.lock:
             camera = self.cameras.pop(camera_id, None)
             self.last_frame.pop(camera_id, None)
@@ -397,7 +402,7 @@ class Ingest:
         if camera is None:
             return False
         camera.stop.set()
-        camera.thread.join(self.settings.shutdown_timeout_s)
+        camera.thread.join(self.settings.shutdown_timeout_s if wait_s is None else wait_s)
         if camera.thread.is_alive():  # a read that does not return: it ends when it does
             log.warning("camera's reader still busy after its stop; it ends with its read",
                         extra={"camera_id": camera_id})
@@ -414,13 +419,16 @@ class Ingest:
                 log.warning("cameras topic not readable; retrying", extra={"error": str(exc)})
                 self.stop.wait(2.0)
                 continue
+            # a reader stuck opening a dead stream must not hold up the other changes: it
+            # ends by itself once its read returns (its stop is set)
             for camera_id in changes.removed:
-                self.remove_camera(camera_id)
+                self.remove_camera(camera_id, wait_s=FOLLOW_STOP_WAIT_S)
             for camera in [*changes.changed, *changes.added]:
                 log.info("camera changed: restarting it" if camera in changes.changed
                          else "camera added", extra={"camera_id": camera.camera_id,
                                                      "url": mask_url(camera.url)})
-                self.add_camera(camera.camera_id, camera_source(camera))
+                self.add_camera(camera.camera_id, camera_source(camera),
+                                wait_s=FOLLOW_STOP_WAIT_S)
 
     def _reading(self) -> bool:
         """Whether any camera's source is still delivering."""
