@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from framewire.broker.client import topic_plans
+from framewire.broker.client import COMPACTED, topic_plans
 from framewire.broker.cluster import KafkaCluster, new_cluster_id
 from framewire.config import duration_ms, load_settings
 from framewire.errors import ConfigError
@@ -42,13 +42,14 @@ def test_data_topics_on_kafka_carry_retention_min_isr_and_replication_from_setti
     # unset: the retention the writing stage declares (inference: 30 days)
     assert plans["site1.detections"].configs["retention.ms"] == str(duration_ms("30d"))
     assert plans["site1.status"].partitions == 1
-    assert set(plans) == {f"site1.{t}" for t in
-                          ("frames.raw", "frames.ready", "detections", "deadletter", "status")}
+    assert set(plans) == {f"site1.{t}" for t in ("frames.raw", "frames.ready", "detections",
+                                                 "deadletter", "status", "cameras")}
 
 
-def test_topics_on_the_embedded_broker_get_no_configs_and_one_replica() -> None:
+def test_topics_on_the_embedded_broker_get_one_replica_and_no_configs_but_compaction() -> None:
     plans = topic_plans(load_settings(), brokers=1)
-    assert all(p.replication == 1 and p.configs == {} for p in plans)
+    assert all(p.replication == 1 for p in plans)
+    assert {p.name: p.configs for p in plans if p.configs} == {"cameras": COMPACTED}
 
 
 @pytest.mark.parametrize(("overrides", "says"), [
