@@ -207,6 +207,9 @@ def _since(text: str | None) -> datetime | None:
         return parse_since(text) if text else None
     except ConfigError as exc:
         raise HTTPException(422, str(exc).replace("--since", "since")) from None
+    except (OverflowError, ValueError):  # a duration longer than datetime reaches
+        raise HTTPException(422, f"since {text!r} lies before year 1: give a shorter "
+                            "duration or a later time") from None
 
 
 def _site_routes(api: APIRouter, state: GatewayState) -> None:

@@ -42,10 +42,13 @@ class StreamPosition:
     def parse(cls, event_id: str) -> StreamPosition:
         """The position an event id names; ValueError when it is not one."""
         micros, sep, frame_id = event_id.strip().partition("-")
-        if not sep or not micros.isdigit():
+        try:
+            if not sep or not micros.isdigit():
+                raise ValueError
+            return cls(EPOCH + timedelta(microseconds=int(micros)), frame_id)
+        except (ValueError, OverflowError):
             raise ValueError(f"Last-Event-ID {event_id!r} is not an event id of this stream "
-                             "(<microseconds>-<frame id>); reconnect without it")
-        return cls(EPOCH + timedelta(microseconds=int(micros)), frame_id)
+                             "(<microseconds>-<frame id>); reconnect without it") from None
 
 
 def result_json(result: StoredResult, row: sa.RowMapping | None = None) -> dict[str, Any]:
