@@ -358,16 +358,16 @@ class Ingest:
                 self.stop.wait(0.5)
         finally:
             self.stop.set()
+            if follower is not None:  # first: it starts no camera after this
+                follower.join(self.settings.shutdown_timeout_s)
+            if watch is not None:
+                watch.close()
             with self.lock:
                 live = list(self.cameras.values())
             for camera in live:
                 camera.stop.set()
             for camera in live:
                 camera.thread.join(self.settings.shutdown_timeout_s)
-            if follower is not None:
-                follower.join(self.settings.shutdown_timeout_s)
-            if watch is not None:
-                watch.close()
             self._send_buffered(drain=True)
             self.close()
 
