@@ -7,7 +7,8 @@ to push frames and replay dead letters, admin to manage tokens. ``/openapi.json`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,8 @@ class GatewayState:
     blobs: BlobStore
     pusher: FramePusher | None
     stop: StopSignal
+    # one replay at a time: two at once would publish the same letters twice
+    replaying: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def home(self):  # noqa: ANN201 (a Path)
@@ -231,8 +234,10 @@ def _site_routes(api: APIRouter, state: GatewayState) -> None:
         from framewire.ops.replay import replay, select
         from framewire.ops.status import dead_letters
 
-        chosen = select(dead_letters(settings), request.reason, _since(request.since))
-        outcome = {} if request.dry_run or not chosen else dict(replay(settings, chosen))
+        since = _since(request.since)
+        with state.replaying:
+            chosen = select(dead_letters(settings), request.reason, since)
+            outcome = {} if request.dry_run or not chosen else dict(replay(settings, chosen))
         if not request.dry_run:
             audit(state.home, who(token), "deadletters.replay", reason=request.reason,
                   since=request.since, matched=len(chosen), outcome=outcome)
