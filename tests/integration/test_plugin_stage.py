@@ -63,7 +63,7 @@ def test_a_plugin_stage_is_in_the_topology_and_filters_detections_through_the_br
     assert shown.returncode == 0, shown.stderr
     graph = json.loads(shown.stdout)
     names = [s["name"] for s in graph["stages"]]
-    assert names[:4] == ["ingest", "preprocess", "inference", "storage"]
+    assert names[:5] == ["gateway", "ingest", "preprocess", "inference", "storage"]
     (stage,) = [s for s in graph["stages"] if s["name"] == "confident"]
     assert stage["input"]["topic"] == "detections"
     assert stage["group"] == f"{site.prefix}framewire-confident"
