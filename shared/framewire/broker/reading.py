@@ -83,6 +83,7 @@ class TopicFollower:
         self.consumer = _reader(settings, f"{group}-follow-{uuid.uuid4().hex[:8]}",
                                 fetch_wait_ms)
         self._ends: set[int] | None = None  # partitions not yet read to their end
+        self._unreturned: list[KeyedValue] = []  # read by a read_to_end that gave up
 
     def _assign(self) -> bool:
         """Assign every partition from its start; False while the topic does not exist."""
@@ -110,21 +111,26 @@ class TopicFollower:
                 raise TransientError(f"topic {self.topic} does not exist (yet): create the "
                                      "site's topics with `framewire topics`")
             time.sleep(0.1)
-        out: list[KeyedValue] = []
         while self._ends:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TransientError(f"{self.topic} not read to its end within "
                                      f"{timeout_s:.0f} s: is the broker reachable?")
-            out.extend(self._consume(min(left, 0.5)))
+            self._unreturned.extend(self._consume(min(left, 0.5)))
+        out, self._unreturned = self._unreturned, []
         return out
 
     def poll(self, timeout_s: float) -> list[KeyedValue]:
         """Records not yet returned, waiting up to ``timeout_s`` for the first."""
-        if self._ends is None and not self._assign():
-            time.sleep(min(timeout_s, 0.5))
-            return []
-        return self._consume(timeout_s)
+        out, self._unreturned = self._unreturned, []
+        try:
+            if self._ends is None and not self._assign():
+                time.sleep(min(timeout_s, 0.5))
+                return out
+        except TransientError:
+            self._unreturned = out  # for the next poll
+            raise
+        return out + self._consume(0 if out else timeout_s)
 
     def _consume(self, timeout_s: float) -> list[KeyedValue]:
         """What has come: waiting up to ``timeout_s`` for the first message or event only."""
