@@ -193,8 +193,8 @@ def _status_line(settings: Settings, statuses: list, started: float,
 @app.command()
 def service(
     name: Annotated[str, typer.Argument(
-        help="A registered stage: ingest, preprocess, inference, storage, or a plug-in's "
-        "(`framewire topology`).")],
+        help="A registered stage: ingest, preprocess, inference, storage, gateway, or a "
+        "plug-in's (`framewire topology`).")],
     demo: Annotated[
         bool, typer.Option("--demo/--no-demo", help="ingest: add demo cameras.")
     ] = False,
