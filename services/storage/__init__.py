@@ -7,4 +7,6 @@ from framewire.topology import StageSpec
 STAGE = StageSpec(
     name="storage", entry="framewire.services.storage.stage:StorageStage",
     input="detections", input_contract=InferenceResult, settings=StorageSettings,
+    # the retention of cameras added at run time (its sweeper)
+    follows=("cameras",),
     summary="upserts results into the database by frame id (a redelivery makes no row)")

@@ -8,7 +8,7 @@ librdkafka properties pass through unchanged in ``kafka``
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -402,10 +402,20 @@ class Settings(BaseSettings):
             return duration_ms(PRIVATE_RAW_RETENTION)
         return duration_ms(topic.retention)
 
-    def privacy_for(self, camera_id: str) -> bool:
-        """Whether ``camera_id``'s frames are captured in privacy mode."""
-        own = next((c.privacy_mode for c in self.cameras if c.camera_id == camera_id), None)
+    def privacy_for(self, camera_id: str,
+                    cameras: Mapping[str, CameraSettings] | None = None) -> bool:
+        """Whether ``camera_id``'s frames are captured in privacy mode. ``cameras``: the
+        cameras the site runs now (the cameras topic over the setting); unset = the setting's."""
+        camera = self.camera(camera_id, cameras)
+        own = camera.privacy_mode if camera is not None else None
         return self.privacy_mode if own is None else own
+
+    def camera(self, camera_id: str, cameras: Mapping[str, CameraSettings] | None = None
+               ) -> CameraSettings | None:
+        """``camera_id``'s settings among ``cameras`` (unset = the ``cameras`` setting)."""
+        if cameras is not None:
+            return cameras.get(camera_id)
+        return next((c for c in self.cameras if c.camera_id == camera_id), None)
 
     def replication(self, brokers: int) -> tuple[int, int]:
         """(replication factor, min.insync.replicas) for a cluster of ``brokers`` brokers."""

@@ -79,13 +79,17 @@ def test_cameras_added_changed_and_removed_with_the_cli_while_ingest_runs(
     assert [(c["camera_id"], c["origin"]) for c in json.loads(listed.stdout)] == [
         ("cam-new", "topic"), ("yaml-cam", "config")]
 
-    # changed: it restarts reading its new folder
+    # changed: it restarts reading its new folder, out of privacy mode
     changed = cli(site, "add", "cam-new", "--url", str(second), "--fps", "8", "--loop",
-                  "--json")
+                  "--no-privacy-mode", "--json")
     assert changed.returncode == 0 and json.loads(changed.stdout)["created"] is False
+    assert json.loads(changed.stdout)["camera"]["privacy_mode"] is False
     wait_until(lambda: any(f.source.startswith(str(second))
                            for f in frames_by_camera(site).get("cam-new", [])), 30,
                "cam-new's frames from its new folder")
+    # each frame carries the privacy mode its camera had when it was captured
+    assert {(f.source.startswith(str(second)), f.privacy)
+            for f in frames_by_camera(site)["cam-new"]} == {(False, True), (True, False)}
 
     removed = cli(site, "rm", "cam-new", "--json")
     assert removed.returncode == 0, removed.stderr

@@ -111,7 +111,7 @@ def test_topics_carry_replication_min_isr_and_retention_from_the_settings(
     assert {len(p.replicas) for p in raw.partitions.values()} == {3}
     configs = describe(admin, settings.topic("frames.raw"))
     assert configs["min.insync.replicas"] == "2"
-    assert configs["retention.ms"] == str(24 * 3_600_000)
+    assert configs["retention.ms"] == str(3_600_000)  # raw frames: 1 h under privacy mode
     assert describe(admin, settings.topic("detections"))["retention.ms"] == str(30 * 86_400_000)
 
 
@@ -133,7 +133,7 @@ def test_drifted_topic_config_is_reported_and_apply_sets_it_back(kafka_site: Sit
 
     applied = framewire(kafka_site.env, "topics", "--apply", "--json")
     assert applied.returncode == 0, applied.stderr
-    assert describe(admin, topic)["retention.ms"] == str(24 * 3_600_000)
+    assert describe(admin, topic)["retention.ms"] == str(settings.retention_ms("frames.raw"))
     again = framewire(kafka_site.env, "topics")
     assert again.returncode == 0 and "topics match the settings" in again.stderr
 

@@ -122,7 +122,9 @@ def granted(settings, user: str) -> dict[str, set[str]]:  # noqa: ANN001
 def test_each_stage_may_read_only_its_input_and_write_only_its_outputs() -> None:
     settings = load_settings(topic_prefix="s1.")
     storage = granted(settings, "storage")
-    assert storage["READ"] == {"s1.detections", "group:s1.framewire-storage"}
+    # and the cameras topic, for the retention of cameras added at run time (its sweeper)
+    assert storage["READ"] == {"s1.detections", "group:s1.framewire-storage", "s1.cameras",
+                               "group:s1.framewire-storage-follow-"}
     assert storage["WRITE"] == {"s1.deadletter", "s1.status", "txn:s1.framewire-storage-"}
     ingest = granted(settings, "ingest")
     # ingest reads the cameras settings topic only, with a follower group of its own

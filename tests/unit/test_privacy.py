@@ -212,3 +212,20 @@ def test_fit_within_shrinks_only_what_is_larger() -> None:
     image = np.zeros((100, 400, 3), np.uint8)
     assert fit_within(image, 200).shape == (50, 200, 3)
     assert fit_within(image, 500) is image
+
+
+def test_a_camera_added_at_run_time_brings_its_own_privacy_mode_and_retention(
+        tmp_path: Path) -> None:
+    from framewire.config import CameraSettings
+    from framewire.ops.sweeper import retention_of
+
+    settings = site(tmp_path, cameras=[{"camera_id": "door", "url": "/y", "retention": "7d"}])
+    # the cameras topic replaced door and added lobby (what ingest and the sweeper follow)
+    running = {"door": CameraSettings(camera_id="door", url="/z", privacy_mode=False),
+               "lobby": CameraSettings(camera_id="lobby", url="/x", retention="2h")}
+    assert settings.privacy_for("door") is True
+    assert settings.privacy_for("door", running) is False
+    assert settings.privacy_for("lobby", running) is True  # its own unset: the site's
+    assert retention_of(settings, "door").days == 7
+    assert retention_of(settings, "door", running).days == 30  # the topic's has none
+    assert retention_of(settings, "lobby", running).total_seconds() == 7200

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
-from framewire.config import CameraSettings, load_settings
+from framewire.config import CameraSettings, Settings, load_settings
 from framewire.contracts import Detection, FrameHeader, InferenceResult
 from framewire.ops.sweeper import retention_of, sweep
 from framewire.store.blobs import BlobStore
@@ -30,6 +30,11 @@ def result(frame_id: str, camera: str, age: timedelta, image_uri: str,
         model_version="1", provider="cpu", too_dark=False, blurred=False, frozen=False,
         detections=[Detection(label="face", class_id=0, score=0.9, x1=1, y1=1, x2=5, y2=5)],
         frame_uri=frame_uri, thumbnail_uri=thumbnail_uri, faces_blurred=1)
+
+
+def configured(settings: Settings) -> dict[str, CameraSettings]:
+    """The cameras of the setting, as the site runs them (no cameras topic here)."""
+    return {c.camera_id: c for c in settings.cameras}
 
 
 def swept(kind: str) -> float:
@@ -70,7 +75,7 @@ def test_each_camera_keeps_its_data_for_its_own_retention_and_no_longer(settings
                 camera_id=camera, attributes={}))
     before = {kind: swept(kind) for kind in ("results", "detections", "spans", "blobs")}
 
-    deleted = sweep(settings, NOW)
+    deleted = sweep(settings, NOW, configured(settings))
 
     assert retention_of(settings, "cam-short") == timedelta(hours=1)
     assert retention_of(settings, "cam-default") == timedelta(days=30)
@@ -85,7 +90,7 @@ def test_each_camera_keeps_its_data_for_its_own_retention_and_no_longer(settings
         assert [r.frame_id for r in c.execute(sa.select(span_table))] == ["s-new"]
     for kind, count in (("results", 1), ("detections", 1), ("spans", 1), ("blobs", 4)):
         assert swept(kind) - before[kind] == count
-    assert sweep(settings, NOW)["results"] == 0  # nothing more to do
+    assert sweep(settings, NOW, configured(settings))["results"] == 0  # nothing more to do
 
 
 def test_a_retention_that_is_not_a_duration_fails_at_start_naming_the_setting(tmp_path):

@@ -77,13 +77,15 @@ class Ingest:
         self.publisher = publisher or Publisher(settings, self.name)
         self.ingestor = FrameIngestor(BlobStore.from_settings(settings),
                                       settings.max_upload_bytes, settings.max_inline_bytes,
-                                      settings.privacy_for)
+                                      self.privacy_for)
         self.placement = CameraPlacement(settings.home / "camera-partitions.json")
         self.lock = threading.Lock()
         self.buffers: dict[str, CameraBuffer[FrameCaptured]] = {}
         self.last_frame: dict[str, float] = {}
         # the cameras being read (``lock``); a removed camera's buffer stays until it is sent
         self.cameras: dict[str, LiveCamera] = {}
+        # the cameras topic's view of the site's cameras, while ``run`` follows it
+        self.watch: CameraWatch | None = None
         # cameras waiting for their frame's blob to be written, and the faults reported for it
         self.paused: set[str] = set()
         self._blob_faults: set[str] = set()
@@ -326,6 +328,7 @@ class Ingest:
         pub.start_heartbeats(self._update_health)
         self.start_lag_watch()
         pub.counters.state = "running"
+        self.watch = watch
         managed = {c.camera_id: camera_source(c) for c in watch.start().values()} \
             if watch is not None else {}
         for camera_id, factory in {**sources, **managed}.items():
@@ -370,6 +373,12 @@ class Ingest:
                 camera.thread.join(self.settings.shutdown_timeout_s)
             self._send_buffered(drain=True)
             self.close()
+
+    def privacy_for(self, camera_id: str) -> bool:
+        """Whether a frame of ``camera_id`` is captured in privacy mode: the camera's own
+        setting as the site runs it now (the cameras topic over the setting), else the site's."""
+        watch = self.watch
+        return self.settings.privacy_for(camera_id, watch.cameras if watch is not None else None)
 
     def add_camera(self, camera_id: str, factory: SourceFactory, quiet: bool = False,
                    wait_s: float | None = None) -> None:

@@ -33,6 +33,13 @@ def add(
                                               "as the source delivers).")] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Start a file or folder again at "
                                        "its end.")] = False,
+    retention: Annotated[str | None, typer.Option(
+        help="How long its results, detections, spans and stored frames are kept (7d, 12h; "
+        "default: data_retention).")] = None,
+    privacy_mode: Annotated[bool | None, typer.Option(
+        "--privacy-mode/--no-privacy-mode", help="Its privacy mode (default: the site's "
+        "privacy_mode): raw frames off the blob store, faces blurred before storing.",
+        show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Add a camera, or change the one of that id; ingest starts (or restarts) it at once.
@@ -43,7 +50,8 @@ def add(
 
     settings = settings_for()
     written = add_camera(settings, {"camera_id": camera_id, "url": url, "fps": fps,
-                                    "loop": loop})
+                                    "loop": loop, "retention": retention,
+                                    "privacy_mode": privacy_mode})
     shown = written.camera.as_json()
     if as_json:
         _print_json({"camera": shown, "created": written.created})

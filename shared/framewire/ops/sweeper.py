@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from framewire.config import Settings, duration_ms
-from framewire.errors import FramewireError
+from framewire.config import CameraSettings, Settings, duration_ms
+from framewire.errors import FramewireError, TransientError
+from framewire.ops.cameras import list_cameras
 from framewire.ops.erase import ErasureReport, erase_rows
 from framewire.store.blobs import BlobStore
 from framewire.store.db import open_database
@@ -24,20 +26,39 @@ from framewire.telemetry.metrics import service_metrics
 log = logging.getLogger(__name__)
 
 
-def retention_of(settings: Settings, camera_id: str) -> timedelta:
-    """How long ``camera_id``'s data is kept."""
-    own = next((c.retention for c in settings.cameras if c.camera_id == camera_id), None)
+def retention_of(settings: Settings, camera_id: str,
+                 cameras: Mapping[str, CameraSettings] | None = None) -> timedelta:
+    """How long ``camera_id``'s data is kept. ``cameras``: the cameras the site runs now
+    (the cameras topic over the setting); unset = the ``cameras`` setting."""
+    camera = settings.camera(camera_id, cameras)
+    own = camera.retention if camera is not None else None
     return timedelta(milliseconds=duration_ms(own or settings.data_retention))
 
 
-def sweep(settings: Settings, now: datetime | None = None) -> dict[str, int]:
-    """Delete what is past its retention, once; what was deleted, per kind."""
+def site_cameras(settings: Settings) -> dict[str, CameraSettings] | None:
+    """The cameras the site runs now, with those added at run time; None when the cameras
+    topic cannot be read (the ``cameras`` setting then stands in)."""
+    try:
+        return {c.settings.camera_id: c.settings for c in list_cameras(settings)}
+    except TransientError as exc:
+        log.warning("cameras topic not read: retention of cameras added at run time is "
+                    "data_retention this sweep", extra={"error": str(exc)})
+        return None
+
+
+def sweep(settings: Settings, now: datetime | None = None,
+          running: Mapping[str, CameraSettings] | None = None) -> dict[str, int]:
+    """Delete what is past its retention, once; what was deleted, per kind. ``running``: the
+    cameras the site runs (unset = read from the cameras topic)."""
     now = now or datetime.now(UTC)
     with open_database(settings.resolved_database_url) as db, db.engine.connect() as conn:
         cameras = [r.camera_id for r in conn.execute(sa.select(camera_table.c.camera_id))]
+    if running is None and cameras:
+        running = site_cameras(settings)
     totals: dict[str, int] = {}
     for camera_id in cameras:
-        report = erase_rows(settings, camera_id, now - retention_of(settings, camera_id))
+        report = erase_rows(settings, camera_id,
+                            now - retention_of(settings, camera_id, running))
         for kind, count in report.counts.items():
             totals[kind] = totals.get(kind, 0) + count
     totals["blobs"] = totals.get("blobs", 0) + _sweep_orphans(settings, now)
