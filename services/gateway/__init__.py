@@ -4,8 +4,13 @@ from framewire.config import GatewaySettings
 from framewire.topology import StageSpec
 
 # A source-like declaration: it reads no topic, so the runtime's loop does not run it; its
-# ``main`` serves HTTP until stopped. Pushed frames go to ``frames.raw`` through ingest's code,
-# which stays that topic's one declared writer.
+# ``main`` serves HTTP until stopped. What its routes touch in Kafka, and so what its principal
+# may do under sasl_ssl: pushed frames go to ``frames.raw`` through ingest's code (ingest stays
+# that topic's one declared writer), with each camera's privacy mode from the cameras topic it
+# follows; ``/cameras`` changes that topic; ``/deadletters`` and ``/status`` read the dead
+# letters and heartbeats; ``/deadletters/replay`` re-publishes letters to the stages' inputs.
 STAGE = StageSpec(
     name="gateway", entry="framewire.services.gateway.service:main", settings=GatewaySettings,
-    summary="HTTP API: push frames, read results and their live stream, dead letters, status")
+    summary="HTTP API: push frames, read results and their live stream, dead letters, status",
+    follows=("cameras",), manages=("cameras",), reads=("deadletter", "status"),
+    writes=("frames.raw",), replays=True)

@@ -15,9 +15,11 @@ from framewire.broker.client import client_config
 from framewire.broker.cluster import KafkaCluster
 from framewire.broker.security import ADMIN, NODE_PRINCIPAL, KafkaSecurity, acl_bindings
 from framewire.config import load_settings
-from framewire.contracts import DeadLetter, utcnow
+from framewire.contracts import DeadLetter, FrameCaptured, utcnow
 from framewire.contracts.codec import RegistryCodec, make_codec
 from framewire.errors import ConfigError
+from framewire.topology import Output, StageSpec, topology
+from framewire.topology.registry import check
 
 
 def mode(path: Path) -> int:
@@ -140,6 +142,42 @@ def test_each_stage_may_read_only_its_input_and_write_only_its_outputs() -> None
     assert "s1.frames.ready" in preprocess["WRITE"]
     assert not any(b.operation in (AclOperation.ALL, AclOperation.ALTER, AclOperation.CREATE,
                                    AclOperation.DELETE) for b in acl_bindings(settings))
+
+
+def test_the_gateway_may_do_what_its_routes_do_and_nothing_more() -> None:
+    settings = load_settings(topic_prefix="s1.")
+    gateway = granted(settings, "gateway")
+    # dead letters and heartbeats read whole, from explicit offsets (no group); the cameras
+    # topic followed (privacy mode of pushed frames) with a follower group of its own
+    assert gateway["READ"] == {"s1.deadletter", "s1.status", "s1.cameras",
+                               "group:s1.framewire-gateway-follow-"}
+    # pushed frames (frames.raw), a replay's targets (every stage's input), camera changes
+    assert gateway["WRITE"] == {"s1.frames.raw", "s1.frames.ready", "s1.detections",
+                                "s1.cameras", "s1.deadletter", "s1.status",
+                                "txn:s1.framewire-gateway-"}
+    # it pushes frames as ingest does, so it watches the pipeline's lag (back-pressure)
+    assert {g for g in gateway["DESCRIBE"] if g.startswith("group:")} == {
+        "group:s1.framewire-preprocess", "group:s1.framewire-inference",
+        "group:s1.framewire-storage"}
+    # ingest stays the one declared writer of frames.raw; the gateway writes it beside
+    site = topology(settings)
+    assert site.topic("frames.raw").writers == ("ingest",)
+    assert site.topic("cameras").writers == ("gateway",)
+    assert set(site.topic("cameras").readers) >= {"ingest", "gateway"}
+
+
+def test_reads_and_writes_must_name_a_topic_of_the_site() -> None:
+    source = StageSpec(name="src", summary="s", entry="x:src",
+                       outputs=(Output("frames.raw", FrameCaptured),))
+    for field in ("reads", "writes"):
+        with pytest.raises(ConfigError, match=f"{field} 'frames.nowhere', which no stage"):
+            check([source, StageSpec(name="api", summary="a", entry="x:a",
+                                     **{field: ("frames.nowhere",)})])
+        with pytest.raises(ConfigError, match="goes in follows or manages"):
+            check([source, StageSpec(name="api", summary="a", entry="x:a",
+                                     **{field: ("cameras",)})])
+    check([source, StageSpec(name="api", summary="a", entry="x:a", reads=("deadletter",),
+                             writes=("frames.raw",))])
 
 
 def test_the_registry_client_sends_basic_auth_from_schema_registry_auth(

@@ -145,8 +145,8 @@ def test_topology_json_lists_stages_groups_contracts_and_versions(monkeypatch):
                                          "compacted"}
     assert topics["cameras"] | {"name": None} == {
         "topic": "cameras", "name": None, "contract": "json:framewire.config.CameraSettings",
-        "version": None, "retention": "-1", "partitions": 1, "writers": [],
-        "readers": ["ingest", "storage"], "system": False, "compacted": True}
+        "version": None, "retention": "-1", "partitions": 1, "writers": ["gateway"],
+        "readers": ["gateway", "ingest", "storage"], "system": False, "compacted": True}
 
 
 def test_the_extending_page_shows_the_plugin_as_it_is_and_it_stays_under_50_lines():

@@ -4,7 +4,8 @@ With ``sasl_ssl``, clients reach the nodes only through a SASL_SSL listener and 
 with SCRAM-SHA-512. Every stage connects as a principal of its own (its name); ``admin`` is
 Framewire's tooling (``framewire run``, ``status``, ``topics``...) and the super user.
 ACLs (Kafka's StandardAuthorizer) let a stage read its input topic with its group, write its
-outputs, dead letters and heartbeats, and describe the site's topics; nothing else. The nodes
+outputs, dead letters and heartbeats, and describe the site's topics; beyond that only what
+its declaration names (``follows``, ``manages``, ``reads``, ``writes``, ``replays``). The nodes
 talk to their controller quorum over mutual TLS, as the super user the node certificate
 names.
 
@@ -282,7 +283,14 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
                   ResourcePatternType.PREFIXED)
         for name in spec.manages:
             allow(ResourceType.TOPIC, settings.topic(name), AclOperation.WRITE)
-        for topic in [*(settings.topic(o.topic) for o in spec.outputs), *system]:
+        # topics read whole with no group (assigned from explicit offsets: no group ACL)
+        for name in spec.reads:
+            allow(ResourceType.TOPIC, settings.topic(name), AclOperation.READ)
+        # a replay re-publishes each letter to the topic it was read from: a stage's input
+        replayed = [c.input for c in site.consumers if c.input is not None] \
+            if spec.replays else []
+        written = dict.fromkeys([*(o.topic for o in spec.outputs), *spec.writes, *replayed])
+        for topic in [*(settings.topic(name) for name in written), *system]:
             allow(ResourceType.TOPIC, topic, AclOperation.WRITE)
         # exactly_once: the stage's transactional ids start with its group's name
         allow(ResourceType.TRANSACTIONAL_ID, f"{settings.group(spec.name)}-",

@@ -63,6 +63,9 @@ SYSTEM_TOPICS = (
 SETTINGS_TOPICS = (
     TopicInfo("cameras", None, "-1", (), (), compacted=True,
               value_model="framewire.config.CameraSettings"),
+    # keyed by setting: inference.model, the model inference runs (framewire model switch)
+    TopicInfo("control", None, "-1", (), (), compacted=True,
+              value_model="framewire.models.control.ModelRequest"),
 )
 
 
@@ -167,6 +170,13 @@ def check(specs: Sequence[StageSpec]) -> Topology:
                     raise ConfigError(f"stage {spec.name} {verb} {name!r}, which is not a "
                                       "settings topic; settings topics: "
                                       f"{', '.join(sorted(settings_topics))}")
+        for verb, names in (("reads", spec.reads), ("writes", spec.writes)):
+            for name in names:
+                if name not in written and name not in system - settings_topics:
+                    raise ConfigError(f"stage {spec.name} {verb} {name!r}, which no stage "
+                                      "writes and Framewire does not keep (a settings topic "
+                                      "goes in follows or manages); topics: "
+                                      f"{', '.join(sorted({*written, *system}))}")
         if spec.input is None:
             continue
         if spec.input not in written:

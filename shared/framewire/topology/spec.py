@@ -41,6 +41,12 @@ class StageSpec:
     linger, fetch wait...) with their defaults: ``StageSettings`` unless given. ``follows``
     names the settings topics (compacted, JSON: ``cameras``) the stage reads whole and keeps
     following beside its input; ``manages`` those it changes (an HTTP API adding cameras).
+    ``reads`` names topics it reads whole without a group, beside its input (the gateway's
+    dead letters and heartbeats); ``writes`` topics it also writes without being their
+    declared writer (the gateway pushes frames to ``frames.raw`` through ingest's code);
+    ``replays``: it re-publishes dead letters, so it writes every stage's input topic.
+    These three only widen the stage's access (its ACLs); the topology's arrows stay as the
+    outputs and inputs draw them.
     """
 
     name: str
@@ -53,6 +59,9 @@ class StageSpec:
     settings: type[BaseModel] = field(default=StageSettings)
     follows: tuple[str, ...] = ()
     manages: tuple[str, ...] = ()
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    replays: bool = False
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
