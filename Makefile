@@ -9,12 +9,13 @@ BENCH_ARGS ?=
 # make run starts Apache Kafka (one KRaft node): see the README, "Which broker"
 RUN_ARGS ?= --broker kafka
 
-.PHONY: java-maven install lock run test test-unit test-integration lint bench bench-gpu clean up help
+.PHONY: java-maven chromium install lock run test test-unit test-integration lint bench bench-gpu clean up help
 
 help:
 	@echo "make run    - install, start Apache Kafka + services + demo cameras (Ctrl-C stops);"
 	@echo "              RUN_ARGS='--broker kafka --broker-nodes 3', or '--broker embedded'"
-	@echo "make test   - install, then run unit and integration tests (starts real servers)"
+	@echo "make test   - install, then run unit and integration tests (starts real servers,"
+	@echo "              and the dashboard in Debian's chromium, installed when missing)"
 	@echo "make bench  - Framewire vs a bare loop (BENCH_ARGS=--quick for ~3 min)"
 	@echo "make bench-gpu - Framewire's inference vs raw ONNX Runtime on an NVIDIA GPU"
 	@echo "make lint   - ruff + mypy"
@@ -30,6 +31,14 @@ java-maven:
 	  echo "installing Java and Maven with apt-get (Apache Kafka needs them)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends default-jre-headless maven; \
+	fi
+
+# The dashboard's browser tests drive Debian's chromium (Playwright uses it, downloads none)
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing chromium with apt-get (the dashboard's browser tests use it)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends chromium; \
 	fi
 
 # Everything comes from requirements.lock, each file checked against its SHA-256, wheels only,
@@ -55,13 +64,13 @@ lock: install
 run: install
 	$(BIN)/framewire run $(RUN_ARGS)
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install
+test-integration: install chromium
 	$(BIN)/python -m pytest tests/integration -m "not slow" $(PYTEST_ARGS)
 
 lint: install

@@ -69,5 +69,6 @@ def test_run_prints_where_the_gateway_serves(monkeypatch, tmp_path):
     line = _gateway_line(load_settings())
     assert line.startswith("gateway http://127.0.0.1:8181/api/v1 ")
     assert "framewire token create --role admin" in line
+    assert "\ndashboard http://127.0.0.1:8181/ (sign in with a token" in line
     monkeypatch.setenv("FRAMEWIRE_GATEWAY__PORT", "0")
     assert str(tmp_path / "gateway.url") in _gateway_line(load_settings())

@@ -85,7 +85,7 @@ def run(
                           f"{sup.kafka.bootstrap_servers}, data in {sup.kafka.folder}")
         console.print(f"services started; logs in {sup.logs}. Ctrl-C to stop.")
         if any(child.service == "gateway" for child in sup.children):
-            console.print(_gateway_line(settings))
+            console.print(_gateway_line(settings), soft_wrap=True)
         codec = make_codec(settings.schema_registry_url, settings.schema_registry_auth)
         started, last = time.monotonic(), (time.monotonic(), 0)
         while not stop.wait(3.0):
@@ -109,10 +109,13 @@ def run(
 def _gateway_line(settings: Settings) -> str:
     """Where the gateway serves, and how to get a token for it."""
     gateway = settings.gateway
-    url = (f"http://{gateway.host}:{gateway.port}" if gateway.port
-           else f"the URL in {settings.home.resolve() / 'gateway.url'}")
-    return (f"gateway {url}/api/v1 (OpenAPI {url}/openapi.json); a token: "
-            "`framewire token create --role admin`")
+    hint = "(sign in with a token: `framewire token create --role admin`)"
+    if not gateway.port:  # a free port, known once it listens
+        where = f"the URL in {settings.home.resolve() / 'gateway.url'}"
+        return f"gateway at {where}, API under /api/v1\ndashboard at that URL {hint}"
+    url = f"http://{gateway.host}:{gateway.port}"
+    return (f"gateway {url}/api/v1 (OpenAPI {url}/openapi.json)\n"
+            f"dashboard {url}/ {hint}")
 
 
 def _broker_options(kind: str | None, nodes: int | None) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from framewire import __version__
 from framewire.config import Settings
 from framewire.errors import ConfigError, DataError, TransientError
+from framewire.gateway import dashboard
 from framewire.gateway.audit import audit
 from framewire.gateway.auth import Admin, Operator, Viewer, who
 from framewire.gateway.frames import PUSH_TYPES, FramePusher, PushRefused
@@ -94,6 +95,7 @@ def create_app(state: GatewayState) -> FastAPI:
     _site_routes(api, state)
     _token_routes(api, state)
     app.include_router(api)
+    dashboard.register(app, state)
     _error_handlers(app)
     return app
 

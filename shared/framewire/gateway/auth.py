@@ -1,9 +1,17 @@
-"""Bearer tokens on every API request: no or unknown token → 401, a role too low → 403."""
+"""Tokens on every API request: no or unknown token → 401, a role too low → 403.
+
+A token comes as ``Authorization: Bearer TOKEN`` or, from the dashboard's pages, in the
+``framewire_token`` cookie (HttpOnly, SameSite=Strict). SameSite is per site, not per origin
+(another port of the same host is the same site), so a request that changes something and
+is authorised by the cookie must also come from the gateway's own origin (its ``Origin``
+header): no other page can use a signed-in browser to change anything.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -12,6 +20,9 @@ from framewire.gateway.tokens import Role, TokenInfo, TokenStore
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `framewire token create`")
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# the dashboard keeps the token it signed in with here
+COOKIE = "framewire_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def who(info: TokenInfo) -> str:
@@ -24,12 +35,17 @@ def require(role: Role) -> Callable[..., TokenInfo]:
 
     def check(request: Request, credentials: Annotated[
             HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> TokenInfo:
-        if credentials is None:
+        token = credentials.credentials if credentials else request.cookies.get(COOKIE)
+        if not token:
             raise HTTPException(401, "no token: send `Authorization: Bearer TOKEN` with a "
                                 "token from `framewire token create --role ROLE`",
                                 headers=_CHALLENGE)
+        if credentials is None and not same_origin(request):
+            raise HTTPException(403, "the dashboard's cookie counts for a change only from the "
+                                "dashboard's own pages (Origin header); send `Authorization: "
+                                "Bearer TOKEN` instead")
         store: TokenStore = request.app.state.gateway.tokens
-        info = store.verify(credentials.credentials)
+        info = store.verify(token)
         if info is None:
             raise HTTPException(401, "unknown or revoked token: create one with `framewire "
                                 "token create --role ROLE`", headers=_CHALLENGE)
@@ -39,6 +55,16 @@ def require(role: Role) -> Callable[..., TokenInfo]:
         return info
 
     return check
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a request that changes something comes from the gateway's own pages: its
+    ``Origin`` (browsers send it with every POST, PUT, PATCH and DELETE) names the host it
+    was sent to. Reads (GET, HEAD, OPTIONS) always pass."""
+    if request.method in SAFE_METHODS:
+        return True
+    origin = request.headers.get("origin")
+    return bool(origin) and urlsplit(origin).netloc == request.headers.get("host")
 
 
 Viewer = Annotated[TokenInfo, Depends(require(Role.viewer))]
