@@ -121,6 +121,14 @@ class GatewaySettings(BaseModel):
         1000, ge=0, le=60_000, description="the live stream sends a result once it has been "
         "stored this long: a slower storage transaction begun earlier has committed by then, so "
         "a stream resumed from an event id misses nothing")
+    webhook_attempts: int = Field(
+        8, ge=1, le=30, description="tries of one result's delivery to a webhook before it is "
+        "given up (counted in the gateway's drop_reasons as webhook_given_up)")
+    webhook_backoff_ms: int = Field(
+        500, ge=10, le=60_000, description="wait before a webhook's first retry; doubled at "
+        "each retry, at most 30 s")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120, description="how long one webhook "
+                                     "POST may take before it counts as failed")
 
 
 class CameraSettings(BaseModel):

@@ -425,7 +425,8 @@ def test_requests_generated_from_openapi_never_get_a_server_error(gateway: Gatew
         if operation.path.endswith("/stream"):
             continue  # never ends by itself; test_the_stream_... covers it
         # the routes that read whole topics or replay are slower: fewer examples there
-        slow = operation.path.endswith(("/status", "/deadletters", "/replay"))
+        slow = operation.path.endswith(("/status", "/deadletters", "/replay", "/cameras",
+                                        "/cameras/{camera_id}"))
 
         @settings(max_examples=4 if slow else 25, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
@@ -437,4 +438,5 @@ def test_requests_generated_from_openapi_never_get_a_server_error(gateway: Gatew
 
         no_server_error()
         tried.append(f"{operation.method.upper()} {operation.path}")
-    assert len(tried) == len(ROUTES) - 1, tried
+    # every route of ROUTES (less the stream), and those other test modules cover
+    assert len(tried) >= len(ROUTES) - 1, tried

@@ -94,6 +94,10 @@ def create_app(state: GatewayState) -> FastAPI:
     _results_routes(api, state)
     _site_routes(api, state)
     _token_routes(api, state)
+    from framewire.gateway import cameras, webhooks  # routes of their own modules
+
+    cameras.register(api, state)
+    webhooks.register(api, state)
     app.include_router(api)
     dashboard.register(app, state)
     _error_handlers(app)

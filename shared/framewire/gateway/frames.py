@@ -5,21 +5,27 @@ checks and claim check in ``FrameIngestor``, the camera's placed partition, the 
 starting here, counted as published once the broker acknowledges it). The differences: the
 size and type are checked before anything else, a refused frame is answered with the reason
 (4xx) instead of being dead-lettered (the camera is told), and while the pipeline is behind
-the push is refused with 503 and ``Retry-After`` instead of being buffered.
+the push is refused with 503 and ``Retry-After`` instead of being buffered. Each frame takes
+its camera's privacy mode as the site runs it now: the gateway follows the ``cameras`` topic
+as ingest does (``CameraWatch``), in a thread of its own.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
+from framewire.capture.cameras import CameraWatch
 from framewire.capture.ingest import Ingest
 from framewire.capture.ingestor import BlobWriteFailed
 from framewire.capture.sources import CapturedImage
-from framewire.config import Settings
+from framewire.config import CameraSettings, Settings
 from framewire.contracts import CAMERA_ID_PATTERN, utcnow
-from framewire.errors import DataError
+from framewire.errors import DataError, TransientError
 from framewire.pixels.imageinfo import sniff_image
 from framewire.runtime import Publisher, StopSignal
+
+log = logging.getLogger(__name__)
 
 # what the gateway takes: the formats cameras push (others go through `framewire publish`)
 PUSH_TYPES = ("image/jpeg", "image/png")
@@ -56,13 +62,49 @@ class FramePusher:
         self.settings = settings
         self.ingest = Ingest(settings, stop, publisher=Publisher(settings, "gateway"))
         self._send = threading.Lock()
+        # the cameras topic, followed for each camera's privacy mode; it becomes the
+        # Ingest's view of the cameras once read to its end
+        self.watch = CameraWatch(settings, service="gateway")
+        self._follower: threading.Thread | None = None
+        self._changed = threading.Condition()
 
     def start(self) -> None:
-        """Heartbeats and the pipeline's lag watch (back-pressure)."""
+        """Heartbeats, the pipeline's lag watch (back-pressure), the cameras topic's follower."""
         counters = self.ingest.publisher.counters
         self.ingest.publisher.start_heartbeats()
         self.ingest.start_lag_watch()
+        self._follower = threading.Thread(target=self._follow_cameras, name="camera-watch",
+                                          daemon=True)
+        self._follower.start()
         counters.state = "running"
+
+    def _follow_cameras(self) -> None:
+        stop = self.ingest.stop
+        self.watch.start()  # the configured cameras alone while the topic cannot be read
+        self.ingest.watch = self.watch
+        with self._changed:
+            self._changed.notify_all()
+        while not stop.is_set:
+            try:
+                changes = self.watch.changes(0.5)
+            except TransientError as exc:
+                log.warning("cameras topic not readable; retrying", extra={"error": str(exc)})
+                stop.wait(2.0)
+                continue
+            if changes:
+                with self._changed:
+                    self._changed.notify_all()
+
+    def wait_for_camera(self, camera_id: str, camera: CameraSettings | None,
+                        timeout_s: float) -> bool:
+        """Wait until the followed cameras show ``camera`` under ``camera_id`` (None: no such
+        camera), so a frame pushed next takes its settings; False when not within the time."""
+        def shown() -> bool:
+            return (self.ingest.watch is not None
+                    and self.watch.cameras.get(camera_id) == camera)
+
+        with self._changed:
+            return self._changed.wait_for(shown, timeout_s)
 
     def check_request(self, camera_id: str, content_type: str | None,
                       content_length: int | None) -> None:
@@ -116,4 +158,7 @@ class FramePusher:
 
     def close(self) -> None:
         """Wait for the frames in flight to be acknowledged, final heartbeat."""
-        self.ingest.close()
+        self.ingest.close()  # sets the stop signal: the follower ends within its poll
+        if self._follower is not None:
+            self._follower.join(self.settings.shutdown_timeout_s)
+        self.watch.close()
