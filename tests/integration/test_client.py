@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import cv2
 import httpx2
@@ -19,6 +20,7 @@ from skimage import data as skdata
 
 from framewire.broker.client import EmbeddedBroker
 from framewire.client import (
+    Camera,
     Client,
     DeadLetterReport,
     DetectionsConsumer,
@@ -207,6 +209,31 @@ def test_refusals_raise_the_matching_exception_with_status_detail_and_code(
     with Client(f"http://127.0.0.1:{free_port()}", "x") as nowhere, \
             pytest.raises(Unreachable):
         nowhere.status()
+
+
+def test_cameras_are_added_changed_listed_and_removed_through_the_sdk(
+        pipeline: Pipeline, tmp_path: Path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    with pipeline.client("operator") as fw:
+        added = fw.cameras.add("sdk-door", str(folder), fps=2, loop=True, retention="7d")
+        assert isinstance(added, Camera) and added.origin == "topic"
+        assert (added.camera_id, added.fps, added.loop, added.retention) == (
+            "sdk-door", 2, True, "7d")
+        changed = fw.cameras.update("sdk-door", str(folder), fps=5)
+        assert (changed.fps, changed.loop, changed.retention) == (5, False, None)
+        assert "sdk-door" in {c.camera_id for c in fw.cameras.list()}
+        with pytest.raises(FramewireAPIError) as bad:
+            fw.cameras.add("sdk-bad", "ftp://example.invalid/x")
+        assert bad.value.status == 422
+        with pipeline.client("viewer") as viewer, pytest.raises(Forbidden):
+            viewer.cameras.remove("sdk-door")
+        fw.cameras.remove("sdk-door")
+        assert "sdk-door" not in {c.camera_id for c in fw.cameras.list()}
+        with pytest.raises(NotFound):
+            fw.cameras.remove("sdk-door")
+        with pytest.raises(NotFound):
+            fw.cameras.update("sdk-door", str(folder))
 
 
 def test_status_dead_letters_and_a_dry_run_replay_through_the_sdk(pipeline: Pipeline):

@@ -117,6 +117,9 @@ class ResultStream(Iterator[Result]):
             raise Unreachable(None, f"no answer from {self._http.base_url}: {exc}") from exc
         if response.status_code != 200:
             raise self._refusal(response)
+        if self._closed.is_set():  # closed from another thread while connecting
+            response.close()
+            return
         self._response = response
         self._events = iter(httpx2.EventSource(response))
 
