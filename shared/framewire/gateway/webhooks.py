@@ -58,6 +58,15 @@ QUEUE_LIMIT = 1000  # deliveries waiting per subscription; more are dropped and 
 POLL_S = 0.5
 BATCH = 100
 GIVEN_UP = "webhook_given_up"  # the drop reason of a delivery given up
+# the subscribers' threads change the heartbeat's faults and drops, each a read-modify-write
+_reporting = threading.Lock()
+
+
+def _report(counters: Counters, key: str, fault: str | None, given_up: bool = False) -> None:
+    with _reporting:
+        counters.set_fault(key, fault)
+        if given_up:
+            counters.drop(GIVEN_UP)
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -184,13 +193,13 @@ class Subscriber:
             self.queue.put_nowait((delivery_id, body))
         except queue.Full:
             self.stats.dropped += 1
-            self.counters.drop(GIVEN_UP)
-            self._fault(f"{QUEUE_LIMIT} deliveries waiting, newer results dropped")
+            _report(self.counters, self.hook.fault_key,
+                    f"{QUEUE_LIMIT} deliveries waiting, newer results dropped", given_up=True)
 
     def close(self) -> None:
         """The subscription was removed: stop, clear its fault."""
         self.gone.set()
-        self.counters.set_fault(self.hook.fault_key, None)
+        _report(self.counters, self.hook.fault_key, None)
 
     def _ended(self) -> bool:
         return self.stop.is_set or self.gone.is_set()
@@ -218,23 +227,21 @@ class Subscriber:
                 self.stats.delivered += 1
                 self.stats.last_error = None
                 self.stats.last_delivered_at = self.stats.last_attempt_at
-                self.counters.set_fault(self.hook.fault_key, None)
+                _report(self.counters, self.hook.fault_key, None)
                 return
             self.stats.failed_attempts += 1
             self.stats.last_error = error
-            self._fault(f"{error}, {attempt} attempts")
+            _report(self.counters, self.hook.fault_key, f"{error}, {attempt} attempts")
             if attempt < cfg.webhook_attempts:
                 self._pause(min(cfg.webhook_backoff_ms / 1000 * 2 ** (attempt - 1),
                                 MAX_BACKOFF_S))
         self.stats.given_up += 1
-        self.counters.drop(GIVEN_UP)
+        _report(self.counters, self.hook.fault_key, f"{self.stats.last_error}, "
+                f"{cfg.webhook_attempts} attempts", given_up=True)
         log.warning("webhook delivery given up", extra={
             "webhook_id": self.hook.webhook_id, "url": mask_url(self.hook.url),
             "delivery": delivery_id, "attempts": cfg.webhook_attempts,
             "error": self.stats.last_error})
-
-    def _fault(self, message: str) -> None:
-        self.counters.set_fault(self.hook.fault_key, message)
 
     def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -324,9 +331,9 @@ class WebhookDelivery:
                 position = self.poll(position)
             except Exception as exc:  # the database away, a bad file: said, and tried again
                 log.warning("webhook deliveries paused", extra={"error": str(exc)})
-                self.counters.set_fault("webhooks", f"new results not read ({exc}); retrying")
+                _report(self.counters, "webhooks", f"new results not read ({exc}); retrying")
             else:
-                self.counters.set_fault("webhooks", None)
+                _report(self.counters, "webhooks", None)
 
     def poll(self, position: StreamPosition) -> StreamPosition:
         """Hand the results stored after ``position`` to their subscribers; the new position."""
