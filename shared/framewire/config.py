@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from framewire.analytics.settings import AnalyticsSettings
 from framewire.contracts import CAMERA_ID_PATTERN
 from framewire.errors import ConfigError
 from framewire.secrets import is_secret_setting, mask_url, masked_value
@@ -272,6 +273,7 @@ class Settings(BaseSettings):
     preprocess: PreprocessSettings = Field(default_factory=PreprocessSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     stages: list[str] = Field(
         default_factory=list, description="more stage declarations, as module:attribute of a "

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from framewire.analytics.records import Alert, AnalyticsEvent
 from framewire.contracts.records import (
     Contract,
     DeadLetter,
@@ -37,6 +38,7 @@ MAX_SIDE = 65_535  # pixels, as JPEG and PNG headers can say
 MAX_MODEL_SIDE = 8192
 MAX_DETECTIONS = 10_000
 MAX_TEXT = 4096
+MAX_SECONDS = 10 * 365 * 86_400.0  # a dwell or an alert's for_s
 
 
 def invalid(name: str, value: Any, rule: str) -> DataError:
@@ -166,9 +168,51 @@ def _heartbeat(r: ServiceHeartbeat) -> None:
         count("drop_reasons value", dropped)
 
 
+def _event(r: AnalyticsEvent) -> None:
+    # type, direction, kind and state are checked as names, not against today's values, so
+    # that a reader of this version still reads the event types a later version adds
+    text("event_id", r.event_id, 512)
+    text("camera_id", r.camera_id, 1024)
+    text("type", r.type, 64, CODE_PATTERN)
+    text("name", r.name, 64, NAME_PATTERN)
+    when("at", r.at)
+    when("emitted_at", r.emitted_at)
+    text("frame_id", r.frame_id, 128, FRAME_ID_PATTERN, optional=True)
+    if r.track_id is not None:
+        count("track_id", r.track_id)
+    text("label", r.label, 256, optional=True)
+    text("direction", r.direction, 64, CODE_PATTERN, optional=True)
+    if r.dwell_s is not None:
+        number("dwell_s", r.dwell_s, 0.0, MAX_SECONDS)
+    if r.window is not None:
+        text("window.kind", r.window.kind, 64, CODE_PATTERN)
+        when("window.start", r.window.start)
+        when("window.end", r.window.end)
+        text("window.counted", r.window.counted, 64, CODE_PATTERN)
+        text("window.direction", r.window.direction, 64, CODE_PATTERN, optional=True)
+        count("window.count", r.window.count)
+
+
+def _alert(r: Alert) -> None:
+    text("alert_id", r.alert_id, 512)
+    text("camera_id", r.camera_id, 1024)
+    text("rule", r.rule, 256)
+    text("when", r.when, 64, CODE_PATTERN)
+    text("zone", r.zone, 64, NAME_PATTERN)
+    count("above", r.above)
+    number("for_s", r.for_s, 0.0, MAX_SECONDS)
+    text("state", r.state, 64, CODE_PATTERN)
+    for name in ("started_at", "at", "emitted_at"):
+        when(name, getattr(r, name))
+    text("frame_id", r.frame_id, 128, FRAME_ID_PATTERN)
+    count("value", r.value)
+    count("peak", r.peak)
+
+
 CHECKS: dict[type[Contract], Callable[[Any], None]] = {
     FrameCaptured: _captured, FramePreprocessed: _preprocessed, InferenceResult: _result,
-    DeadLetter: _dead_letter, ServiceHeartbeat: _heartbeat,
+    DeadLetter: _dead_letter, ServiceHeartbeat: _heartbeat, AnalyticsEvent: _event,
+    Alert: _alert,
 }
 
 

@@ -304,3 +304,8 @@ UPGRADES: dict[tuple[str, int], Upgrade] = {
     (FramePreprocessed.SCHEMA, 1): nest_frame_header,
     (InferenceResult.SCHEMA, 1): nest_frame_header,
 }
+
+# The analytics' contracts live with the analytics and add themselves to CONTRACTS; imported
+# here, at the end, so that every reader of CONTRACTS finds them (a plain import: it works
+# whichever of the two modules is imported first).
+import framewire.analytics.records  # noqa: E402, F401
