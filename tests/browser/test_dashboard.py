@@ -159,6 +159,8 @@ def test_every_page_loads_signed_in_without_console_errors(stack: Stack, admin):
             assert page.locator(".waterfall .span").count() >= 3
         if name == "cameras":
             page.wait_for_selector("article[data-camera] canvas[data-frame-id]")
+        if name == "model" and page.locator(".model-now").count():  # the model route served
+            page.wait_for_selector(".model-now dt:text('model') + dd:not(:text('…'))")
         if name == "jobs" or name == "model":
             page.wait_for_function("document.querySelector('[data-jobs] tbody td, "
                                    ".model-now dd')?.textContent !== '…'")

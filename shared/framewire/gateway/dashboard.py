@@ -35,8 +35,6 @@ if TYPE_CHECKING:  # app.py registers these pages: importing it here would be ci
 
 log = logging.getLogger(__name__)
 HERE = files("framewire.gateway")
-# the pages a signed-in browser may ask for after /login (never another site's URL)
-PAGES = ("overview", "cameras", "detections", "deadletters", "model", "jobs")
 COOKIE_MAX_AGE_S = 12 * 3600
 _templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -99,13 +97,13 @@ async def form_of(request: Request) -> dict[str, str]:
 def _login_pages(app: FastAPI, state: GatewayState) -> None:
     @app.get("/login", include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> HTMLResponse:
-        return page(request, "login.html", None, next=_local(next), error=None)
+        return page(request, "login.html", None, next=local_path(next), error=None)
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         form = await form_of(request)
         info = state.tokens.verify(form.get("token", "").strip())
-        target = _local(form.get("next", "/"))
+        target = local_path(form.get("next", "/"))
         if info is None:
             return page(request, "login.html", None, 401, next=target,
                         error="unknown or revoked token: make one with `framewire token "
@@ -124,9 +122,10 @@ def _login_pages(app: FastAPI, state: GatewayState) -> None:
         return answer
 
 
-def _local(target: str) -> str:
+def local_path(target: str) -> str:
     """``target`` when it is a path of this site, else ``/`` (no redirect to elsewhere)."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    # browsers read "/\\host" as "//host": another site
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
 
 
 def _site_pages(app: FastAPI, state: GatewayState) -> None:
@@ -163,8 +162,9 @@ def _site_pages(app: FastAPI, state: GatewayState) -> None:
 
 
 def _has_route(app: FastAPI, path: str) -> bool:
-    """Whether this gateway serves ``/api/v1`` + ``path`` (routes arrive one by one)."""
-    return any(getattr(r, "path", None) == API + path for r in app.routes)
+    """Whether this gateway serves ``/api/v1`` + ``path`` (its OpenAPI description, built
+    once, lists every API route)."""
+    return API + path in app.openapi().get("paths", {})
 
 
 def site_overview(state: GatewayState) -> dict[str, Any]:

@@ -154,9 +154,35 @@ async function model() {
   for (const [key, value] of entries) {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
     dt.textContent = key;
-    dd.textContent = typeof value === "object" ? JSON.stringify(value) : String(value);
+    if (Array.isArray(value) && value.length && typeof value[0] === "object") {
+      dd.append(table(value));  // e.g. each process and the model it runs
+    } else {
+      dd.textContent = value === null ? "–"
+        : typeof value === "object" ? JSON.stringify(value) : String(value);
+    }
     list.append(dt, dd);
   }
+}
+
+function table(rows) {
+  const element = document.createElement("table"), head = document.createElement("tr");
+  const keys = Object.keys(rows[0]);
+  for (const key of keys) {
+    const th = document.createElement("th");
+    th.textContent = key;
+    head.append(th);
+  }
+  element.append(head);
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    for (const key of keys) {
+      const td = document.createElement("td");
+      td.textContent = row[key] === null || row[key] === undefined ? "" : String(row[key]);
+      tr.append(td);
+    }
+    element.append(tr);
+  }
+  return element;
 }
 
 const JOB_FIELDS = ["job_id", "camera", "since", "until", "state", "records_found",
