@@ -197,9 +197,24 @@ def test_a_camera_added_in_the_page_shows_its_frames(stack: Stack, admin, tmp_pa
     assert colours > 50
     page.wait_for_function(f"document.querySelector(\"{card} .fps\").textContent !== '–'")
     screenshot(page, "cameras-added")
+    # its frames in the gallery, searched by camera and time
+    page.goto(f"{stack.url}/detections?camera=browser-cam&since=10m&until=")
+    page.wait_for_selector(".gallery canvas[data-frame-id]")
+    assert set(page.locator(".shot span").all_inner_texts()) <= {
+        "browser-cam · 1 detection(s)", "browser-cam · 0 detection(s)"}
+    # edited (same id, new settings), then removed
+    page.goto(f"{stack.url}/cameras?edit=browser-cam")
+    assert page.input_value("input[name=url]") == str(folder)
+    page.fill("input[name=fps]", "2")
+    page.click("form.camera-form button[type=submit]")
+    page.wait_for_selector(f"{card} dd:text('fps 2.0, loop (topic)')")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"{card} button.danger")
+    page.wait_for_url(f"{stack.url}/cameras")
+    assert page.locator(card).count() == 0 or "topic" not in page.inner_text(card)
     assert console.errors == []
     audit = (stack.home / "logs" / "audit.log").read_text()
-    assert '"action": "cameras.add"' in audit and "browser-cam" in audit
+    assert '"action": "cameras.add"' in audit and '"action": "cameras.remove"' in audit
 
 
 def test_a_viewer_gets_no_controls_and_a_cookie_from_another_origin_changes_nothing(

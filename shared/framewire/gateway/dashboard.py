@@ -280,7 +280,7 @@ def _cameras(state: GatewayState) -> dict[str, Any]:
 def _result_pages(app: FastAPI, state: GatewayState) -> None:
     @app.get("/detections", include_in_schema=False)
     def detections_page(request: Request, camera: str = "", since: str = "1h",
-                        limit: int = 48) -> HTMLResponse:
+                        until: str = "", limit: int = 48) -> HTMLResponse:
         from framewire.ops.replay import parse_since
 
         token = signed_in(request, state)
@@ -288,13 +288,15 @@ def _result_pages(app: FastAPI, state: GatewayState) -> None:
         try:
             results = state.db.query_results(camera_id=camera or None,
                                              limit=max(1, min(limit, 500)),
-                                             since=parse_since(since) if since else None)
+                                             since=parse_since(since) if since else None,
+                                             until=parse_since(until) if until else None)
         except (ConfigError, OverflowError, ValueError) as exc:
-            error = str(exc).replace("--since", "since")
+            error = str(exc).replace("--since ", "")
         cameras = sorted({c.camera_id for c in state.db.cameras()})
         return page(request, "detections.html", token, 422 if error else 200,
                     results=[result_json(r) for r in results], cameras=cameras,
-                    camera=camera, since=since, limit=limit, error=error)
+                    camera=camera, since=since, until=until, limit=limit,
+                    error=error)
 
     @app.get("/traces", include_in_schema=False)
     def find_trace(request: Request, frame_id: str = "") -> Response:

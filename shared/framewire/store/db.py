@@ -163,9 +163,11 @@ class Database:
         return replaced
 
     def query_results(
-        self, camera_id: str | None = None, limit: int = 50, since: datetime | None = None
+        self, camera_id: str | None = None, limit: int = 50, since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[StoredResult]:
-        """Results newest first by capture time, optionally of one camera and captured since."""
+        """Results newest first by capture time, optionally of one camera, captured since
+        (inclusive) and before ``until``."""
         if limit < 1:
             raise ValueError(f"limit={limit}: ask for at least 1 result")
         stmt = (
@@ -177,6 +179,8 @@ class Database:
             stmt = stmt.where(result_table.c.camera_id == camera_id)
         if since is not None:
             stmt = stmt.where(result_table.c.captured_at >= since)
+        if until is not None:
+            stmt = stmt.where(result_table.c.captured_at < until)
         with self._translate_errors("reading results"), self._engine.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
             detections: dict[str, list[Detection]] = {row["frame_id"]: [] for row in rows}
