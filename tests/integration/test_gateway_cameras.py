@@ -14,7 +14,14 @@ from framewire.broker.reading import read_topic
 from framewire.contracts import FrameCaptured
 from framewire.contracts.codec import Codec
 from framewire.ops.cameras import list_cameras
-from tests.fixtures.gateway import API, RANK, RunningGateway, framewire, running_gateway
+from tests.fixtures.gateway import (
+    API,
+    RANK,
+    RunningGateway,
+    framewire,
+    gateway_site,
+    running_gateway,
+)
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import wait_until
 
@@ -28,8 +35,8 @@ ROUTES = [("GET", f"{API}/cameras", "viewer"), ("POST", f"{API}/cameras", "opera
 def gateway(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[RunningGateway]:
     # the site's privacy mode is on: a camera's own setting is what turns it off
-    with running_gateway(broker, tmp_path_factory.mktemp("gw-cameras") / "home",
-                         privacy_mode="true") as gw:
+    with running_gateway(gateway_site(broker, tmp_path_factory.mktemp("gw-cameras") / "home",
+                                      privacy_mode="true")) as gw:
         yield gw
 
 

@@ -19,7 +19,7 @@ import pytest
 from framewire.broker.client import EmbeddedBroker
 from framewire.contracts import Detection, FrameHeader, InferenceResult, utcnow
 from framewire.store.db import open_database
-from tests.fixtures.gateway import API, RunningGateway, running_gateway
+from tests.fixtures.gateway import API, RunningGateway, gateway_site, running_gateway
 from tests.fixtures.kafka import wait_until
 
 pytestmark = pytest.mark.integration
@@ -84,9 +84,10 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def gateway(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[RunningGateway]:
-    with running_gateway(broker, tmp_path_factory.mktemp("gw-webhooks") / "home",
-                         gateway__stream_settle_ms=200, gateway__webhook_attempts=ATTEMPTS,
-                         gateway__webhook_backoff_ms=100) as gw:
+    site = gateway_site(broker, tmp_path_factory.mktemp("gw-webhooks") / "home",
+                        gateway__stream_settle_ms=200, gateway__webhook_attempts=ATTEMPTS,
+                        gateway__webhook_backoff_ms=100)
+    with running_gateway(site) as gw:
         yield gw
 
 
