@@ -70,6 +70,21 @@ def bench_scene(seed: int = 0) -> list[SceneFrame]:
     return scene(movers, FPS, 60.0, noise_px=3.0, miss_rate=0.1, seed=seed)
 
 
+def detections(sv: Any, boxes: np.ndarray) -> Any:
+    """The rows as supervision's Detections, each carrying its row number."""
+    return sv.Detections(xyxy=boxes[:, :4], confidence=boxes[:, 4],
+                         class_id=boxes[:, 5].astype(int), data={"row": np.arange(len(boxes))})
+
+
+def ids_by_row(out: Any, boxes: np.ndarray) -> list[int]:
+    """The track id the tracker gave each row (-1: none)."""
+    ids = [-1] * len(boxes)
+    tracked = out.tracker_id if out.tracker_id is not None else []
+    for row, track in zip(out.data.get("row", []), tracked, strict=True):
+        ids[int(row)] = int(track)
+    return ids
+
+
 def trackers_update() -> Update:
     import supervision as sv
     from trackers import ByteTrackTracker
@@ -79,14 +94,7 @@ def trackers_update() -> Update:
 
     def update(frame: SceneFrame) -> list[int]:
         boxes = frame.boxes
-        out = tracker.update(sv.Detections(
-            xyxy=boxes[:, :4], confidence=boxes[:, 4], class_id=boxes[:, 5].astype(int),
-            data={"row": np.arange(len(boxes))}), timestamp=frame.t)
-        ids = [-1] * len(boxes)
-        tracked: Any = out.tracker_id if out.tracker_id is not None else []
-        for row, track in zip(out.data.get("row", []), tracked, strict=True):
-            ids[int(row)] = int(track)
-        return ids
+        return ids_by_row(tracker.update(detections(sv, boxes), timestamp=frame.t), boxes)
 
     return update
 
@@ -101,14 +109,7 @@ def supervision_update() -> Update:
 
     def update(frame: SceneFrame) -> list[int]:
         boxes = frame.boxes
-        out = tracker.update_with_detections(sv.Detections(
-            xyxy=boxes[:, :4], confidence=boxes[:, 4], class_id=boxes[:, 5].astype(int),
-            data={"row": np.arange(len(boxes))}))
-        ids = [-1] * len(boxes)
-        tracked: Any = out.tracker_id if out.tracker_id is not None else []
-        for row, track in zip(out.data.get("row", []), tracked, strict=True):
-            ids[int(row)] = int(track)
-        return ids
+        return ids_by_row(tracker.update_with_detections(detections(sv, boxes)), boxes)
 
     return update
 

@@ -12,6 +12,7 @@ from framewire.analytics.events import CameraAnalyzer, Findings
 from framewire.analytics.records import AnalyticsEvent
 from framewire.analytics.settings import AnalyticsSettings
 from framewire.analytics.tracking import Track
+from framewire.contracts import Detection
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)  # on a minute: windows start at T0 + k * 60 s
 Waypoints = Sequence[tuple[float, float, float]]  # (t, x, y) of the anchor, walked in lines
@@ -43,8 +44,8 @@ def walk(analyzer: CameraAnalyzer, walks: dict[int, Waypoints], until: float,
         for track_id, waypoints in walks.items():
             p = position(waypoints, t)
             if p is not None:
-                tracks.append(Track(track_id, "person", 0, 0.9, p[0] - 30, p[1] - 120,
-                                    p[0] + 30, p[1]))
+                tracks.append(Track(track_id, Detection("person", 0, 0.9, p[0] - 30,
+                                                        p[1] - 120, p[0] + 30, p[1])))
         out.append((t, analyzer.observe(f"f{k}", at(t), tracks)))
     return out
 

@@ -39,8 +39,9 @@ def ids_by_object(frames: list[SceneFrame], tracks: list[list[Track]]) -> dict[i
     seen: dict[int, set[int]] = {}
     for frame, frame_tracks in zip(frames, tracks, strict=True):
         for t in frame_tracks:
-            row = next(i for i, r in enumerate(frame.boxes) if tuple(r[:4]) == (t.x1, t.y1,
-                                                                                 t.x2, t.y2))
+            d = t.detection
+            row = next(i for i, r in enumerate(frame.boxes)
+                       if tuple(r[:4]) == (d.x1, d.y1, d.x2, d.y2))
             seen.setdefault(frame.truth[row], set()).add(t.track_id)
     return seen
 

@@ -188,9 +188,11 @@ class CameraAnalyzer:
         events = []
         state = self.tracks.get(track.track_id)
         if state is None:
-            state = self.tracks[track.track_id] = _TrackState(track.label, t, frame_id)
+            state = self.tracks[track.track_id] = _TrackState(track.detection.label, t,
+                                                               frame_id)
         state.last_seen, state.last_frame = t, frame_id
-        p = anchor(track.x1, track.y1, track.x2, track.y2)
+        d = track.detection
+        p = anchor(d.x1, d.y1, d.x2, d.y2)
         tid, label = track.track_id, state.label
         for line in self.camera.lines:
             a, b = line.points

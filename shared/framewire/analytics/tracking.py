@@ -28,13 +28,7 @@ class Track:
     """One tracked object in one frame: its id, and the detection it was seen as."""
 
     track_id: int
-    label: str
-    class_id: int
-    score: float
-    x1: float
-    y1: float
-    x2: float
-    y2: float
+    detection: Detection
 
 
 @dataclass
@@ -82,9 +76,7 @@ class CameraTracker:
         labels = [d.label for d in kept]
         ids = self._assign(self._feed(t, rows), allocate=True)
         self._remember(_Seen(t, rows, labels, ids))
-        return [Track(track_id, labels[i], int(rows[i, 5]), float(rows[i, 4]),
-                      *(float(v) for v in rows[i, :4]))
-                for i, track_id in enumerate(ids) if track_id > 0]
+        return [Track(track_id, kept[i]) for i, track_id in enumerate(ids) if track_id > 0]
 
     def _feed(self, t: float, rows: np.ndarray) -> list[int]:
         """The tracker's id for each row (-1: not a confirmed track)."""
