@@ -20,7 +20,13 @@ from typing import Any
 import cv2
 import pytest
 
-from tests.fixtures.common import ensure_debian_packages, free_port, unavailable, wait_until
+from tests.fixtures.common import (
+    ensure_debian_packages,
+    free_port,
+    progress,
+    unavailable,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -125,11 +131,12 @@ def admin(stack: Stack, browser: Any) -> Iterator[tuple[Any, Console]]:
     context.close()
 
 
-def screenshot(page: Any, name: str) -> Path:
+def screenshot(page: Any, name: str, config: pytest.Config) -> Path:
+    """Save the page, whole, as test-artifacts/dashboard/NAME.png and say where."""
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTEFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    print(f"screenshot {path}")
+    progress(config, "dashboard", f"screenshot {path}")
     return path
 
 
@@ -140,7 +147,7 @@ def test_run_prints_the_dashboard_url_and_the_admin_token_hint(stack: Stack):
     assert "framewire token create --role admin" in line
 
 
-def test_every_page_loads_signed_in_without_console_errors(stack: Stack, admin):
+def test_every_page_loads_signed_in_without_console_errors(stack: Stack, admin, pytestconfig):
     page, console = admin
     results = wait_until(lambda: [r for r in stack.get("/api/v1/results?limit=50")
                                   if r["frame_url"]], 60, "a demo result with a stored frame")
@@ -164,12 +171,13 @@ def test_every_page_loads_signed_in_without_console_errors(stack: Stack, admin):
         if name == "jobs" or name == "model":
             page.wait_for_function("document.querySelector('[data-jobs] tbody td, "
                                    ".model-now dd')?.textContent !== '…'")
-        screenshot(page, name)
+        screenshot(page, name, pytestconfig)
         assert console.errors == [], (path, console.errors)
     assert page.locator("nav a").count() == 6
 
 
-def test_a_camera_added_in_the_page_shows_its_frames(stack: Stack, admin, tmp_path: Path):
+def test_a_camera_added_in_the_page_shows_its_frames(stack: Stack, admin, tmp_path: Path,
+                                                      pytestconfig):
     from skimage import data
 
     page, console = admin
@@ -196,7 +204,7 @@ def test_a_camera_added_in_the_page_shows_its_frames(stack: Stack, admin, tmp_pa
         return seen.size; }""")
     assert colours > 50
     page.wait_for_function(f"document.querySelector(\"{card} .fps\").textContent !== '–'")
-    screenshot(page, "cameras-added")
+    screenshot(page, "cameras-added", pytestconfig)
     # its frames in the gallery, searched by camera and time
     page.goto(f"{stack.url}/detections?camera=browser-cam&since=10m&until=")
     page.wait_for_selector(".gallery canvas[data-frame-id]")
