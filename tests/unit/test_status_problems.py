@@ -28,3 +28,16 @@ def test_a_heartbeat_with_a_malformed_partition_is_skipped_not_fatal():
         "preprocess: partition 2 has lag 3 and no live consumer owns it: a rebalance is "
         "pending or stuck"]
     assert instance_problems(status) == []
+
+
+def test_webhook_deliveries_given_up_are_not_told_as_dropped_frames():
+    gateway = ServiceHeartbeat(
+        service="gateway", instance="h:2", host="h", pid=2, version="x", sent_at=utcnow(),
+        state="running", partitions=[], records_in=3, records_out=3, dead_lettered=0,
+        produced_offsets={}, dropped=3, drop_reasons={"webhook_given_up": 2, "publish_failed": 1})
+    problems = instance_problems(ServiceStatus("gateway", [gateway]))
+    assert problems == [
+        "gateway pid 2 on h: 2 webhook delivery(ies) given up after their retries; GET "
+        "/api/v1/webhooks shows each one's last error",
+        "gateway pid 2 on h: 1 frame(s) dropped (1 publish_failed: pipeline behind, fps cap, "
+        "broker away or refusing frames)"]

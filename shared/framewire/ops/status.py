@@ -135,10 +135,17 @@ def instance_problems(status: ServiceStatus) -> list[str]:
                             "read its log for the crash")
         for fault in b.faults:
             problems.append(f"{who}: {fault}")
-        if b.dropped:
-            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(b.drop_reasons.items()))
-            problems.append(f"{who}: {b.dropped} frame(s) dropped ({reasons or 'back-pressure'}: "
-                            "pipeline behind, fps cap, broker away or refusing frames)")
+        # the gateway's webhook deliveries given up are not frames: said apart
+        hooks = b.drop_reasons.get("webhook_given_up", 0)
+        if hooks:
+            problems.append(f"{who}: {hooks} webhook delivery(ies) given up after their "
+                            "retries; GET /api/v1/webhooks shows each one's last error")
+        frames = {r: n for r, n in b.drop_reasons.items() if r != "webhook_given_up"}
+        if b.dropped - hooks > 0:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(frames.items()))
+            problems.append(f"{who}: {b.dropped - hooks} frame(s) dropped "
+                            f"({reasons or 'back-pressure'}: pipeline behind, fps cap, broker "
+                            "away or refusing frames)")
     return problems
 
 
