@@ -8,4 +8,5 @@ STAGE = StageSpec(
     name="preprocess", entry="framewire.services.preprocess.stage:PreprocessStage",
     input="frames.raw", input_contract=FrameCaptured, settings=PreprocessSettings,
     outputs=(Output("frames.ready", FramePreprocessed, retention="1h"),),
+    follows=("control",),  # the model: switched at run time (framewire model switch)
     summary="decodes, measures quality and letterboxes frames to the model's input size")

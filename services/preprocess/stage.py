@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from framewire.config import Settings
 from framewire.contracts import FrameCaptured, FramePreprocessed, utcnow
+from framewire.errors import ConfigError
+from framewire.models.control import ModelWatch
 from framewire.models.manifest import load_manifest
 from framewire.pixels.encoding import decode_for_model, encode_jpeg
 from framewire.pixels.letterbox import Letterbox, content, letterbox
 from framewire.runtime import Stage, map_records
+from framewire.runtime.heartbeat import Counters
 from framewire.runtime.loop import Outcome
 from framewire.services.preprocess import STAGE
 from framewire.services.preprocess.quality import FrozenDetector, Quality, assess_quality
 from framewire.store.blobs import BlobStore, inline_or_reference, resolve_payload
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,10 +43,50 @@ class PreprocessStage(Stage):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        manifest = load_manifest(settings.inference.model)
-        self.width, self.height = manifest.input_width, manifest.input_height
+        # replaced whole by a switch (the model watch's thread): a frame reads it once
+        self.manifest = load_manifest(settings.inference.model)
         self.frozen = FrozenDetector()
         self.blobs = BlobStore.from_settings(settings)
+        self.counters = Counters()
+        self._watch: ModelWatch | None = None
+
+    def attach(self, counters: Counters) -> None:
+        """Letterbox for the model the control topic asks for, and follow it: inference
+        runs the same one (a frame letterboxed for the model before a switch is fitted to
+        the new one there)."""
+        self.counters = counters
+        self._report_model()
+        self._watch = ModelWatch(self.settings, self.name, self._switch_to)
+        wanted = self._watch.start()
+        if wanted != self.settings.inference.model:
+            self._switch_to(wanted)
+
+    def _switch_to(self, name_or_path: str) -> None:
+        """Letterbox for ``name_or_path`` from the next frame on; one whose manifest does not
+        load is refused (inference refuses it too, and says so in its status)."""
+        try:
+            manifest = load_manifest(name_or_path)
+        except ConfigError as exc:
+            log.error("model switch refused: letterboxing for the running model", extra={
+                "model": name_or_path, "error": str(exc)})
+            self.counters.set_fault("model_switch", (
+                f"model {name_or_path!r} refused ({exc}); still letterboxing for "
+                f"{self.manifest.name} {self.manifest.version}"))
+            return
+        self.manifest = manifest
+        self._report_model()
+        self.counters.set_fault("model_switch", None)
+        log.info("letterboxing for a new model", extra={
+            "model": manifest.name, "model_version": manifest.version,
+            "input_size": f"{manifest.input_width}x{manifest.input_height}"})
+
+    def _report_model(self) -> None:
+        self.counters.model_name = self.manifest.name
+        self.counters.model_version = self.manifest.version
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
 
     @property
     def output_compression(self) -> str:
@@ -58,9 +104,10 @@ class PreprocessStage(Stage):
         """
         cfg = self.settings.preprocess
         data = resolve_payload(frame.image, frame.image_uri, frame.image_sha256, self.blobs)
-        image, width, height = decode_for_model(data, self.settings.max_pixels, self.width,
-                                                self.height)
-        boxed, lb = letterbox(image, self.width, self.height, source_size=(width, height))
+        m = self.manifest
+        image, width, height = decode_for_model(data, self.settings.max_pixels, m.input_width,
+                                                m.input_height)
+        boxed, lb = letterbox(image, m.input_width, m.input_height, source_size=(width, height))
         seen = content(boxed, lb)
         quality = assess_quality(seen, cfg.dark_threshold, cfg.blur_threshold)
         frozen = self.frozen.is_frozen(frame.camera_id, seen)

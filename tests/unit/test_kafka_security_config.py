@@ -138,7 +138,9 @@ def test_each_stage_may_read_only_its_input_and_write_only_its_outputs() -> None
         "group:s1.framewire-preprocess", "group:s1.framewire-inference",
         "group:s1.framewire-storage"}
     preprocess = granted(settings, "preprocess")
-    assert preprocess["READ"] == {"s1.frames.raw", "group:s1.framewire-preprocess"}
+    # and the control topic (the model it letterboxes for), with a follower group of its own
+    assert preprocess["READ"] == {"s1.frames.raw", "group:s1.framewire-preprocess", "s1.control",
+                                  "group:s1.framewire-preprocess-follow-"}
     assert "s1.frames.ready" in preprocess["WRITE"]
     assert not any(b.operation in (AclOperation.ALL, AclOperation.ALTER, AclOperation.CREATE,
                                    AclOperation.DELETE) for b in acl_bindings(settings))
@@ -149,11 +151,12 @@ def test_the_gateway_may_do_what_its_routes_do_and_nothing_more() -> None:
     gateway = granted(settings, "gateway")
     # dead letters and heartbeats read whole, from explicit offsets (no group); the cameras
     # topic followed (privacy mode of pushed frames) with a follower group of its own
-    assert gateway["READ"] == {"s1.deadletter", "s1.status", "s1.cameras",
-                               "group:s1.framewire-gateway-follow-"}
+    # and frames.raw's retained range for a reprocess job, the control topic it manages
+    assert gateway["READ"] == {"s1.deadletter", "s1.status", "s1.cameras", "s1.frames.raw",
+                               "s1.control", "group:s1.framewire-gateway-follow-"}
     # pushed frames (frames.raw), a replay's targets (every stage's input), camera changes
     assert gateway["WRITE"] == {"s1.frames.raw", "s1.frames.ready", "s1.detections",
-                                "s1.cameras", "s1.deadletter", "s1.status",
+                                "s1.cameras", "s1.control", "s1.deadletter", "s1.status",
                                 "txn:s1.framewire-gateway-"}
     # it pushes frames as ingest does, so it watches the pipeline's lag (back-pressure)
     assert {g for g in gateway["DESCRIBE"] if g.startswith("group:")} == {

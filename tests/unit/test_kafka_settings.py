@@ -43,13 +43,15 @@ def test_data_topics_on_kafka_carry_retention_min_isr_and_replication_from_setti
     assert plans["site1.detections"].configs["retention.ms"] == str(duration_ms("30d"))
     assert plans["site1.status"].partitions == 1
     assert set(plans) == {f"site1.{t}" for t in ("frames.raw", "frames.ready", "detections",
-                                                 "deadletter", "status", "cameras")}
+                                                 "deadletter", "status", "cameras",
+                                                 "control")}
 
 
 def test_topics_on_the_embedded_broker_get_one_replica_and_no_configs_but_compaction() -> None:
     plans = topic_plans(load_settings(), brokers=1)
     assert all(p.replication == 1 for p in plans)
-    assert {p.name: p.configs for p in plans if p.configs} == {"cameras": COMPACTED}
+    assert {p.name: p.configs for p in plans if p.configs} == {"cameras": COMPACTED,
+                                                               "control": COMPACTED}
 
 
 @pytest.mark.parametrize(("overrides", "says"), [

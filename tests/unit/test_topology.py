@@ -44,14 +44,14 @@ def test_the_built_in_stages_make_the_pipeline_in_order():
         "preprocess": "frames.raw", "inference": "frames.ready", "storage": "detections"}
     topics = site.topics
     assert list(topics) == ["frames.raw", "frames.ready", "detections", "deadletter", "status",
-                            "cameras"]
+                            "cameras", "control"]
     assert topics["frames.ready"].contract is FramePreprocessed
     assert (topics["detections"].writers, topics["detections"].readers) == (
         ("inference",), ("storage",))
     assert topics["status"].single_partition and not topics["deadletter"].single_partition
     assert {n: t.retention for n, t in topics.items()} == {
         "frames.raw": "24h", "frames.ready": "1h", "detections": "30d", "deadletter": "7d",
-        "status": "1h", "cameras": "-1"}
+        "status": "1h", "cameras": "-1", "control": "-1"}
 
 
 def test_order_follows_the_topics_not_the_declaration_order():

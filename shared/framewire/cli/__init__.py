@@ -299,6 +299,7 @@ from framewire.cli import bench as _bench  # noqa: E402,F401
 from framewire.cli import cameras as _cameras  # noqa: E402,F401
 from framewire.cli import erase as _erase  # noqa: E402,F401
 from framewire.cli import licenses as _licenses  # noqa: E402,F401
+from framewire.cli import model as _model  # noqa: E402,F401
 from framewire.cli import publish as _publish  # noqa: E402,F401  (registers commands)
 from framewire.cli import recover as _recover  # noqa: E402,F401
 from framewire.cli import token as _token  # noqa: E402,F401

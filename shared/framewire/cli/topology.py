@@ -81,8 +81,8 @@ def show_topology(
         print(f"  {s['name']:<12} {reads} -> {writes}{group}  x{s['replicas']}")
     print(f"topics ({len(graph['topics'])}):")
     for t in graph["topics"]:
-        writers = ", ".join(["framewire cameras", *t["writers"]] if t["compacted"]
-                            else t["writers"])
+        command = {"cameras": "framewire cameras", "control": "framewire model"}.get(t["name"])
+        writers = ", ".join([command, *t["writers"]] if command else t["writers"])
         flow = ("every process" if t["system"] else writers) + " -> " + (
             ", ".join(t["readers"]) or "(no stage reads it)")
         contract = (f"{t['contract'].rpartition('.')[2]} v{t['version']}" if t["version"]

@@ -166,6 +166,8 @@ def _heartbeat(r: ServiceHeartbeat) -> None:
     for reason, dropped in r.drop_reasons.items():
         text("drop_reasons key", reason, 64, NAME_PATTERN)
         count("drop_reasons value", dropped)
+    text("model_name", r.model_name, 256, optional=True)
+    text("model_version", r.model_version, 256, optional=True)
 
 
 def _event(r: AnalyticsEvent) -> None:

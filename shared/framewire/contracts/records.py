@@ -277,7 +277,9 @@ class ServiceHeartbeat(Contract):
     gpu_watts: float | None = None
     faults: list[str] = field(default_factory=list)
     drop_reasons: dict[str, int] = field(default_factory=dict)
-    schema_version: int = 5
+    model_name: str | None = None
+    model_version: str | None = None
+    schema_version: int = 6
 
 
 CONTRACTS: dict[str, type[Contract]] = {

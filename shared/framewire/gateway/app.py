@@ -94,6 +94,10 @@ def create_app(state: GatewayState) -> FastAPI:
     _results_routes(api, state)
     _site_routes(api, state)
     _token_routes(api, state)
+    from framewire.gateway import jobs, model  # the model switch and reprocess jobs
+
+    model.register(api, state)
+    jobs.register(api, state)
     from framewire.gateway import cameras, webhooks  # routes of their own modules
 
     cameras.register(api, state)

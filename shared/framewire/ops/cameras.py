@@ -11,12 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 
-from framewire.broker.client import client_config, ensure_topics
-from framewire.broker.reading import TopicFollower
 from framewire.capture.cameras import (
     CAMERAS_TOPIC,
     camera_value,
@@ -26,6 +22,7 @@ from framewire.capture.cameras import (
 )
 from framewire.config import CameraSettings, Settings
 from framewire.errors import ConfigError, FramewireError, TransientError
+from framewire.ops.settings_topic import read_whole, write_record
 from framewire.secrets import mask_url, mask_urls_in
 
 TIMEOUT_S = 10.0
@@ -110,48 +107,14 @@ def validated_camera(camera: CameraSettings | dict[str, Any]) -> CameraSettings:
 def _read_table(settings: Settings, timeout_s: float) -> dict[str, CameraSettings | None]:
     """The topic's latest record per camera id (None: removed); empty while the topic
     does not exist yet."""
-    if not _topic_exists(settings, timeout_s):
-        return {}
-    # the group (never joined) of this process's principal: one its ACLs allow
-    follower = TopicFollower(settings, settings.topic(CAMERAS_TOPIC),
-                             settings.group(settings.kafka_principal or "cli"))
-    try:
-        return latest_per_key(follower.read_to_end(timeout_s))
-    finally:
-        follower.close()
-
-
-def _topic_exists(settings: Settings, timeout_s: float) -> bool:
-    name = settings.topic(CAMERAS_TOPIC)
-    try:
-        topics = AdminClient(client_config(settings, {"log_level": 0})).list_topics(
-            name, timeout=timeout_s).topics
-    except KafkaException as exc:
-        raise TransientError(f"cannot reach the broker at {settings.bootstrap_servers} "
-                             f"({exc}); is it running?") from exc
-    meta = topics.get(name)
-    return meta is not None and meta.error is None and bool(meta.partitions)
+    return latest_per_key(read_whole(settings, CAMERAS_TOPIC, timeout_s))
 
 
 def _write(settings: Settings, camera_id: str, value: bytes | None, timeout_s: float) -> None:
     """One record on the cameras topic (made first if missing), acknowledged by all
     in-sync replicas; TransientError when it is not within ``timeout_s``."""
-    if not _topic_exists(settings, timeout_s):
-        ensure_topics(settings, timeout_s)
-    # not idempotent: Apache Kafka takes about a second to hand a producer its id, and a
-    # retried record of this one-record producer could only repeat the latest value
-    producer = Producer(client_config(
-        settings, {"acks": "all", "enable.idempotence": False, "log_level": 0},
-        **{"client.id": "framewire-cameras", "allow.auto.create.topics": False}))
-    failed: list[str] = []
-
-    def delivered(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            failed.append(err.str())
-
-    topic = settings.topic(CAMERAS_TOPIC)
-    producer.produce(topic, key=camera_id.encode(), value=value, on_delivery=delivered)
-    if producer.flush(timeout_s) or failed:
+    failed = write_record(settings, CAMERAS_TOPIC, camera_id, value, timeout_s)
+    if failed:
         raise TransientError(f"the change to camera {camera_id!r} was not acknowledged by "
                              f"the broker within {timeout_s:.0f} s ({'; '.join(failed)}); is it "
                              f"reachable at {settings.bootstrap_servers}? `framewire cameras "

@@ -16,6 +16,7 @@ row in place, and a replay with the same model changes nothing.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -121,10 +122,14 @@ def replay_headers(headers: Any, replay_id: str) -> list[tuple[str, str | bytes 
 
 
 def replay(settings: Settings, topic: str, since: datetime, until: datetime,
-           camera: str | None = None, progress: Progress | None = None) -> ReplayCounts:
+           camera: str | None = None, progress: Progress | None = None,
+           on_record: Callable[[Message], None] | None = None) -> ReplayCounts:
     """Re-produce the records of logical ``topic`` stamped in [since, until) (of one camera
     when ``camera`` is given) to the same topic and partition: same key, value bytes and
-    headers, a fresh trace, and the ``framewire-replay`` header."""
+    headers, a fresh trace, and the ``framewire-replay`` header.
+
+    ``progress`` gets the counts now and then; ``on_record`` each record as it is produced
+    again (a reprocess job notes its frame id)."""
     from opentelemetry.trace import SpanKind
 
     from framewire.runtime import Publisher
@@ -169,6 +174,8 @@ def replay(settings: Settings, topic: str, since: datetime, until: datetime,
                                       partition=msg.partition())
                 publisher.producer.poll(0)
                 counts.republished += 1
+                if on_record is not None:
+                    on_record(msg)
             tick(counts)
         publisher.flush(settings.shutdown_timeout_s)
     finally:

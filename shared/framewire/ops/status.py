@@ -302,6 +302,7 @@ def status_report(statuses: list[ServiceStatus], brokers: BrokerStatus) -> list[
               "records_in": b.records_in, "records_out": b.records_out,
               "dead_lettered": b.dead_lettered, "dropped": b.dropped,
               "drop_reasons": b.drop_reasons, "faults": b.faults,
+              "model_name": b.model_name, "model_version": b.model_version,
               "restarts": b.restarts, "broker_ok": b.broker_ok,
               "stalled_cameras": b.stalled_cameras,
               "last_commit_at": b.last_commit_at, "metrics_port": b.metrics_port,

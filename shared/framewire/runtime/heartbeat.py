@@ -47,6 +47,10 @@ class Counters:
     faults: list[str] = field(default_factory=list)
     # dropped frames by reason code; ``dropped`` is their sum
     drop_reasons: dict[str, int] = field(default_factory=dict)
+    # the model the process runs (inference; preprocess letterboxes for it), which a switch
+    # on the control topic changes at run time
+    model_name: str | None = None
+    model_version: str | None = None
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count ``count`` frames dropped for ``reason`` (a short code)."""

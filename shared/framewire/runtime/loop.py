@@ -150,6 +150,7 @@ class StageRunner:
         """Consume until stopped, then finish the batch, commit and leave the group."""
         counters = self.counters
         counters.group = self.settings.group(self.stage.name)
+        self.stage.attach(counters)
         self._subscribe()
         self.publisher.start_heartbeats(self._export_lag)
         counters.state = "running"

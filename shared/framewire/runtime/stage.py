@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from framewire.config import Settings, StageSettings
 from framewire.contracts import Contract
 from framewire.errors import DataError
+from framewire.runtime.heartbeat import Counters
 from framewire.topology import StageSpec, stage_settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,11 @@ class Stage(ABC):
     @abstractmethod
     def process(self, records: list[Any]) -> list[Outcome]:
         """One outcome per input record, in order: an output record, a DataError, or None."""
+
+    def attach(self, counters: Counters) -> None:  # noqa: B027 (optional hook)
+        """Called by the runner before the first batch with the process's counters (what its
+        heartbeats report): a stage that reports faults or the model it runs keeps them, and
+        may start following a settings topic here (a broker is there from now on)."""
 
     def close(self) -> None:  # noqa: B027 (optional hook: only stages that hold things override)
         """Release what the stage holds (sessions, connections)."""

@@ -212,6 +212,19 @@ class Database:
         with self._translate_errors("listing frame ids"), self._engine.connect() as conn:
             return list(conn.execute(stmt).scalars())
 
+    def count_from_model(self, frame_ids: Sequence[str], model_name: str,
+                         model_version: str) -> int:
+        """How many of ``frame_ids`` have a stored result from that model and version."""
+        found = 0
+        with self._translate_errors("counting results"), self._engine.connect() as conn:
+            for start in range(0, len(frame_ids), 500):  # bound the statement's size
+                stmt = sa.select(sa.func.count()).select_from(result_table).where(
+                    result_table.c.frame_id.in_(list(frame_ids[start:start + 500])),
+                    result_table.c.model_name == model_name,
+                    result_table.c.model_version == model_version)
+                found += int(conn.execute(stmt).scalar_one())
+        return found
+
     def cameras(self) -> list[StoredCamera]:
         """Every camera with stored results, sorted by camera_id."""
         stmt = sa.select(camera_table).order_by(camera_table.c.camera_id)

@@ -1,0 +1,136 @@
+"""The model inference runs, switched at run time through the ``control`` settings topic.
+
+The topic is compacted, like ``cameras``: its key names a setting, its value is JSON. The key
+``inference.model`` holds ``{"model": NAME_OR_MANIFEST_PATH, "requested_at": ISO time,
+"by": who}`` (``ModelRequest``); a tombstone sends the site back to its configured model
+(``inference.model``). Preprocess follows it to letterbox to the model's input size,
+inference to load the model; each loads a requested model in a thread of its own and swaps
+it in between micro-batches (``ModelWatch``). ``framewire model switch`` and the gateway's
+``POST /api/v1/model`` write it (``framewire.ops.model``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from framewire.broker.reading import KeyedValue, TopicFollower
+from framewire.config import Settings
+from framewire.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOPIC = "control"
+MODEL_KEY = "inference.model"
+
+
+class ModelRequest(BaseModel):
+    """The value of the ``inference.model`` record: which model, asked when and by whom."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str = Field(min_length=1, max_length=1000,
+                       description="a built-in model name (centerface) or a manifest's path")
+    requested_at: datetime
+    by: str = Field("", max_length=200)
+
+
+def model_value(request: ModelRequest) -> bytes:
+    """A model request's record value: JSON."""
+    return request.model_dump_json().encode()
+
+
+# what the records say about the model: no record yet, back to the configured one, a request
+_UNSET = object()
+
+
+def latest_request(records: Iterable[KeyedValue], current: object = _UNSET) -> object:
+    """The latest ``inference.model`` record in ``records`` over ``current``: a ModelRequest,
+    None for a tombstone (the configured model), or ``current`` when none came. A record
+    that is not a model request is logged and skipped."""
+    for key, value in records:
+        if key != MODEL_KEY.encode():
+            continue
+        if value is None:
+            current = None
+            continue
+        try:
+            current = ModelRequest.model_validate(json.loads(value))
+        except (ValueError, ValidationError) as exc:
+            log.error("bad record on the control topic skipped", extra={
+                "error": str(exc), "check": "switch models with `framewire model switch`"})
+    return current
+
+
+def read_request(follower: TopicFollower, timeout_s: float) -> ModelRequest | None:
+    """The model request on the topic now (None: none, or a tombstone)."""
+    found = latest_request(follower.read_to_end(timeout_s))
+    return found if isinstance(found, ModelRequest) else None
+
+
+class ModelWatch:
+    """Follows the ``inference.model`` record for a stage (see the module's doc).
+
+    ``start`` reads the topic to its end and returns the model to run now (the request's,
+    or the configured one); a thread then calls ``apply(model)`` with each model requested
+    after, in order. ``apply`` does the loading (slow: it runs in that thread) and must not
+    raise for a bad model: it keeps the old one and reports why.
+    """
+
+    def __init__(self, settings: Settings, service: str, apply: Callable[[str], None],
+                 start_timeout_s: float = 10.0) -> None:
+        self.settings, self.apply, self.start_timeout_s = settings, apply, start_timeout_s
+        # a switch waits at most this long on the broker: 2 fetches a second of a quiet topic
+        self.follower = TopicFollower(settings, settings.topic(CONTROL_TOPIC),
+                                      settings.group(service), fetch_wait_ms=500)
+        self.request: object = _UNSET
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def model(self) -> str:
+        """The model the records ask for: the latest request's, else the configured one."""
+        if isinstance(self.request, ModelRequest):
+            return self.request.model
+        return self.settings.inference.model
+
+    def start(self) -> str:
+        """The model to run now; then follow the topic in a thread."""
+        try:
+            self.request = latest_request(self.follower.read_to_end(self.start_timeout_s))
+        except TransientError as exc:
+            log.warning("control topic not read: starting the configured model; a switch "
+                        "applies once it can be read", extra={"error": str(exc)})
+        self._thread = threading.Thread(target=self._follow, name="model-watch", daemon=True)
+        self._thread.start()
+        return self.model
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                records = self.follower.poll(0.5)
+            except TransientError as exc:
+                log.debug("control topic not readable yet", extra={"error": str(exc)})
+                self._stop.wait(1.0)
+                continue
+            if not records:
+                continue
+            found = latest_request(records, self.request)
+            if found is not self.request:  # a request came (the same model: loaded again)
+                self.request = found
+                try:
+                    self.apply(self.model)
+                except Exception:  # a failed switch must never end the following
+                    log.exception("model switch failed", extra={"model": self.model})
+
+    def close(self) -> None:
+        """Stop following (waits for a load in progress)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        self.follower.close()
