@@ -119,3 +119,15 @@ def test_detections_below_the_score_or_of_other_labels_are_not_tracked():
 def test_a_state_of_another_version_is_refused_with_what_to_do():
     with pytest.raises(ValueError, match="start the camera's tracks afresh"):
         CameraTracker.from_state({"version": 99, "next_id": 1, "frames": []})
+
+
+def test_a_frame_older_than_the_last_is_ignored(crossing: list[SceneFrame]):
+    tracker = camera_tracker(SETTINGS, SETTINGS.cameras["door-1"])
+    analyzer = CameraAnalyzer("door-1", SETTINGS.cameras["door-1"], SETTINGS)
+    track_frames(tracker, crossing[:20])
+    late = crossing[10]
+    at = T0 + timedelta(seconds=late.t)
+    assert tracker.update(at, detections(late)) == []
+    analyzer.observe("f19", T0 + timedelta(seconds=crossing[19].t), [])
+    assert analyzer.observe("f10", at, [Track(1, detections(late)[0])]).events == []
+    assert analyzer.tracks == {}
