@@ -69,6 +69,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
            # behind no backlog
            "FRAMEWIRE_DEMO_FPS": "2",
            "FRAMEWIRE_HEARTBEAT_INTERVAL_S": "0.5",
+        "FRAMEWIRE_CAMERA_STALL_S": "2",  # a camera that ends shows stalled soon
            "FRAMEWIRE_GATEWAY__PORT": "0"}  # a free port: another run may hold 8080
     with (home / "run.out").open("ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "framewire.cli", "run"], env=env,
@@ -210,12 +211,17 @@ def test_a_camera_added_in_the_page_shows_its_frames(stack: Stack, admin, tmp_pa
     page.wait_for_selector(".gallery canvas[data-frame-id]")
     assert set(page.locator(".shot span").all_inner_texts()) <= {
         "browser-cam · 1 detection(s)", "browser-cam · 0 detection(s)"}
-    # edited (same id, new settings), then removed
+    # edited (same id, new settings: no loop, so its three frames end and it stalls)
     page.goto(f"{stack.url}/cameras?edit=browser-cam")
     assert page.input_value("input[name=url]") == str(folder)
     page.fill("input[name=fps]", "2")
+    page.uncheck("input[name=loop]")
     page.click("form.camera-form button[type=submit]")
-    page.wait_for_selector(f"{card} dd:text('fps 2.0, loop (topic)')")
+    page.wait_for_selector(f"{card} dd:text('fps 2.0 (topic)')")
+    wait_until(lambda: page.reload() and page.locator(f"{card} .badge:text('stalled')").count(),
+               30, "the page to flag browser-cam stalled", interval_s=1.0)
+    screenshot(page, "cameras-stalled", pytestconfig)
+    # then removed
     page.once("dialog", lambda dialog: dialog.accept())
     page.click(f"{card} button.danger")
     page.wait_for_url(f"{stack.url}/cameras")

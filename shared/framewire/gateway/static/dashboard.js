@@ -106,6 +106,28 @@ function cameras() {
   if (cards.size) {
     const stream = new EventSource(`${API}/results/stream`);
     stream.addEventListener("result", (event) => show(JSON.parse(event.data)));
+    setInterval(() => stalled(cards), 10000);
+  }
+}
+
+// the stalled flags as ingest's latest heartbeats report them (GET /status)
+async function stalled(cards) {
+  const answer = await api("/status");
+  if (!answer.ok) return;
+  const ingest = answer.data.find((s) => s.service === "ingest");
+  const now = new Set((ingest ? ingest.instances : []).flatMap((i) => i.stalled_cameras || []));
+  for (const [id, { card }] of cards) {
+    card.classList.toggle("stalled", now.has(id));
+    const title = card.querySelector("h2");
+    let badge = title.querySelector(".badge");
+    if (now.has(id) && !badge) {
+      badge = document.createElement("span");
+      badge.className = "badge bad";
+      badge.textContent = "stalled";
+      title.append(" ", badge);
+    } else if (!now.has(id) && badge) {
+      badge.remove();
+    }
   }
 }
 
