@@ -186,24 +186,20 @@ async function model() {
   }
 }
 
+// a table row: one cell (tag td or th) per key of an object, or per text of a list
+function row(values, keys = null, tag = "td") {
+  const tr = document.createElement("tr");
+  for (const key of keys || values) {
+    const cell = document.createElement(tag), value = keys ? values[key] : key;
+    cell.textContent = value === null || value === undefined ? "" : String(value);
+    tr.append(cell);
+  }
+  return tr;
+}
+
 function table(rows) {
-  const element = document.createElement("table"), head = document.createElement("tr");
-  const keys = Object.keys(rows[0]);
-  for (const key of keys) {
-    const th = document.createElement("th");
-    th.textContent = key;
-    head.append(th);
-  }
-  element.append(head);
-  for (const row of rows) {
-    const tr = document.createElement("tr");
-    for (const key of keys) {
-      const td = document.createElement("td");
-      td.textContent = row[key] === null || row[key] === undefined ? "" : String(row[key]);
-      tr.append(td);
-    }
-    element.append(tr);
-  }
+  const element = document.createElement("table"), keys = Object.keys(rows[0]);
+  element.append(row(keys, null, "th"), ...rows.map((r) => row(r, keys)));
   return element;
 }
 
@@ -219,13 +215,8 @@ async function jobs() {
   body.replaceChildren();
   const rows = answer.ok && Array.isArray(answer.data) ? answer.data : [];
   for (const job of rows) {
-    const tr = document.createElement("tr");
+    const tr = row(job, JOB_FIELDS);
     tr.dataset.state = job.state;
-    for (const field of JOB_FIELDS) {
-      const td = document.createElement("td");
-      td.textContent = job[field] === null || job[field] === undefined ? "" : String(job[field]);
-      tr.append(td);
-    }
     body.append(tr);
   }
   if (!rows.length) {
