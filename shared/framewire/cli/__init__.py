@@ -298,6 +298,7 @@ def topics(
 from framewire.cli import bench as _bench  # noqa: E402,F401
 from framewire.cli import cameras as _cameras  # noqa: E402,F401
 from framewire.cli import erase as _erase  # noqa: E402,F401
+from framewire.cli import events as _events  # noqa: E402,F401
 from framewire.cli import licenses as _licenses  # noqa: E402,F401
 from framewire.cli import model as _model  # noqa: E402,F401
 from framewire.cli import publish as _publish  # noqa: E402,F401  (registers commands)

@@ -232,3 +232,57 @@ def camera_rows(new: Sequence[InferenceResult]) -> list[dict[str, Any]]:
         row["frames_stored"] += 1
     # Sorted for the same lock-ordering reason as the results.
     return [seen[camera_id] for camera_id in sorted(seen)]
+
+
+# The analytics' records (framewire.analytics.records), as the storage service's event_storage
+# and alert_storage stages write them: one row per event (its window count, if any, flattened
+# into window_* columns) and one per alert change (firing, then resolved: two rows of one
+# alert_id). ``stored_at`` orders the gateway's streams, as for results.
+event_table = sa.Table(
+    "events",
+    metadata,
+    sa.Column("event_id", sa.String, primary_key=True),
+    sa.Column("camera_id", sa.String, nullable=False),
+    sa.Column("type", sa.String, nullable=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("emitted_at", UTCDateTime, nullable=False),
+    sa.Column("stored_at", UTCDateTime, nullable=False),
+    sa.Column("frame_id", sa.String, nullable=True),
+    sa.Column("track_id", sa.BigInteger, nullable=True),
+    sa.Column("label", sa.String, nullable=True),
+    sa.Column("direction", sa.String, nullable=True),
+    sa.Column("dwell_s", sa.Double, nullable=True),
+    sa.Column("window_kind", sa.String, nullable=True),
+    sa.Column("window_start", UTCDateTime, nullable=True),
+    sa.Column("window_end", UTCDateTime, nullable=True),
+    sa.Column("window_counted", sa.String, nullable=True),
+    sa.Column("window_direction", sa.String, nullable=True),
+    sa.Column("window_count", sa.Integer, nullable=True),
+    sa.Index("ix_events_camera_id_at", "camera_id", "at"),
+    sa.Index("ix_events_at", "at"),
+    sa.Index("ix_events_stored_at", "stored_at", "event_id"),
+)
+
+alert_table = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("alert_id", sa.String, primary_key=True),
+    sa.Column("state", sa.String, primary_key=True),
+    sa.Column("camera_id", sa.String, nullable=False),
+    sa.Column("rule", sa.String, nullable=False),
+    sa.Column("when", sa.String, nullable=False),
+    sa.Column("zone", sa.String, nullable=False),
+    sa.Column("above", sa.Integer, nullable=False),
+    sa.Column("for_s", sa.Double, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("emitted_at", UTCDateTime, nullable=False),
+    sa.Column("stored_at", UTCDateTime, nullable=False),
+    sa.Column("frame_id", sa.String, nullable=False),
+    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("peak", sa.Integer, nullable=False),
+    sa.Index("ix_alerts_camera_id_at", "camera_id", "at"),
+    sa.Index("ix_alerts_at", "at"),
+    sa.Index("ix_alerts_stored_at", "stored_at", "alert_id", "state"),
+)
