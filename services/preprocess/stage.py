@@ -66,7 +66,7 @@ class PreprocessStage(Stage):
         load is refused (inference refuses it too, and says so in its status)."""
         try:
             manifest = load_manifest(name_or_path)
-        except ConfigError as exc:
+        except (ConfigError, OSError) as exc:
             log.error("model switch refused: letterboxing for the running model", extra={
                 "model": name_or_path, "error": str(exc)})
             self.counters.set_fault("model_switch", (

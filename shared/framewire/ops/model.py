@@ -55,7 +55,11 @@ def validated_model(settings: Settings, model: str) -> ModelManifest:
     what to fix when it does not load or its licence is not accepted on this site."""
     if not model.strip():
         raise ConfigError("give a model: a built-in name (centerface) or a manifest's path")
-    manifest = load_manifest(model)
+    try:
+        manifest = load_manifest(model)
+    except OSError as exc:  # a path the system cannot even look up (too long, no access)
+        raise ConfigError(f"cannot read model {model[:200]!r} ({exc.strerror}); pass a "
+                          "built-in name or the path to a YAML manifest") from None
     check_licence(manifest, settings.accept_agpl_models)
     return manifest
 
@@ -89,7 +93,7 @@ def model_state(settings: Settings, timeout_s: float = TIMEOUT_S) -> dict[str, A
     try:
         manifest: ModelManifest | None = load_manifest(model)
         error = None
-    except ConfigError as exc:
+    except (ConfigError, OSError) as exc:
         manifest, error = None, str(exc)
     fresh_s = max(3 * settings.heartbeat_interval_s, 5.0)
     codec = make_codec(settings.schema_registry_url, settings.schema_registry_auth)
