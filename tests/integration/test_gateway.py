@@ -426,7 +426,8 @@ def test_requests_generated_from_openapi_never_get_a_server_error(gateway: Gatew
             continue  # never ends by itself; test_the_stream_... covers it
         # the routes that read whole topics or replay are slower: fewer examples there
         slow = operation.path.endswith(("/status", "/deadletters", "/replay", "/cameras",
-                                        "/cameras/{camera_id}", "/model", "/reprocess"))
+                                        "/cameras/{camera_id}", "/model", "/reprocess",
+                                        "/analytics"))
 
         @settings(max_examples=4 if slow else 25, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))

@@ -102,6 +102,9 @@ def create_app(state: GatewayState) -> FastAPI:
 
     cameras.register(api, state)
     webhooks.register(api, state)
+    from framewire.gateway import analytics  # events, alerts, cameras' analytics
+
+    analytics.register(api, state)
     app.include_router(api)
     dashboard.register(app, state)
     _error_handlers(app)

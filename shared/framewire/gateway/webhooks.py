@@ -10,6 +10,11 @@ subscription shows as a fault in the gateway's heartbeats (``framewire status``,
 ``/api/v1/status``); ``GET /api/v1/webhooks`` shows each one's last delivery. Where the
 worker stands is kept in ``FRAMEWIRE_HOME/webhooks.position`` while there are subscriptions,
 so results stored while the gateway was down are delivered when it is back.
+
+A subscription names what it receives in ``events``: ``result`` (the default), ``alert`` (each
+alert change storage keeps, as ``GET /api/v1/alerts`` shows it, from
+``FRAMEWIRE_HOME/webhooks.alerts.position`` on), or both; ``X-Framewire-Event`` says which
+one a delivery is, signed the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, Response
@@ -46,6 +51,7 @@ from framewire.gateway.results import StreamPosition, result_json, results_after
 from framewire.runtime import StopSignal
 from framewire.runtime.heartbeat import Counters
 from framewire.secrets import mask_url, mask_urls_in
+from framewire.store.analytics import RowPosition, alerts_after
 from framewire.store.db import Database
 
 if TYPE_CHECKING:
@@ -57,6 +63,7 @@ MAX_BACKOFF_S = 30.0
 QUEUE_LIMIT = 1000  # deliveries waiting per subscription; more are dropped and counted
 POLL_S = 0.5
 BATCH = 100
+KINDS = ("result", "alert")  # what a subscription can receive
 GIVEN_UP = "webhook_given_up"  # the drop reason of a delivery given up
 # the subscribers' threads change the heartbeat's faults and drops, each a read-modify-write
 _reporting = threading.Lock()
@@ -84,9 +91,13 @@ class Webhook:
     secret: str
     created_at: str
     created_by: str
+    events: tuple[str, ...] = ("result",)  # of KINDS; older files have none: results
 
-    def matches(self, camera_id: str) -> bool:
-        return self.camera is None or self.camera == camera_id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "events", tuple(self.events))  # a JSON list, read back
+
+    def matches(self, camera_id: str, kind: str = "result") -> bool:
+        return kind in self.events and (self.camera is None or self.camera == camera_id)
 
     @property
     def fault_key(self) -> str:
@@ -95,7 +106,8 @@ class Webhook:
     def public(self) -> dict[str, Any]:
         """What the API shows of it: never the secret, the URL's credentials masked."""
         return {"webhook_id": self.webhook_id, "url": mask_url(self.url),
-                "camera": self.camera, "created_at": self.created_at,
+                "camera": self.camera, "events": list(self.events),
+                "created_at": self.created_at,
                 "created_by": self.created_by}
 
 
@@ -135,9 +147,10 @@ class WebhookStore:
     def _write(self, hooks: list[Webhook]) -> None:
         write_private(self.path, json.dumps({"webhooks": [asdict(h) for h in hooks]}, indent=1))
 
-    def add(self, url: str, camera: str | None, secret: str, created_by: str) -> Webhook:
+    def add(self, url: str, camera: str | None, secret: str, created_by: str,
+            events: tuple[str, ...] = ("result",)) -> Webhook:
         hook = Webhook(secrets.token_hex(4), url, camera, secret,
-                       datetime.now(UTC).isoformat(timespec="seconds"), created_by)
+                       datetime.now(UTC).isoformat(timespec="seconds"), created_by, events)
         with self._lock:
             hooks = self._load_locked()
             self._write([*hooks, hook])
@@ -183,14 +196,14 @@ class Subscriber:
                  stop: StopSignal) -> None:
         self.hook, self.settings, self.counters, self.stop = hook, settings, counters, stop
         self.stats = DeliveryStats()
-        self.queue: queue.Queue[tuple[str, bytes]] = queue.Queue(QUEUE_LIMIT)
+        self.queue: queue.Queue[tuple[str, bytes, str]] = queue.Queue(QUEUE_LIMIT)
         self.gone = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"webhook-{hook.webhook_id}",
                                        daemon=True)
 
-    def offer(self, delivery_id: str, body: bytes) -> None:
+    def offer(self, delivery_id: str, body: bytes, kind: str = "result") -> None:
         try:
-            self.queue.put_nowait((delivery_id, body))
+            self.queue.put_nowait((delivery_id, body, kind))
         except queue.Full:
             self.stats.dropped += 1
             _report(self.counters, self.hook.fault_key,
@@ -207,19 +220,19 @@ class Subscriber:
     def _run(self) -> None:
         while not self._ended():
             try:
-                delivery_id, body = self.queue.get(timeout=0.5)
+                delivery_id, body, kind = self.queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._deliver(delivery_id, body)
+            self._deliver(delivery_id, body, kind)
             self.stats.pending = self.queue.qsize()
 
-    def _deliver(self, delivery_id: str, body: bytes) -> None:
+    def _deliver(self, delivery_id: str, body: bytes, kind: str) -> None:
         cfg = self.settings.gateway
         for attempt in range(1, cfg.webhook_attempts + 1):
             if self._ended():
                 return
             self.stats.last_attempt_at = datetime.now(UTC)
-            status, error = post(self.hook, delivery_id, body, cfg.webhook_timeout_s)
+            status, error = post(self.hook, delivery_id, body, cfg.webhook_timeout_s, kind)
             if self.gone.is_set():  # unsubscribed meanwhile: nothing more to report
                 return
             self.stats.last_status = status
@@ -258,12 +271,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect)
 
 
-def post(hook: Webhook, delivery_id: str, body: bytes, timeout_s: float
-         ) -> tuple[int | None, str | None]:
+def post(hook: Webhook, delivery_id: str, body: bytes, timeout_s: float,
+         kind: str = "result") -> tuple[int | None, str | None]:
     """POST one delivery: the HTTP status (None when none came) and the error (None: 2xx)."""
     parts = urllib.parse.urlsplit(hook.url)
     headers = {"Content-Type": "application/json", "User-Agent": f"framewire/{__version__}",
-               "X-Framewire-Event": "result", "X-Framewire-Delivery": delivery_id,
+               "X-Framewire-Event": kind, "X-Framewire-Delivery": delivery_id,
                "X-Framewire-Signature": sign(hook.secret, body)}
     url = hook.url
     if parts.username is not None:  # credentials in the URL: sent as basic auth
@@ -293,6 +306,7 @@ class WebhookDelivery:
         self.settings, self.db, self.store = settings, db, store
         self.counters, self.stop = counters, stop
         self.position_path = settings.home.resolve() / "webhooks.position"
+        self.alerts_path = settings.home.resolve() / "webhooks.alerts.position"
         self.subscribers: dict[str, Subscriber] = {}
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
@@ -326,9 +340,14 @@ class WebhookDelivery:
 
     def _run(self) -> None:
         position = self._start_position()
+        try:
+            alerts_at = RowPosition.parse(self.alerts_path.read_text())
+        except (FileNotFoundError, ValueError):
+            alerts_at = RowPosition(datetime.now(UTC))
         while not self.stop.wait(POLL_S):
             try:
                 position = self.poll(position)
+                alerts_at = self.poll_alerts(alerts_at)
             except Exception as exc:  # the database away, a bad file: said, and tried again
                 log.warning("webhook deliveries paused", extra={"error": str(exc)})
                 _report(self.counters, "webhooks", f"new results not read ({exc}); retrying")
@@ -340,7 +359,7 @@ class WebhookDelivery:
         hooks = self.sync()
         until = datetime.now(UTC) - timedelta(
             milliseconds=self.settings.gateway.stream_settle_ms)
-        if not hooks:  # nothing to deliver: results stored meanwhile are for no one
+        if not any("result" in h.events for h in hooks):  # results stored meanwhile: for no one
             self.position_path.unlink(missing_ok=True)
             return max(position, StreamPosition(until))
         while True:
@@ -359,6 +378,30 @@ class WebhookDelivery:
                 return position
 
 
+    def poll_alerts(self, position: RowPosition) -> RowPosition:
+        """Hand the alert changes stored after ``position`` to the subscriptions that take
+        alerts (as ``poll`` does results); the new position."""
+        until = datetime.now(UTC) - timedelta(
+            milliseconds=self.settings.gateway.stream_settle_ms)
+        if not any("alert" in h.events for h in self.store.subscriptions()):
+            self.alerts_path.unlink(missing_ok=True)
+            return max(position, RowPosition(until))
+        while True:
+            batch = alerts_after(self.db, position, until, None, BATCH)
+            for alert, at in batch:
+                body = json.dumps(alert, separators=(",", ":")).encode()
+                with self._lock:
+                    for sub in self.subscribers.values():
+                        if sub.hook.matches(alert["camera_id"], "alert"):
+                            sub.offer(secrets.token_hex(8), body, "alert")
+                            sub.stats.pending = sub.queue.qsize()
+                position = at
+            if batch:
+                write_private(self.alerts_path, position.event_id + "\n")
+            if len(batch) < BATCH or self.stop.is_set:
+                return position
+
+
 class WebhookRequest(BaseModel):
     """A subscription: where to POST results, of which camera, signed with which secret."""
 
@@ -369,6 +412,9 @@ class WebhookRequest(BaseModel):
     secret: str | None = Field(None, min_length=16, max_length=200, description="the HMAC "
                                "key of X-Framewire-Signature; generated (and returned once) "
                                "when not given")
+    events: list[Literal["result", "alert"]] = Field(
+        ["result"], min_length=1, description="what it receives: result (each new result), "
+        "alert (each alert firing or resolved), or both")
 
 
 def register(api: APIRouter, state: GatewayState) -> None:
@@ -402,10 +448,11 @@ def register(api: APIRouter, state: GatewayState) -> None:
             raise HTTPException(422, f"camera {request.camera!r}: use 1 to 128 letters, "
                                 "digits and . _ : -")
         secret = request.secret or secrets.token_urlsafe(32)
-        hook = store.add(request.url, request.camera, secret, who(token))
+        hook = store.add(request.url, request.camera, secret, who(token),
+                         tuple(dict.fromkeys(request.events)))
         delivery.sync()
         audit(state.home, who(token), "webhook.create", webhook_id=hook.webhook_id,
-              url=mask_url(hook.url), camera=hook.camera)
+              url=mask_url(hook.url), camera=hook.camera, events=list(hook.events))
         from fastapi.encoders import jsonable_encoder
 
         answer = shown(hook) | ({"secret": secret} if request.secret is None else {})
