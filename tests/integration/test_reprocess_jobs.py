@@ -10,32 +10,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 
 from framewire.store.db import open_database
-from tests.fixtures.common import free_port
+from tests.fixtures.gateway import RunningGateway, running_gateway
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
-from tests.integration.test_model_switch import framewire, manifest, settled_on
+from tests.integration.test_model_switch import manifest, settled_on
 from tests.integration.test_pipeline import STAGES, publish
 
 pytestmark = pytest.mark.integration
 API = "/api/v1"
 NEW_VERSION = "3.0-reprocess-test"
-
-
-class Gateway:
-    def __init__(self, site: Site, url: str, tokens: dict[str, str]) -> None:
-        self.site, self.url, self.tokens = site, url, tokens
-
-    def client(self, role: str) -> httpx2.Client:
-        return httpx2.Client(base_url=self.url, timeout=30,
-                             headers={"Authorization": f"Bearer {self.tokens[role]}"})
-
-    def model(self) -> dict[str, Any]:
-        with self.client("viewer") as client:
-            return client.get(f"{API}/model").json()
 
 
 def rows(site: Site) -> list[tuple[str, str, str]]:
@@ -48,18 +34,12 @@ def rows(site: Site) -> list[tuple[str, str, str]]:
 def test_a_reprocess_job_replays_one_camera_and_counts_its_frames_stored_from_the_new_model(
         kafka_site: Site, tmp_path: Path):
     site = kafka_site
-    port = free_port()
-    site.env["FRAMEWIRE_GATEWAY__PORT"] = str(port)
-    site.start(*STAGES, "gateway")
-    made = framewire(site, "token", "create", "--role", "admin", "--name", "tests")
-    assert made.returncode == 0, made.stdout + made.stderr
-    admin = made.stdout.splitlines()[-1]
-    # an admin may do what an operator (start a job) and a viewer (watch it) may
-    gw = Gateway(site, f"http://127.0.0.1:{port}",
-                 {"admin": admin, "operator": admin, "viewer": admin})
-    wait_until(lambda: httpx2.get(f"{gw.url}/openapi.json", timeout=2).status_code == 200, 60,
-               "the gateway to answer", ignoring=(httpx2.TransportError,))
+    site.start(*STAGES)  # they start while the gateway's token is made
+    with running_gateway(site) as gateway:
+        reprocess_one_camera(site, gateway, tmp_path)
 
+
+def reprocess_one_camera(site: Site, gw: RunningGateway, tmp_path: Path) -> None:
     before = datetime.now(UTC) - timedelta(seconds=1)
     publish(site, [(camera, jpeg(synthetic_frame(i, c))) for i in range(4)
                    for c, camera in enumerate(("cam-1", "cam-2"))])
