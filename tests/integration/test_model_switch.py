@@ -212,11 +212,15 @@ def test_only_a_model_that_loads_is_written_and_only_an_admin_may_switch(stack: 
     with stack.client("admin") as client:
         missing = client.post(f"{API}/model", json={"model": "/no/such/manifest.yaml"})
         unknown = client.post(f"{API}/model", json={"model": "no-such-builtin"})
-        too_long = client.post(f"{API}/model", json={"model": "m" * 300})
+        too_long = client.post(f"{API}/model", json={"model": "m" * 300 + ".yaml"})
+        # a file that is not a manifest is not even opened: its errors would quote it
+        other_file = client.post(f"{API}/model", json={"model": "/etc/passwd"})
     for answer in (missing, unknown):
         assert answer.status_code == 422, answer.text
         assert "neither a built-in model" in answer.json()["detail"]
     assert too_long.status_code == 422 and "File name too long" in too_long.json()["detail"]
+    assert other_file.status_code == 422 and "root:" not in other_file.text
+    assert "a .yaml or .yml file" in other_file.json()["detail"]
     assert requested(stack.site) == before  # nothing written
     with stack.client("operator") as client:
         assert client.post(f"{API}/model", json={"model": "centerface"}).status_code == 403

@@ -25,7 +25,12 @@ from framewire.models.control import (
     latest_request,
     model_value,
 )
-from framewire.models.manifest import ModelManifest, check_licence, load_manifest
+from framewire.models.manifest import (
+    ModelManifest,
+    builtin_models,
+    check_licence,
+    load_manifest,
+)
 from framewire.ops.settings_topic import read_whole, write_record
 from framewire.ops.status import heartbeats
 
@@ -55,6 +60,11 @@ def validated_model(settings: Settings, model: str) -> ModelManifest:
     what to fix when it does not load or its licence is not accepted on this site."""
     if not model.strip():
         raise ConfigError("give a model: a built-in name (centerface) or a manifest's path")
+    if model not in builtin_models() and not model.endswith((".yaml", ".yml")):
+        # a switch names a manifest, never another file: its errors would quote that file
+        raise ConfigError(f"model {model[:200]!r} is neither a built-in model "
+                          f"({', '.join(builtin_models())}) nor a manifest's path (a .yaml or "
+                          ".yml file); pass a built-in name or the path to a YAML manifest")
     try:
         manifest = load_manifest(model)
     except OSError as exc:  # a path the system cannot even look up (too long, no access)
