@@ -62,7 +62,8 @@ INSTANCE_KEYS = {
     "instance", "pid", "host", "state", "version", "partitions", "seconds_since_heartbeat",
     "records_in", "records_out", "dead_lettered", "dropped", "drop_reasons", "faults",
     "restarts", "broker_ok", "stalled_cameras", "last_commit_at", "metrics_port",
-    "cpu_s_per_1000_frames", "out_per_s", "host_watts", "gpu_watts"}
+    "cpu_s_per_1000_frames", "out_per_s", "host_watts", "gpu_watts", "model_name",
+    "model_version"}
 
 
 def test_status_command_lists_each_service_with_pid_and_partitions(site: Site):
@@ -80,6 +81,8 @@ def test_status_command_lists_each_service_with_pid_and_partitions(site: Site):
         assert set(instance) == INSTANCE_KEYS  # as docs/operations.md lists them
         assert instance["faults"] == [] and instance["state"] == "running"
         assert len(instance["partitions"]) == 4
+        # the model each process runs: inference's, and the one preprocess letterboxes for
+        assert instance["model_name"] == (None if name == "storage" else "centerface")
     assert by["ingest"]["alive"] is False
 
 
