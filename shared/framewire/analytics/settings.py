@@ -116,6 +116,8 @@ class AnalyticsSettings(_Strict):
     """The analytics service's settings: ``cameras`` maps camera ids to what to watch."""
 
     cameras: dict[str, CameraAnalytics] = Field(default_factory=dict)
+    replicas: int = Field(1, ge=1, le=64, description="analytics workers `framewire run` "
+                          "starts (--replicas overrides); cameras spread over them by partition")
     tumbling_s: int = Field(60, ge=1, le=86_400, description="counts per window of this many "
                             "seconds, back to back (aligned to the epoch)")
     hopping_s: int = Field(300, ge=1, le=86_400, description="counts per window of this many "

@@ -26,7 +26,8 @@ def run_service(name: str, settings: Settings, stop: StopSignal | None = None,
     # `kill -USR1 PID` writes every thread's stack to the service's log: what a hung one waits on
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     code = spec.load()
-    if spec.is_source:
+    # a source, or a stage with a consume loop of its own (analytics, on faust), is a main()
+    if spec.is_source or not isinstance(code, type):
         code(settings, stop, demo)
         return
     if not (isinstance(code, type) and issubclass(code, Stage)):

@@ -46,7 +46,8 @@ class StageSpec:
     declared writer (the gateway pushes frames to ``frames.raw`` through ingest's code);
     ``replays``: it re-publishes dead letters, so it writes every stage's input topic.
     These three only widen the stage's access (its ACLs); the topology's arrows stay as the
-    outputs and inputs draw them.
+    outputs and inputs draw them. A stage that runs its own consume loop (analytics, on
+    faust-streaming) gives a ``main(settings, stop, demo)`` as its entry, like a source.
     """
 
     name: str
@@ -62,6 +63,9 @@ class StageSpec:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     replays: bool = False
+    # it cannot run on the embedded broker (analytics: faust's client): `framewire run` there
+    # leaves it out, saying why
+    kafka_only: bool = False
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
