@@ -128,6 +128,9 @@ def test_each_stage_may_read_only_its_input_and_write_only_its_outputs() -> None
     assert storage["READ"] == {"s1.detections", "group:s1.framewire-storage", "s1.cameras",
                                "group:s1.framewire-storage-follow-"}
     assert storage["WRITE"] == {"s1.deadletter", "s1.status", "txn:s1.framewire-storage-"}
+    events = granted(settings, "event_storage")
+    assert events["READ"] == {"s1.events", "group:s1.framewire-event_storage"}
+    assert events["WRITE"] == {"s1.deadletter", "s1.status", "txn:s1.framewire-event_storage-"}
     ingest = granted(settings, "ingest")
     # ingest reads the cameras settings topic only, with a follower group of its own
     assert ingest["READ"] == {"s1.cameras", "group:s1.framewire-ingest-follow-"}
@@ -136,7 +139,8 @@ def test_each_stage_may_read_only_its_input_and_write_only_its_outputs() -> None
     # ingest watches every group's lag; DESCRIBE reads no record
     assert {g for g in ingest["DESCRIBE"] if g.startswith("group:")} == {
         "group:s1.framewire-preprocess", "group:s1.framewire-inference",
-        "group:s1.framewire-storage"}
+        "group:s1.framewire-analytics", "group:s1.framewire-storage",
+        "group:s1.framewire-event_storage", "group:s1.framewire-alert_storage"}
     preprocess = granted(settings, "preprocess")
     # and the control topic (the model it letterboxes for), with a follower group of its own
     assert preprocess["READ"] == {"s1.frames.raw", "group:s1.framewire-preprocess", "s1.control",
@@ -156,12 +160,13 @@ def test_the_gateway_may_do_what_its_routes_do_and_nothing_more() -> None:
                                "s1.control", "group:s1.framewire-gateway-follow-"}
     # pushed frames (frames.raw), a replay's targets (every stage's input), camera changes
     assert gateway["WRITE"] == {"s1.frames.raw", "s1.frames.ready", "s1.detections",
-                                "s1.cameras", "s1.control", "s1.deadletter", "s1.status",
-                                "txn:s1.framewire-gateway-"}
+                                "s1.events", "s1.alerts", "s1.cameras", "s1.control",
+                                "s1.deadletter", "s1.status", "txn:s1.framewire-gateway-"}
     # it pushes frames as ingest does, so it watches the pipeline's lag (back-pressure)
     assert {g for g in gateway["DESCRIBE"] if g.startswith("group:")} == {
         "group:s1.framewire-preprocess", "group:s1.framewire-inference",
-        "group:s1.framewire-storage"}
+        "group:s1.framewire-analytics", "group:s1.framewire-storage",
+        "group:s1.framewire-event_storage", "group:s1.framewire-alert_storage"}
     # ingest stays the one declared writer of frames.raw; the gateway writes it beside
     site = topology(settings)
     assert site.topic("frames.raw").writers == ("ingest",)

@@ -43,8 +43,8 @@ def test_data_topics_on_kafka_carry_retention_min_isr_and_replication_from_setti
     assert plans["site1.detections"].configs["retention.ms"] == str(duration_ms("30d"))
     assert plans["site1.status"].partitions == 1
     assert set(plans) == {f"site1.{t}" for t in ("frames.raw", "frames.ready", "detections",
-                                                 "deadletter", "status", "cameras",
-                                                 "control")}
+                                                 "events", "alerts", "deadletter",
+                                                 "status", "cameras", "control")}
 
 
 def test_topics_on_the_embedded_broker_get_one_replica_and_no_configs_but_compaction() -> None:

@@ -36,22 +36,24 @@ def spec(name: str, reads: str | None, writes: str | None, contract=InferenceRes
 
 def test_the_built_in_stages_make_the_pipeline_in_order():
     site = topology()
-    assert site.names == ("gateway", "ingest", "preprocess", "inference", "storage")
+    assert site.names == ("gateway", "ingest", "preprocess", "inference", "analytics",
+                          "alert_storage", "event_storage", "storage")
     # the gateway reads no topic: a source, which writes frames.raw through ingest's code
     assert [s.name for s in site.sources] == ["gateway", "ingest"]
     assert site.stage("gateway").outputs == ()
     assert {s.name: s.input for s in site.consumers} == {
-        "preprocess": "frames.raw", "inference": "frames.ready", "storage": "detections"}
+        "preprocess": "frames.raw", "inference": "frames.ready", "analytics": "detections",
+        "storage": "detections", "event_storage": "events", "alert_storage": "alerts"}
     topics = site.topics
-    assert list(topics) == ["frames.raw", "frames.ready", "detections", "deadletter", "status",
-                            "cameras", "control"]
+    assert list(topics) == ["frames.raw", "frames.ready", "detections", "events", "alerts",
+                            "deadletter", "status", "cameras", "control"]
     assert topics["frames.ready"].contract is FramePreprocessed
     assert (topics["detections"].writers, topics["detections"].readers) == (
-        ("inference",), ("storage",))
+        ("inference",), ("analytics", "storage"))
     assert topics["status"].single_partition and not topics["deadletter"].single_partition
     assert {n: t.retention for n, t in topics.items()} == {
-        "frames.raw": "24h", "frames.ready": "1h", "detections": "30d", "deadletter": "7d",
-        "status": "1h", "cameras": "-1", "control": "-1"}
+        "frames.raw": "24h", "frames.ready": "1h", "detections": "30d", "events": "7d",
+        "alerts": "30d", "deadletter": "7d", "status": "1h", "cameras": "-1", "control": "-1"}
 
 
 def test_order_follows_the_topics_not_the_declaration_order():
@@ -93,7 +95,7 @@ def test_the_stages_setting_adds_a_stage_with_its_topic_and_options():
                              retention={"detections.extra": "6h"}, topic_prefix="p.")
     site = topology(settings)
     assert site.names[-1] == "extra"
-    assert site.topic("detections").readers == ("storage", "extra")
+    assert site.topic("detections").readers == ("analytics", "storage", "extra")
     assert settings.topic("detections.extra") == "p.detections.extra"
     assert settings.retention_ms("detections.extra") == 6 * 3_600_000
     assert stage_settings(settings, site.stage("extra")).threshold == 0.8  # type: ignore[attr-defined]
@@ -126,7 +128,8 @@ def test_topology_json_lists_stages_groups_contracts_and_versions(monkeypatch):
     assert shown.exit_code == 0, shown.output
     graph = json.loads(shown.stdout)
     stages = {s["name"]: s for s in graph["stages"]}
-    assert list(stages) == ["gateway", "ingest", "preprocess", "inference", "storage"]
+    assert list(stages) == ["gateway", "ingest", "preprocess", "inference", "analytics",
+                            "alert_storage", "event_storage", "storage"]
     assert stages["ingest"]["kind"] == "source" and stages["ingest"]["group"] is None
     inference = stages["inference"]
     assert inference["group"] == "s1.framewire-inference"
@@ -139,7 +142,9 @@ def test_topology_json_lists_stages_groups_contracts_and_versions(monkeypatch):
     assert stages["storage"]["outputs"] == []
     topics = {t["topic"]: t for t in graph["topics"]}
     assert topics["status"]["partitions"] == 1 and topics["status"]["system"]
-    assert topics["detections"]["readers"] == ["storage"]
+    assert topics["detections"]["readers"] == ["analytics", "storage"]
+    assert (topics["events"]["readers"], topics["alerts"]["readers"]) == (["event_storage"],
+                                                                          ["alert_storage"])
     assert set(topics["frames.raw"]) == {"topic", "name", "contract", "version", "retention",
                                          "partitions", "writers", "readers", "system",
                                          "compacted"}

@@ -226,7 +226,7 @@ class Subscriber:
             self._deliver(delivery_id, body, kind)
             self.stats.pending = self.queue.qsize()
 
-    def _deliver(self, delivery_id: str, body: bytes, kind: str) -> None:
+    def _deliver(self, delivery_id: str, body: bytes, kind: str = "result") -> None:
         cfg = self.settings.gateway
         for attempt in range(1, cfg.webhook_attempts + 1):
             if self._ended():
