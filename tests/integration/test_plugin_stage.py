@@ -63,14 +63,15 @@ def test_a_plugin_stage_is_in_the_topology_and_filters_detections_through_the_br
     assert shown.returncode == 0, shown.stderr
     graph = json.loads(shown.stdout)
     names = [s["name"] for s in graph["stages"]]
-    assert names[:5] == ["gateway", "ingest", "preprocess", "inference", "storage"]
+    assert names[:8] == ["gateway", "ingest", "preprocess", "inference", "analytics",
+                         "alert_storage", "event_storage", "storage"]
     (stage,) = [s for s in graph["stages"] if s["name"] == "confident"]
     assert stage["input"]["topic"] == "detections"
     assert stage["group"] == f"{site.prefix}framewire-confident"
     assert [o["name"] for o in stage["outputs"]] == [f"{site.prefix}detections.confident"]
     assert stage["settings"]["values"]["min_score"] == 0.6
     readers = {t["topic"]: t["readers"] for t in graph["topics"]}
-    assert readers["detections"] == ["storage", "confident"]
+    assert readers["detections"] == ["analytics", "storage", "confident"]
 
     ensure_topics(settings)
     site.start("confident")
