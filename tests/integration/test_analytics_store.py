@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,17 +15,37 @@ import sqlalchemy as sa
 
 from framewire.analytics.records import Alert, AnalyticsEvent, WindowCount
 from framewire.broker.client import EmbeddedBroker
+from framewire.errors import ConfigError
 from framewire.ops.status import site_status
 from framewire.runtime.publisher import Publisher
 from framewire.store.db import open_database
 from framewire.store.tables import alert_table, event_table
-from tests.fixtures.gateway import framewire
 from tests.fixtures.kafka import Site, wait_until
 from tests.integration.analytics_stub import extra_stages
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 STAGES = ("event_storage", "alert_storage")
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def framewire(site: Site, *args: str) -> Ran:
+    """The ``framewire`` command run in this process (typer's runner) with the site's
+    environment: the command's own code, without a Python start per call."""
+    from typer.testing import CliRunner
+
+    from framewire.cli import app
+
+    ran = CliRunner().invoke(app, list(args), env=site.env)
+    if isinstance(ran.exception, ConfigError):  # what `framewire`'s main() turns into exit 2
+        return Ran(2, ran.stdout, f"{ran.stderr}configuration error: {ran.exception}")
+    return Ran(ran.exit_code, ran.stdout, ran.stderr)
 
 
 def event(n: int, camera: str, type_: str, **fields: object) -> AnalyticsEvent:
@@ -92,6 +113,10 @@ def test_events_and_alerts_delivered_twice_are_stored_once(stored: Site):
         db.close()
     assert sorted(events) == sorted(e.event_id for e in EVENTS)
     assert sorted(map(tuple, alerts)) == [("al-1", "firing"), ("al-1", "resolved")]
+    # the repeats were taken as stored already, not refused by the keys and dead-lettered
+    from framewire.ops.status import dead_letters
+
+    assert [d.service for _, d in dead_letters(stored.settings)] == []
 
 
 def test_framewire_events_lists_newest_first_with_filters_and_stable_json(stored: Site):
@@ -115,7 +140,7 @@ def test_framewire_events_lists_newest_first_with_filters_and_stable_json(stored
     table = framewire(stored, "events", "--camera", "dock-2")
     assert table.returncode == 0 and "dwell" in table.stderr and "120.0 s" in table.stderr
     wrong = framewire(stored, "events", "--type", "crossing")
-    assert wrong.returncode != 0 and "line_cross" in wrong.stderr
+    assert wrong.returncode == 2 and "line_cross" in wrong.stderr
 
 
 def test_framewire_alerts_lists_each_change_of_an_alert(stored: Site):
@@ -128,6 +153,25 @@ def test_framewire_alerts_lists_each_change_of_an_alert(stored: Site):
     assert json.loads(framewire(stored, "alerts", "--camera", "dock-2", "--json").stdout) == []
     firing = json.loads(framewire(stored, "alerts", "--state", "firing", "--json").stdout)
     assert [r["state"] for r in firing] == ["firing"]
+
+
+def test_erasure_and_retention_remove_a_cameras_events_and_alerts(stored: Site):
+    """(Last of the module's tests on ``stored``: it deletes rows.)"""
+    from framewire.ops.sweeper import sweep
+
+    erased = framewire(stored, "erase", "--camera", "dock-2", "--json")
+    assert erased.returncode == 0, erased.stderr
+    assert json.loads(erased.stdout)["removed"] | {"spans": 0, "blobs": 0} == {
+        "results": 0, "detections": 0, "cameras": 0, "events": 1, "alerts": 0, "spans": 0,
+        "blobs": 0}
+    # the retention sweeper: door-1 has no results (no row in the cameras table), and what
+    # is past data_retention (30 days) by frame time goes
+    swept = sweep(stored.settings, now=T0 + timedelta(days=30, seconds=20), running={})
+    assert (swept["events"], swept["alerts"]) == (3, 1)
+    left = json.loads(framewire(stored, "events", "--json").stdout)
+    assert [e["event_id"] for e in left] == ["ev-win"]
+    alerts = json.loads(framewire(stored, "alerts", "--json").stdout)
+    assert [a["state"] for a in alerts] == ["resolved"]
 
 
 def test_a_stored_database_gains_the_analytics_tables(tmp_path: Path):

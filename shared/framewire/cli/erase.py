@@ -18,8 +18,8 @@ def erase(
         "2h, 7d. Default: everything.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """Remove a camera's results, detections, spans and blobs (originals, letterboxed pixels,
-    dead-letter payloads), and print what was removed, per kind.
+    """Remove a camera's results, detections, analytics' events and alerts, spans and blobs
+    (originals, letterboxed pixels, dead-letter payloads), and print what was removed, per kind.
 
     Records still on the topics expire with their retention (Kafka deletes by age); the
     report counts them. Example: framewire erase --camera cam-3 --before 30d --json

@@ -2,7 +2,8 @@
 forgotten, a camera taken down), optionally only what is older than a time.
 
 What is removed: the camera's results and their detections, its row in the cameras table (or
-its counts, when only older results go), the spans of its frames, and the blobs its frames
+its counts, when only older results go), its analytics' events and alerts (by their frame
+time ``at``), the spans of its frames, and the blobs its frames
 left in the blob store: the original images (``image_uri``), the stored frames and their
 thumbnails (``frame_uri``, ``thumbnail_uri``), the letterboxed pixels of
 ``frames.ready`` (``pixels_uri``) and the payloads of its dead letters; a blob that another
@@ -30,17 +31,19 @@ from framewire.store.blobs import BlobStore
 from framewire.store.db import Database, open_database
 from framewire.store.tables import (
     BLOB_COLUMNS,
+    alert_table,
     blobs_named,
     camera_table,
     detection_table,
+    event_table,
     result_table,
     span_table,
 )
 
 log = logging.getLogger(__name__)
 # the kinds the report counts, in its order (``--json`` keys)
-KINDS = ("results", "detections", "cameras", "spans", "blobs", "dead_letters_on_topic",
-         "records_on_topics")
+KINDS = ("results", "detections", "cameras", "events", "alerts", "spans", "blobs",
+         "dead_letters_on_topic", "records_on_topics")
 
 
 @dataclass
@@ -123,6 +126,11 @@ def _erase_results(db: Database, camera_id: str, before: datetime | None,
         else:  # older results only: the camera's row counts what is left
             conn.execute(sa.update(camera_table).where(camera_table.c.camera_id == camera_id)
                          .values(frames_stored=left[0], first_seen=left[1], last_seen=left[2]))
+        for kind, table in (("events", event_table), ("alerts", alert_table)):
+            of_camera = table.c.camera_id == camera_id
+            if before is not None:
+                of_camera = sa.and_(of_camera, table.c.at < before)
+            report.counts[kind] += conn.execute(sa.delete(table).where(of_camera)).rowcount
     return frame_ids
 
 

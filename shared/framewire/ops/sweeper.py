@@ -1,8 +1,9 @@
 """Retention: the storage service deletes what is past its retention, every
 ``sweep_interval_s``: each camera's results, detections, spans, original and stored frames and
-thumbnails older than its ``retention`` (``data_retention`` unless the camera sets its own),
-then blobs no row names that are older than ``data_retention`` (letterboxed pixels, dead-letter
-payloads). What it deleted is counted in ``framewire_swept_total{kind}`` and logged."""
+thumbnails, and its analytics' events and alerts, older than its ``retention``
+(``data_retention`` unless the camera sets its own), then blobs no row names that are older
+than ``data_retention`` (letterboxed pixels, dead-letter payloads). What it deleted is counted
+in ``framewire_swept_total{kind}`` and logged."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from framewire.ops.cameras import list_cameras
 from framewire.ops.erase import ErasureReport, erase_rows
 from framewire.store.blobs import BlobStore
 from framewire.store.db import open_database
-from framewire.store.tables import blobs_named, camera_table
+from framewire.store.tables import alert_table, blobs_named, camera_table, event_table
 from framewire.telemetry.metrics import service_metrics
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ def sweep(settings: Settings, now: datetime | None = None,
     cameras the site runs (unset = read from the cameras topic)."""
     now = now or datetime.now(UTC)
     with open_database(settings.resolved_database_url) as db, db.engine.connect() as conn:
-        cameras = [r.camera_id for r in conn.execute(sa.select(camera_table.c.camera_id))]
+        # the analytics' rows too: a window counted after a camera's last result outlives
+        # its row in the cameras table
+        cameras = sorted(set(conn.execute(sa.union(
+            sa.select(camera_table.c.camera_id), sa.select(event_table.c.camera_id),
+            sa.select(alert_table.c.camera_id))).scalars()))
     if running is None and cameras:
         running = site_cameras(settings)
     totals: dict[str, int] = {}
