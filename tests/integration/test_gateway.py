@@ -51,6 +51,13 @@ ROUTES = [
     ("GET", f"{API}/tokens", "admin"),
     ("POST", f"{API}/tokens", "admin"),
     ("DELETE", f"{API}/tokens/abc", "admin"),
+    ("GET", f"{API}/events", "viewer"),
+    ("GET", f"{API}/events/stream", "viewer"),
+    ("GET", f"{API}/alerts", "viewer"),
+    ("GET", f"{API}/alerts/stream", "viewer"),
+    ("GET", f"{API}/cameras/cam-1/analytics", "viewer"),
+    ("PUT", f"{API}/cameras/cam-1/analytics", "operator"),
+    ("DELETE", f"{API}/cameras/cam-1/analytics", "operator"),
 ]
 RANK = {"viewer": 1, "operator": 2, "admin": 3}
 PUSH_SPAN = f"POST {API}/cameras/{{camera_id}}/frames"
