@@ -268,3 +268,52 @@ def test_a_viewer_gets_no_controls_and_a_cookie_from_another_origin_changes_noth
     assert context.request.get(f"{stack.url}/api/v1/status").status == 401
     assert console.errors == []
     context.close()
+
+
+def test_the_cameras_page_draws_a_cameras_zones_and_lines_with_its_counts_and_alerts(
+        stack: Stack, admin, pytestconfig):
+    from datetime import UTC, datetime, timedelta
+
+    from framewire.analytics.records import Alert, AnalyticsEvent, WindowCount
+    from framewire.store.analytics import store_alerts, store_events
+    from framewire.store.db import open_database
+
+    page, console = admin
+    camera = wait_until(lambda: stack.get("/api/v1/results?limit=1"), 60,
+                        "a demo result")[0]["camera_id"]
+    settings = {"lines": [{"name": "door", "points": [[160, 0], [160, 240]]}],
+                "zones": [{"name": "bay", "points": [[0, 120], [150, 120], [150, 240],
+                                                     [0, 240]]}],
+                "alerts": [{"when": "zone_count", "zone": "bay", "above": 1}]}
+    put = urllib.request.Request(
+        f"{stack.url}/api/v1/cameras/{camera}/analytics", data=json.dumps(settings).encode(),
+        method="PUT", headers={"Authorization": f"Bearer {stack.tokens['admin']}",
+                               "Content-Type": "application/json"})
+    with urllib.request.urlopen(put, timeout=10) as answer:
+        assert answer.status == 200
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    alert = {"alert_id": "browser-alert", "camera_id": camera, "rule": "zone_count:bay:1",
+             "when": "zone_count", "zone": "bay", "above": 1, "for_s": 0.0,
+             "started_at": end, "emitted_at": end, "frame_id": "f", "peak": 2}
+    db = open_database(f"sqlite:///{(stack.home / 'framewire.db').resolve()}")
+    try:  # as the storage stages store what the analytics service publishes
+        store_events(db, [AnalyticsEvent(
+            event_id="browser-window", camera_id=camera, type="window_count", name="door",
+            at=end, emitted_at=end, window=WindowCount(
+                "tumbling", end - timedelta(minutes=1), end, "line_cross", 3, "in"))])
+        store_alerts(db, [Alert(**alert, state="firing", at=end, value=2)])
+        page.goto(f"{stack.url}/cameras")
+        card = f"article[data-camera='{camera}']"
+        page.wait_for_selector(f"{card} svg.zones polygon.zone")
+        assert page.locator(f"{card} svg.zones line.line").count() == 1
+        assert page.locator(f"{card} svg.zones text").all_text_contents() == ["bay", "door"]
+        page.wait_for_selector(f"{card} .counts li:text('door line_cross in: 3')")
+        page.wait_for_selector(f"{card} .alerts li.firing")
+        # stored while the page is open: it comes through the alerts' stream
+        store_alerts(db, [Alert(**alert, state="resolved", at=end + timedelta(seconds=5),
+                                value=0)])
+        page.wait_for_selector(f"{card} .alerts li.resolved", timeout=15_000)
+    finally:
+        db.close()
+    screenshot(page, "cameras-analytics", pytestconfig)
+    assert console.errors == []
