@@ -8,11 +8,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
 import pytest
@@ -23,50 +20,16 @@ from framewire.store.analytics import store_alerts, store_events
 from framewire.store.db import open_database
 from tests.fixtures.gateway import API, RunningGateway, gateway_site, running_gateway
 from tests.fixtures.kafka import wait_until
+from tests.integration.test_webhooks import Receiver
+
+# the webhook tests' receiver (200 on /ok/*), as a fixture of this module
+from tests.integration.test_webhooks import receiver as webhook_receiver  # noqa: F401
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 SETTINGS = {"lines": [{"name": "door", "points": [[640, 0], [640, 720]]}],
             "zones": [{"name": "bay", "points": [[0, 400], [600, 400], [600, 720], [0, 720]]}],
             "alerts": [{"when": "zone_count", "zone": "bay", "above": 5, "for_s": 10}]}
-
-
-@dataclass
-class Receiver:
-    url: str = ""
-    got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def bodies(self) -> list[tuple[dict[str, str], bytes]]:
-        with self.lock:
-            return list(self.got)
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            with state.lock:
-                state.got.append((dict(self.headers), body))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +149,11 @@ def test_the_event_and_alert_streams_send_new_rows_and_resume_after_last_event_i
 
 
 def test_an_alert_is_posted_signed_to_a_webhook_that_takes_alerts(
-        gateway: RunningGateway, receiver: Receiver):
+        gateway: RunningGateway, webhook_receiver: Receiver):  # noqa: F811 (the fixture)
+    receiver = webhook_receiver
     secret = "an-alert-secret-of-our-own"
     with gateway.client("admin") as client:
-        made = client.post(f"{API}/webhooks", json={"url": f"{receiver.url}/alerts",
+        made = client.post(f"{API}/webhooks", json={"url": f"{receiver.url}/ok/alerts",
                                                     "camera": "bay-1", "events": ["alert"],
                                                     "secret": secret})
         assert made.status_code == 201, made.text
@@ -199,8 +163,9 @@ def test_an_alert_is_posted_signed_to_a_webhook_that_takes_alerts(
     # a result-only subscription's default: results; this one takes alerts alone
     store(gateway, [event("W-1", "bay-1", "zone_enter", 200, name="bay")],
           [alert("A-W", "bay-1", "firing", 201), alert("A-X", "elsewhere", "firing", 202)])
-    wait_until(lambda: receiver.bodies(), 20, "the alert at the receiver")
-    (headers, body), = receiver.bodies()
+    wait_until(lambda: receiver.at("/ok/alerts"), 20, "the alert at the receiver")
+    (got,) = receiver.at("/ok/alerts")
+    headers, body = got.headers, got.body
     digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     assert headers["X-Framewire-Signature"] == f"sha256={digest}"
     assert headers["X-Framewire-Event"] == "alert"

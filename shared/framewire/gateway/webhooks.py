@@ -365,18 +365,22 @@ class WebhookDelivery:
         while True:
             batch = results_after(self.db, position, until, None, BATCH)
             for result, row, at in batch:
-                body = json.dumps(result_json(result, row), separators=(",", ":")).encode()
-                with self._lock:
-                    for sub in self.subscribers.values():
-                        if sub.hook.matches(result.camera_id):
-                            sub.offer(secrets.token_hex(8), body)
-                            sub.stats.pending = sub.queue.qsize()
+                self._offer("result", result.camera_id, result_json(result, row))
                 position = at
             if batch:
                 write_private(self.position_path, position.event_id + "\n")
             if len(batch) < BATCH or self.stop.is_set:
                 return position
 
+
+    def _offer(self, kind: str, camera_id: str, data: dict[str, Any]) -> None:
+        """One delivery of ``data`` to every subscription that takes ``kind`` of the camera."""
+        body = json.dumps(data, separators=(",", ":")).encode()
+        with self._lock:
+            for sub in self.subscribers.values():
+                if sub.hook.matches(camera_id, kind):
+                    sub.offer(secrets.token_hex(8), body, kind)
+                    sub.stats.pending = sub.queue.qsize()
 
     def poll_alerts(self, position: RowPosition) -> RowPosition:
         """Hand the alert changes stored after ``position`` to the subscriptions that take
@@ -389,12 +393,7 @@ class WebhookDelivery:
         while True:
             batch = alerts_after(self.db, position, until, None, BATCH)
             for alert, at in batch:
-                body = json.dumps(alert, separators=(",", ":")).encode()
-                with self._lock:
-                    for sub in self.subscribers.values():
-                        if sub.hook.matches(alert["camera_id"], "alert"):
-                            sub.offer(secrets.token_hex(8), body, "alert")
-                            sub.stats.pending = sub.queue.qsize()
+                self._offer("alert", alert["camera_id"], alert)
                 position = at
             if batch:
                 write_private(self.alerts_path, position.event_id + "\n")
