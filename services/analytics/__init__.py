@@ -4,7 +4,7 @@ It runs on faust-streaming, whose worker runs its own loop: ``entry`` is a funct
 ``main(settings, stop, demo)``, not a runtime ``Stage``. Beside its declared topics, faust keeps
 topics of its own, named after the stage's group (``<prefix>framewire-analytics-``): the
 changelog of its state table (``-state-changelog``, compacted) and its leader topic
-(``-__assignor-__leader``); it creates them at start. It needs Apache Kafka (``kafka_only``).
+(``-__assignor-__leader``); it creates them at start.
 """
 
 from framewire.analytics.records import Alert, AnalyticsEvent
@@ -18,5 +18,4 @@ STAGE = StageSpec(
     # events and window counts are small and read back by storage and the gateway: a week
     outputs=(Output("events", AnalyticsEvent, retention="7d"),
              Output("alerts", Alert, retention="30d")),
-    kafka_only=True,
     summary="tracks objects per camera; line crossings, zone stays, window counts, alerts")

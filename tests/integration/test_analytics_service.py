@@ -1,6 +1,7 @@
-"""The analytics service on Apache Kafka: synthetic detections on known paths published to
-``detections`` give the exact events on ``events``; two workers, one killed with -9 in the
-middle of a window, give the window counts of a run without the kill."""
+"""The analytics service on real brokers: synthetic detections on known paths published to
+``detections`` give the exact events on ``events`` (embedded broker); on Apache Kafka, two
+workers, one killed with -9 in the middle of a window, give the window counts of a run
+without the kill."""
 
 from __future__ import annotations
 
@@ -85,18 +86,18 @@ def expected(settings: Settings, frames: list[InferenceResult]) -> list[Analytic
     return out
 
 
-def test_synthetic_walkers_give_exact_events_on_kafka(kafka_site: Site):
-    settings = configure(kafka_site, ["door-1"])
+def test_synthetic_walkers_give_exact_events_on_the_embedded_broker(site: Site):
+    settings = configure(site, ["door-1"])
     frames = results("door-1", duration_s=23.0)
     publish(settings, frames)
-    kafka_site.start("analytics")
+    site.start("analytics")
     consumer = events_consumer(settings)
     seen: list[AnalyticsEvent] = []
     want = expected(settings, frames)
     try:
         wait_until(lambda: (read_events(settings, seen, consumer) or
                             len({e.event_id for e in seen}) >= len(want)) or
-                   not kafka_site.alive("analytics") and pytest.fail(kafka_site.logs()),
+                   not site.alive("analytics") and pytest.fail(site.logs()),
                    90, "the events of every frame on the events topic")
     finally:
         consumer.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from framewire.analytics.app import AnalyticsApp
@@ -42,8 +43,8 @@ def results(camera_id: str, fps: float = 10.0, duration_s: float = 13.0) -> list
     return out
 
 
-def run_agent(records: list[tuple[bytes, bytes]]) -> tuple[AnalyticsApp, list[Any]]:
-    settings = load_settings(analytics={"cameras": {"door-1": CAMERA}, "tumbling_s": 10,
+def run_agent(records: list[tuple[bytes, bytes]], home: Path) -> tuple[AnalyticsApp, list[Any]]:
+    settings = load_settings(home=home, analytics={"cameras": {"door-1": CAMERA}, "tumbling_s": 10,
                                         "hopping_s": 20, "hop_s": 10, "lost_after_s": 1})
     analytics = AnalyticsApp(settings, partitions=1)
     analytics.sends = False  # faust has no in-memory broker: the test reads the results
@@ -59,10 +60,10 @@ def run_agent(records: list[tuple[bytes, bytes]]) -> tuple[AnalyticsApp, list[An
     return analytics, asyncio.run(feed())
 
 
-def test_agent_counts_both_directions_and_saves_each_frames_state():
+def test_agent_counts_both_directions_and_saves_each_frames_state(tmp_path: Path):
     codec = Codec()
     frames = results("door-1")
-    analytics, done = run_agent([(b"door-1", codec.encode(r)) for r in frames])
+    analytics, done = run_agent([(b"door-1", codec.encode(r)) for r in frames], tmp_path)
     events = [codec.decode(o.value, AnalyticsEvent) for d in done if d is not None
               for o in d.outgoing if o.topic == "events"]
     found = Counter((e.type, e.name, e.direction) for e in events if e.type != "window_count")
@@ -77,17 +78,18 @@ def test_agent_counts_both_directions_and_saves_each_frames_state():
     assert saved["mark"] == len(frames)
 
 
-def test_record_that_is_not_detections_is_passed_over_and_the_agent_goes_on():
+def test_record_that_is_not_detections_is_passed_over_and_the_agent_goes_on(tmp_path: Path):
     codec = Codec()
     frames = results("door-1", duration_s=1.0)
     records = [(b"door-1", b"\x00not avro"), *((b"door-1", codec.encode(r)) for r in frames)]
-    _, done = run_agent(records)
+    _, done = run_agent(records, tmp_path)
     assert done[0] is None
     assert all(isinstance(d, Done) for d in done[1:]) and len(done) == len(records)
 
 
-def test_camera_without_analytics_settings_is_passed_over():
+def test_camera_without_analytics_settings_is_passed_over(tmp_path: Path):
     codec = Codec()
-    analytics, done = run_agent([(b"lobby", codec.encode(r)) for r in results("lobby", 10, 1)])
+    analytics, done = run_agent([(b"lobby", codec.encode(r)) for r in results("lobby", 10, 1)],
+                               tmp_path)
     assert all(isinstance(d, Done) and not d.outgoing and d.state is None for d in done)
     assert analytics.table.get("lobby") is None

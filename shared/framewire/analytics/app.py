@@ -7,7 +7,7 @@ saved after each frame in the table ``state``, whose changelog topic
 (``<group>-state-changelog``) a worker given the camera's partition (a restart, a rebalance,
 a replica killed) reads back before it goes on. The app's id is the stage's consumer group
 (``framewire-analytics`` with the site's prefix), so lag, status and ACLs name it as any
-stage's. Faust needs Apache Kafka: the embedded broker is refused at start.
+stage's. It runs on Apache Kafka and on the embedded broker (at-least-once there).
 """
 
 from __future__ import annotations
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "analytics"
 STATE_TABLE = "state"
-EMBEDDED_REFUSED = (
-    "the analytics service runs on faust-streaming, whose Kafka client needs APIs the embedded "
-    "broker does not have (consumer group assignment for its tables and their changelogs); "
-    "run it on Apache Kafka: `framewire run --broker kafka`, or FRAMEWIRE_BROKER=kafka")
 
 
 def faust_options(settings: Settings, partitions: int, replication: int) -> dict[str, Any]:
@@ -41,7 +37,8 @@ def faust_options(settings: Settings, partitions: int, replication: int) -> dict
     servers = settings.client_bootstrap_servers.split(",")
     options: dict[str, Any] = {
         "broker": [f"kafka://{s.strip()}" for s in servers],
-        "store": "memory://",
+        "store": "memory://",  # the changelog is the state: read back on assignment
+        "datadir": str(settings.home / "analytics"),  # faust's own files (not the cwd)
         "key_serializer": "raw",
         "value_serializer": "json",  # the changelog is the state: read back on assignment
         "web_enabled": False,
@@ -208,8 +205,6 @@ def _kafka_headers(headers: Any) -> Headers:
 
 def run(settings: Settings, stop: StopSignal | None = None) -> None:
     """Run one analytics worker until SIGTERM/SIGINT (or ``stop``)."""
-    if settings.on_tansu:
-        raise ConfigError(EMBEDDED_REFUSED)
     import faust
 
     publisher = Publisher(settings, SERVICE)

@@ -138,22 +138,12 @@ def parse_services(settings: Settings, text: str) -> list[str]:
     """``ingest,storage`` → those stages, checked; empty → every registered stage."""
     from framewire.topology import topology
 
-    site = topology(settings)
-    names = site.names
-    # on the embedded broker, a stage that needs Apache Kafka (analytics) is left out
-    left_out = [s.name for s in site.stages if s.kafka_only and settings.on_tansu]
-    chosen = [s.strip() for s in text.split(",") if s.strip()] or \
-        [n for n in names if n not in left_out]
+    names = topology(settings).names
+    chosen = [s.strip() for s in text.split(",") if s.strip()] or list(names)
     for name in chosen:
         if name not in names:
             raise ConfigError(f"--services: unknown service {name!r}; choose among "
                               f"{', '.join(names)}")
-        if name in left_out:
-            raise ConfigError(f"--services: {name} needs Apache Kafka, not the embedded "
-                              "broker; add --broker kafka")
-    if left_out and not text.strip():
-        console.print(f"[yellow]{', '.join(left_out)} not started: it needs Apache Kafka "
-                      "(faust-streaming); use --broker kafka to run it[/]")
     return chosen
 
 

@@ -63,9 +63,6 @@ class StageSpec:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     replays: bool = False
-    # it cannot run on the embedded broker (analytics: faust's client): `framewire run` there
-    # leaves it out, saying why
-    kafka_only: bool = False
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
