@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -49,9 +50,9 @@ def events(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("at", "camera", "type", "name", "track", "label", "detail")
+    table = Table("at (UTC)", "camera", "type", "name", "track", "label", "detail")
     for e in rows:
-        table.add_row(e["at"], e["camera_id"], e["type"], e["name"],
+        table.add_row(_when(e["at"]), e["camera_id"], e["type"], e["name"],
                       "-" if e["track_id"] is None else str(e["track_id"]),
                       e["label"] or "-", _detail(e))
     console.print(table)
@@ -60,11 +61,18 @@ def events(
                       "analytics service running? try `framewire status`")
 
 
+def _when(iso: str, date: bool = True) -> str:
+    """An ISO time of the JSON as the tables show it: to the second, in UTC."""
+    shown = datetime.fromisoformat(iso).astimezone(UTC)
+    return shown.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
+
+
 def _detail(event: dict[str, Any]) -> str:
     window = event["window"]
     if window is not None:
         counted = window["counted"] + (f" {window['direction']}" if window["direction"] else "")
-        return f"{window['kind']} {window['start']}..{window['end']}: {counted} {window['count']}"
+        return (f"{window['kind']} {_when(window['start'], False)}-"
+                f"{_when(window['end'], False)}: {counted} {window['count']}")
     if event["direction"]:
         return event["direction"]
     return f"{event['dwell_s']:.1f} s" if event["dwell_s"] is not None else "-"
@@ -94,10 +102,10 @@ def alerts(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("at", "camera", "rule", "state", "value", "peak", "since", "alert id")
+    table = Table("at (UTC)", "camera", "rule", "state", "value", "peak", "since")
     for a in rows:
-        table.add_row(a["at"], a["camera_id"], a["rule"], a["state"], str(a["value"]),
-                      str(a["peak"]), a["started_at"], a["alert_id"])
+        table.add_row(_when(a["at"]), a["camera_id"], a["rule"], a["state"], str(a["value"]),
+                      str(a["peak"]), _when(a["started_at"]))
     console.print(table)
     if not rows:
         console.print("no alerts stored")
