@@ -185,3 +185,28 @@ def test_a_stored_database_gains_the_analytics_tables(tmp_path: Path):
         assert {"events", "alerts"} <= set(sa.inspect(db.engine).get_table_names())
     finally:
         db.close()
+
+
+def test_events_and_alerts_are_stored_once_and_read_back_on_postgresql(postgres_db_url: str):
+    from framewire.store.analytics import (
+        RowPosition,
+        alerts_after,
+        query_alerts,
+        query_events,
+        store_alerts,
+        store_events,
+    )
+
+    with open_database(postgres_db_url) as db:
+        assert store_events(db, EVENTS + EVENTS) == len(EVENTS)
+        assert store_events(db, EVENTS) == 0
+        assert store_alerts(db, ALERTS) == 2 and store_alerts(db, ALERTS) == 0
+        window = query_events(db, camera_id="door-1", type_="window_count")
+        assert window[0]["window"]["start"] == T0.isoformat()
+        assert [a["state"] for a in query_alerts(db, camera_id="door-1")] == ["resolved",
+                                                                             "firing"]
+        # the column named `when` (a reserved word there) reads back
+        assert {a["when"] for a in query_alerts(db)} == {"zone_count"}
+        late = datetime.now(UTC) + timedelta(seconds=1)
+        first = alerts_after(db, RowPosition(datetime(2000, 1, 1, tzinfo=UTC)), late)
+        assert [a["state"] for a, _ in alerts_after(db, first[0][1], late)] == ["resolved"]
