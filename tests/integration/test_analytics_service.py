@@ -18,6 +18,7 @@ from framewire.broker.client import client_config
 from framewire.config import Settings
 from framewire.contracts import InferenceResult
 from framewire.contracts.codec import Codec
+from framewire.ops.status import heartbeats
 from framewire.runtime import Publisher
 from tests.fixtures.kafka import QUICK_FAILOVER, Site, wait_until
 from tests.unit.test_analytics_agent import CAMERA, results
@@ -109,6 +110,11 @@ def test_synthetic_walkers_give_exact_events_on_the_embedded_broker(site: Site):
     assert window_counts(seen)[("door-1", "tumbling", "door", "line_cross", "in",
                                 frames[0].header.captured_at.isoformat())] == 1
     assert {e.event_id for e in seen} == {e.event_id for e in want}
+    # framewire status sees the worker: its heartbeats count every record in and every event out
+    beat = wait_until(lambda: next((b for b in heartbeats(settings, Codec()) if
+                                    b.service == "analytics" and b.records_in >= len(frames)),
+                                   None), 30, "an analytics heartbeat counting every frame")
+    assert beat.records_out >= len(want) and beat.group == settings.group("analytics")
 
 
 def test_killed_worker_mid_window_gives_the_counts_of_a_run_without_the_kill(kafka_site: Site):

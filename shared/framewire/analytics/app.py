@@ -15,13 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from framewire.analytics.service import CameraWork, Done
+from framewire.broker.client import TopicPlan, client_config
+from framewire.broker.client import _create_topics as create_topics  # the one creation path
 from framewire.config import Settings
 from framewire.contracts.codec import Codec
-from framewire.errors import ConfigError, DataError
+from framewire.errors import ConfigError, DataError, TransientError
 from framewire.runtime import Publisher, StopSignal
 from framewire.runtime.producer import Headers
 from framewire.telemetry.tracing import extract, inject
@@ -50,7 +53,7 @@ def faust_options(settings: Settings, partitions: int, replication: int) -> dict
         "processing_guarantee": settings.delivery,
         "broker_commit_every": 100,
         "broker_commit_interval": 1.0,
-        "table_standby_replicas": 1,
+        "table_standby_replicas": 0,
     }
     # the site's group timing (e.g. a quick failover's session.timeout.ms), in seconds
     if "session.timeout.ms" in settings.kafka:
@@ -61,15 +64,45 @@ def faust_options(settings: Settings, partitions: int, replication: int) -> dict
 
 
 def topic_shape(publisher: Publisher, settings: Settings) -> tuple[int, int]:
-    """(partitions of ``detections``, replication factor for the changelog) from the broker."""
+    """(partitions of ``detections``, replication factor for the changelog) from the broker;
+    faust's own topics made first, so that no worker starts before they are there."""
     topic = settings.topic("detections")
     metadata = publisher.producer.list_topics(topic, timeout=30)
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise ConfigError(f"topic {topic} not found on {settings.bootstrap_servers}: start "
                           "the site (`framewire run`) or create its topics first")
-    replication, _ = settings.replication(len(metadata.brokers))
-    return len(found.partitions), replication
+    partitions = len(found.partitions)
+    replication, isr = settings.replication(len(metadata.brokers))
+    ensure_faust_topics(settings, partitions, replication, isr)
+    return partitions, replication
+
+
+def ensure_faust_topics(settings: Settings, partitions: int, replication: int,
+                        isr: int) -> None:
+    """Create the table's changelog and faust's leader topic, and wait until they are seen.
+
+    Faust makes them itself too, but two workers starting together race: one can read the
+    changelog's metadata before its partitions exist, and its agent then fails on every try
+    (``PartitionsMismatch``)."""
+    from confluent_kafka.admin import AdminClient
+
+    group = settings.group(SERVICE)
+    configs = {} if settings.on_tansu else {"min.insync.replicas": str(isr)}
+    plans = [TopicPlan(f"{group}-{STATE_TABLE}-changelog", partitions, replication,
+                       {**configs, "cleanup.policy": "compact"}),
+             TopicPlan(f"{group}-__assignor-__leader", 1, replication, configs)]
+    admin = AdminClient(client_config(settings))
+    create_topics(admin, plans, 30.0)
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        listed = admin.list_topics(timeout=10).topics
+        if all(p.name in listed and len(listed[p.name].partitions) == p.partitions
+               for p in plans):
+            return
+        time.sleep(0.2)
+    raise TransientError(f"faust's topics for {group} not visible after 30 s; check the "
+                         "broker and FRAMEWIRE_BOOTSTRAP_SERVERS")
 
 
 class AnalyticsApp:
