@@ -402,15 +402,20 @@ class Settings(BaseSettings):
         """How long the logical topic ``name`` keeps records, in milliseconds: as
         ``retention`` sets it, else raw frames ``PRIVATE_RAW_RETENTION`` under privacy mode,
         else as its stage declares."""
+        return duration_ms(self.topic_retention(name))
+
+    def topic_retention(self, name: str) -> str | int:
+        """How long the logical topic ``name`` keeps records, as written (``"24h"``, or a
+        number of milliseconds): see ``retention_ms``."""
         from framewire.contracts import FrameCaptured
         from framewire.topology import topology
 
         topic = topology(self).topic(name)
         if name in self.retention:
-            return duration_ms(self.retention[name])
+            return self.retention[name]
         if self.privacy_mode and topic.contract is FrameCaptured:
-            return duration_ms(PRIVATE_RAW_RETENTION)
-        return duration_ms(topic.retention)
+            return PRIVATE_RAW_RETENTION
+        return topic.retention
 
     def privacy_for(self, camera_id: str,
                     cameras: Mapping[str, CameraSettings] | None = None) -> bool:

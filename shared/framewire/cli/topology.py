@@ -48,7 +48,7 @@ def describe(settings: Settings, site: Topology) -> dict[str, Any]:
         "stages": [stage(s) for s in site.stages],
         "topics": [{
             "topic": t.name, "name": settings.topic(t.name), **_topic_contract(codec, t),
-            "retention": str(settings.retention.get(t.name, t.retention)),
+            "retention": str(settings.topic_retention(t.name)),
             "partitions": 1 if t.single_partition else settings.topic_partitions,
             "writers": list(t.writers) if not t.system else ["*"],
             "readers": list(t.readers), "system": t.system, "compacted": t.compacted,
