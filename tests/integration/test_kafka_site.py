@@ -61,6 +61,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(60)
 
 
+# with -m slow: make test keeps a node's data across a restart through the supervisor's
+# restart of a killed node below
+@pytest.mark.slow
 def test_managed_kafka_keeps_topics_and_records_across_a_restart(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     ensure_debian_packages(request.config, {"java": "default-jre-headless", "mvn": "maven"})
