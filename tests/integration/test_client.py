@@ -1,11 +1,13 @@
-"""The Python SDK (framewire.client) against a real gateway and pipeline: one `framewire
-service` process each of gateway, preprocess, inference and storage for the module, on the
-session's embedded broker; frames published with the SDK, read back over HTTP and Kafka."""
+"""The Python SDK (framewire.client) against a real gateway and pipeline: the session's
+shared gateway site (tests/fixtures/gateway.py) with one `framewire service` process each of
+preprocess, inference and storage for the module, on the session's embedded broker; frames
+published with the SDK, read back over HTTP and Kafka."""
 
 from __future__ import annotations
 
 import queue
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +20,6 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from skimage import data as skdata
 
-from framewire.broker.client import EmbeddedBroker
 from framewire.client import (
     Camera,
     Client,
@@ -34,15 +35,13 @@ from framewire.client import (
     Unreachable,
     decode_result,
 )
-from framewire.gateway.tokens import Role, TokenStore
 from tests.fixtures.common import free_port
+from tests.fixtures.gateway import RunningGateway
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
 
 pytestmark = pytest.mark.integration
-STAGES = ("gateway", "preprocess", "inference", "storage")
-CAMERA = "sdk-cam"
-READER = "sdk-reader"
+STAGES = ("preprocess", "inference", "storage")  # behind the shared gateway
 QUICK_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}  # docs/subscribe.md
 
 
@@ -51,8 +50,10 @@ class Pipeline:
     site: Site
     url: str
     tokens: dict[str, str]  # role -> token
-    published: list[str]  # frame ids of CAMERA's frames, in publishing order
-    reader: DetectionsConsumer  # group READER, made with the site: it joins meanwhile
+    camera: str  # sdk-cam-…, of this fixture's run alone
+    published: list[str]  # frame ids of the camera's frames, in publishing order
+    group: str  # the reader's group, sdk-reader-…
+    reader: DetectionsConsumer  # made before the frames are published: it joins meanwhile
 
     def client(self, role: str) -> Client:
         return Client(f"{self.url}/api/v1", self.tokens[role])
@@ -63,41 +64,39 @@ def astronaut() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def pipeline(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[Pipeline]:
-    """The gateway and the pipeline behind it; two frames of CAMERA published with the SDK
-    (a JPEG as bytes, a PNG from a file) and stored."""
-    home = tmp_path_factory.mktemp("sdk") / "home"
-    port = free_port()
-    site = Site(broker, home, gateway__port=port, gateway__stream_settle_ms=200,
-                inference__store_frames="all")
-    site.create_topics()
-    store = TokenStore(home.resolve())
-    tokens = {role.name: store.create(role, f"sdk-{role.name}")[0] for role in Role}
+def pipeline(shared_gateway: RunningGateway) -> Iterator[Pipeline]:
+    """The shared gateway site with the pipeline behind it for this module (stopped after
+    it: no result of theirs reaches other modules' tests); two frames of a camera of its own
+    published with the SDK (a JPEG as bytes, a PNG from a file) and stored."""
+    site, url = shared_gateway.site, shared_gateway.url
+    run = uuid.uuid4().hex[:6]  # pytest may set the module up again on the same site
+    camera, group = f"sdk-cam-{run}", f"sdk-reader-{run}"
     site.start(*STAGES)
-    url = f"http://127.0.0.1:{port}"
-    reader = DetectionsConsumer(site.settings.bootstrap_servers, READER,
+    started = [site.procs[s][-1] for s in STAGES]
+    reader = DetectionsConsumer(site.settings.bootstrap_servers, group,
                                 topic_prefix=site.prefix, **QUICK_GROUP)
     try:
         def answers() -> bool:
-            assert all(site.alive(s) for s in STAGES), site.logs()
+            assert site.alive("gateway") and all(p.poll() is None for p in started), \
+                site.logs()
             return httpx2.get(f"{url}/openapi.json", timeout=2).status_code == 200
 
         wait_until(answers, 60, "the gateway to answer", ignoring=(httpx2.TransportError,))
-        png = home / "frame.png"
+        png = site.home / "frame.png"
         png.write_bytes(cv2.imencode(".png", synthetic_frame(1))[1].tobytes())
-        with Client(url, tokens["operator"]) as fw:
-            published = [fw.publish(CAMERA, astronaut()), fw.publish(CAMERA, png)]
+        with Client(url, shared_gateway.tokens["operator"]) as fw:
+            published = [fw.publish(camera, astronaut()), fw.publish(camera, png)]
             for frame_id in published:
                 wait_until(lambda f=frame_id: fw.result(f), 60, f"the result of {frame_id}",
                            ignoring=(NotFound,))
-        yield Pipeline(site, url, tokens, published, reader)
+        yield Pipeline(site, url, shared_gateway.tokens, camera, published, group, reader)
     except BaseException:
         print(site.logs())
         raise
     finally:
         reader.close()
-        site.stop()
+        site.stop(*STAGES)
+    assert [p.returncode for p in started] == [0] * len(STAGES), site.logs()
 
 
 def take(stream: ResultStream, count: int, timeout_s: float = 30) -> list[Result]:
@@ -134,11 +133,11 @@ def test_a_published_frame_comes_back_as_a_typed_result_with_its_stored_frame(
     jpeg_id, png_id = pipeline.published
     with pipeline.client("viewer") as fw:
         result = fw.result(jpeg_id)
-        listed = fw.results(camera=CAMERA, since=timedelta(minutes=10))
+        listed = fw.results(camera=pipeline.camera, since=timedelta(minutes=10))
         frame, thumbnail = fw.frame(jpeg_id), fw.thumbnail(jpeg_id)
-        assert fw.results(camera=CAMERA, limit=1)[0].frame_id in pipeline.published
+        assert fw.results(camera=pipeline.camera, limit=1)[0].frame_id in pipeline.published
         assert fw.results(camera="no-such-camera", since="1h") == []
-    assert isinstance(result, Result) and result.camera_id == CAMERA
+    assert isinstance(result, Result) and result.camera_id == pipeline.camera
     assert isinstance(result.captured_at, datetime) and result.captured_at.utcoffset() == \
         timedelta(0)
     assert result.captured_at <= result.stored_at
@@ -194,7 +193,7 @@ def test_refusals_raise_the_matching_exception_with_status_detail_and_code(
     assert refused.value.status == 401 and "framewire token create" in refused.value.detail
     with pipeline.client("viewer") as viewer:
         with pytest.raises(Forbidden) as low:
-            viewer.publish(CAMERA, astronaut())
+            viewer.publish(pipeline.camera, astronaut())
         with pytest.raises(NotFound):
             viewer.result("NO-SUCH-FRAME")
         with pytest.raises(NotFound):
@@ -202,9 +201,9 @@ def test_refusals_raise_the_matching_exception_with_status_detail_and_code(
     assert low.value.status == 403 and "needs the operator role" in low.value.detail
     with pipeline.client("operator") as operator:
         with pytest.raises(FramewireAPIError) as cut:
-            operator.publish(CAMERA, astronaut()[:-200])  # cut short in transfer
+            operator.publish(pipeline.camera, astronaut()[:-200])  # cut short in transfer
         with pytest.raises(ValueError, match="JPEG or PNG"):
-            operator.publish(CAMERA, b"GIF89a" + bytes(100))  # refused before sending
+            operator.publish(pipeline.camera, b"GIF89a" + bytes(100))  # refused before sending
     assert (cut.value.status, cut.value.code) == (422, "truncated_image")
     with Client(f"http://127.0.0.1:{free_port()}", "x") as nowhere, \
             pytest.raises(Unreachable):
@@ -257,7 +256,7 @@ def test_the_detections_consumer_decodes_results_and_commits_only_handled_ones(
 
     def both_read() -> bool:
         result = consumer.poll(0.5)
-        if result is not None and result.camera_id == CAMERA:
+        if result is not None and result.camera_id == pipeline.camera:
             msg = consumer.last_message
             assert msg is not None
             assert decode_result(msg.value()) == result  # any client's bytes decode the same
@@ -265,13 +264,14 @@ def test_the_detections_consumer_decodes_results_and_commits_only_handled_ones(
         return len(seen) == 2
 
     try:
-        wait_until(both_read, 30, "CAMERA's two results from the detections topic")
+        wait_until(both_read, 30, "the camera's two results from the detections topic")
     finally:
         consumer.close()  # the second was not handled: its offset is not committed
     (first, partition, first_offset), (second, _, second_offset) = seen
     assert [first.frame_id, second.frame_id] == pipeline.published
     assert isinstance(first, InferenceResult) and first.detections[0].label == "face"
-    probe = Consumer({"bootstrap.servers": site.settings.bootstrap_servers, "group.id": READER})
+    probe = Consumer({"bootstrap.servers": site.settings.bootstrap_servers,
+                      "group.id": pipeline.group})
     try:
         (committed,) = probe.committed([TopicPartition(f"{site.prefix}detections", partition)],
                                        timeout=10)

@@ -1,15 +1,12 @@
-"""The gateway over real HTTP: one `framewire service gateway` process for the module, on the
-session's embedded broker and a SQLite database; tokens from `framewire token create`."""
+"""The gateway over real HTTP: the session's shared `framewire service gateway` process
+(tests/fixtures/gateway.py), on the embedded broker and a SQLite database; tokens from
+`framewire token create`. The fuzzer has a gateway of its own."""
 
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,13 +25,19 @@ from framewire.runtime import StopSignal
 from framewire.store.blobs import BlobStore
 from framewire.store.db import open_database
 from framewire.store.tables import result_table
-from tests.fixtures.common import free_port
+from tests.fixtures.gateway import (
+    SHARED_SETTINGS,
+    RunningGateway,
+    framewire,
+    gateway_site,
+    running_gateway,
+)
 from tests.fixtures.images import jpeg, jpeg_claiming_size, synthetic_frame
-from tests.fixtures.kafka import Site, wait_until
+from tests.fixtures.kafka import wait_until
 
 pytestmark = pytest.mark.integration
 API = "/api/v1"
-MAX_UPLOAD = 200_000  # small, so a frame over it is cheap to send
+MAX_UPLOAD = SHARED_SETTINGS["max_upload_bytes"]
 
 # every route, and the least role it needs
 ROUTES = [
@@ -63,60 +66,20 @@ RANK = {"viewer": 1, "operator": 2, "admin": 3}
 PUSH_SPAN = f"POST {API}/cameras/{{camera_id}}/frames"
 
 
-@dataclass
-class Gateway:
-    site: Site
-    url: str
-    tokens: dict[str, str]  # role -> token
-    admin_id: str
-    create_output: str  # what `framewire token create` printed
-
-    def client(self, role: str | None = None, token: str | None = None) -> httpx2.Client:
-        token = token or (self.tokens[role] if role else None)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx2.Client(base_url=self.url, headers=headers, timeout=30)
-
-
-def framewire(site: Site, *args: str, merged: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run a command; ``merged``: stderr into stdout, in the order a terminal shows them."""
-    return subprocess.run([sys.executable, "-m", "framewire.cli", *args],
-                          env={**os.environ, **site.env}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT if merged else subprocess.PIPE, text=True,
-                          timeout=60, check=False)
+@pytest.fixture
+def gateway(shared_gateway: RunningGateway) -> RunningGateway:
+    """The session's shared gateway site (tests/fixtures/gateway.py)."""
+    return shared_gateway
 
 
 @pytest.fixture(scope="module")
-def gateway(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Gateway]:
-    port = free_port()
-    site = Site(broker, tmp_path_factory.mktemp("gateway") / "home", gateway__port=port,
-                gateway__stream_settle_ms=200, max_upload_bytes=MAX_UPLOAD)
-    site.create_topics()
-    made = framewire(site, "token", "create", "--role", "admin", "--name", "tests", merged=True)
-    assert made.returncode == 0, made.stdout
-    admin = made.stdout.splitlines()[-1]
-    site.start("gateway")
-    url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert site.alive("gateway"), site.logs()
-        return httpx2.get(f"{url}/openapi.json", timeout=2).status_code == 200
-
-    wait_until(answers, 60, "the gateway to answer", ignoring=(httpx2.TransportError,))
-    tokens = {"admin": admin}
-    with httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}) as client:
-        for role in ("operator", "viewer"):
-            made_by_api = client.post(f"{API}/tokens", json={"role": role, "name": role})
-            assert made_by_api.status_code == 201, made_by_api.text
-            tokens[role] = made_by_api.json()["token"]
-    admin_id = admin.split("_")[1]
-    try:
-        yield Gateway(site, url, tokens, admin_id, made.stdout)
-    finally:
-        site.stop()
-    # SIGTERM: streams ended, requests finished, pushed frames acknowledged, exit 0
-    assert [p.returncode for p in site.procs["gateway"]] == [0], site.logs()
-    assert not (site.home / "gateway.url").exists()
+def own_gateway(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[RunningGateway]:
+    """A gateway site of its own, with the shared site's settings: for the fuzzer, whose
+    webhooks, cameras and replays would be in other tests' way."""
+    site = gateway_site(broker, tmp_path_factory.mktemp("gw-fuzz") / "home", **SHARED_SETTINGS)
+    with running_gateway(site) as gw:
+        yield gw
 
 
 def result(frame_id: str, camera: str, captured_at: datetime) -> InferenceResult:
@@ -129,13 +92,13 @@ def result(frame_id: str, camera: str, captured_at: datetime) -> InferenceResult
         detections=[Detection(label="face", class_id=0, score=0.9, x1=1, y1=2, x2=30, y2=40)])
 
 
-def store(gw: Gateway, *results: InferenceResult) -> None:
+def store(gw: RunningGateway, *results: InferenceResult) -> None:
     """Through the storage service's own upsert, into the gateway's database."""
     with open_database(gw.site.settings.resolved_database_url) as db:
         assert db.upsert_results(list(results)) == len(results)
 
 
-def audit_entries(gw: Gateway) -> list[dict]:
+def audit_entries(gw: RunningGateway) -> list[dict]:
     path = gw.site.home / "logs" / "audit.log"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -143,7 +106,7 @@ def audit_entries(gw: Gateway) -> list[dict]:
 # -- the API's shape and who may use it ------------------------------------------------------
 
 
-def test_openapi_describes_every_route_under_api_v1(gateway: Gateway):
+def test_openapi_describes_every_route_under_api_v1(gateway: RunningGateway):
     spec = httpx2.get(f"{gateway.url}/openapi.json").json()
     paths = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     wanted = {(m, p.replace("cam-1", "{camera_id}").replace("F1", "{frame_id}")
@@ -156,7 +119,7 @@ def test_openapi_describes_every_route_under_api_v1(gateway: Gateway):
 
 @pytest.mark.parametrize(("method", "path"), [(m, p) for m, p, _ in ROUTES])
 def test_every_route_answers_401_without_a_token_or_with_an_unknown_one(
-        gateway: Gateway, method: str, path: str):
+        gateway: RunningGateway, method: str, path: str):
     for client in (gateway.client(), gateway.client(token="fw_00000000_not-a-real-token")):
         with client:
             answer = client.request(method, path)
@@ -166,8 +129,8 @@ def test_every_route_answers_401_without_a_token_or_with_an_unknown_one(
 
 
 @pytest.mark.parametrize(("method", "path", "needs"), [r for r in ROUTES if r[2] != "viewer"])
-def test_a_role_below_what_the_route_needs_gets_403(gateway: Gateway, method: str, path: str,
-                                                    needs: str):
+def test_a_role_below_what_the_route_needs_gets_403(gateway: RunningGateway, method: str,
+                                                    path: str, needs: str):
     for role in ("viewer", "operator"):
         if RANK[role] >= RANK[needs]:
             continue
@@ -182,7 +145,7 @@ def test_a_role_below_what_the_route_needs_gets_403(gateway: Gateway, method: st
 
 
 def test_a_pushed_frame_gets_202_with_its_id_and_reaches_frames_raw_keyed_by_camera(
-        gateway: Gateway):
+        gateway: RunningGateway):
     frame = jpeg(synthetic_frame(3))
     with gateway.client("operator") as client:
         answer = client.post(f"{API}/cameras/door-1/frames", content=frame,
@@ -235,9 +198,9 @@ def _png() -> bytes:
     (jpeg_claiming_size(60000, 60000), "image/jpeg", 413, "too_many_pixels"),
     (b"\xff\xd8\xff" + bytes(MAX_UPLOAD), "image/jpeg", 413, "too_large"),
 ], ids=["text", "wrong_type", "png_as_jpeg", "truncated", "empty", "bomb", "too_large"])
-def test_a_bad_frame_is_refused_with_4xx_and_the_reason(gateway: Gateway, body: bytes,
-                                                        content_type: str, status: int,
-                                                        code: str):
+def test_a_bad_frame_is_refused_with_4xx_and_the_reason(gateway: RunningGateway,
+                                                        body: bytes, content_type: str,
+                                                        status: int, code: str):
     with gateway.client("operator") as client:
         answer = client.post(f"{API}/cameras/door-2/frames", content=body,
                              headers={"Content-Type": content_type})
@@ -248,7 +211,7 @@ def test_a_bad_frame_is_refused_with_4xx_and_the_reason(gateway: Gateway, body: 
 # -- results ---------------------------------------------------------------------------------
 
 
-def test_results_are_listed_by_camera_and_time_and_one_by_frame_id(gateway: Gateway):
+def test_results_are_listed_by_camera_and_time_and_one_by_frame_id(gateway: RunningGateway):
     now = utcnow()
     store(gateway, *(result(f"LIST-{i}", "list-cam", now - timedelta(hours=i))
                      for i in range(3)), result("LIST-OTHER", "list-other", now))
@@ -270,7 +233,7 @@ def test_results_are_listed_by_camera_and_time_and_one_by_frame_id(gateway: Gate
     assert "image_uri" not in one
 
 
-def test_a_results_stored_frame_and_thumbnail_are_served_as_jpeg(gateway: Gateway):
+def test_a_results_stored_frame_and_thumbnail_are_served_as_jpeg(gateway: RunningGateway):
     if "frame_uri" not in result_table.c:
         pytest.skip("the results table has no frame_uri column yet")
     frame, thumb = jpeg(synthetic_frame(5)), jpeg(synthetic_frame(5, width=96, height=54))
@@ -296,7 +259,7 @@ def test_a_results_stored_frame_and_thumbnail_are_served_as_jpeg(gateway: Gatewa
 
 
 def test_the_stream_sends_new_results_of_its_camera_and_resumes_after_last_event_id(
-        gateway: Gateway):
+        gateway: RunningGateway):
     def events(client: httpx2.Client, count: int, headers: dict[str, str] | None = None,
                after=None) -> list:
         got = []
@@ -335,7 +298,7 @@ def test_the_stream_sends_new_results_of_its_camera_and_resumes_after_last_event
 
 
 def test_dead_letters_are_listed_and_replayed_by_an_operator_and_the_replay_audited(
-        gateway: Gateway):
+        gateway: RunningGateway):
     ingest = Ingest(gateway.site.settings, stop=StopSignal(install=False))
     ingest.offer("dl-cam", CapturedImage(b"lens cleaned on Tuesday\n" * 8, utcnow(), "test"))
     ingest.close()
@@ -355,7 +318,7 @@ def test_dead_letters_are_listed_and_replayed_by_an_operator_and_the_replay_audi
     assert entry["matched"] == 1 and datetime.fromisoformat(entry["at"]) <= datetime.now(UTC)
 
 
-def test_status_is_what_framewire_status_json_shows_with_the_gateway_alive(gateway: Gateway):
+def test_status_is_what_framewire_status_json_shows_with_the_gateway_alive(gateway: RunningGateway):
     with gateway.client("viewer") as client:
         shown = wait_until(lambda: (s := client.get(f"{API}/status").json()) and
                            any(e["service"] == "gateway" and e["alive"] for e in s) and s,
@@ -374,7 +337,7 @@ def test_status_is_what_framewire_status_json_shows_with_the_gateway_alive(gatew
 
 
 def test_token_create_prints_the_token_alone_on_the_last_line_and_keeps_only_its_digest(
-        gateway: Gateway):
+        gateway: RunningGateway):
     token = gateway.tokens["admin"]
     shown = gateway.create_output.splitlines()
     assert shown[-1] == token and all(token not in line for line in shown[:-1])
@@ -387,7 +350,7 @@ def test_token_create_prints_the_token_alone_on_the_last_line_and_keeps_only_its
     assert {t["role"] for t in listed} == {"admin", "operator", "viewer"}
 
 
-def test_an_admin_creates_and_revokes_tokens_and_each_action_is_audited(gateway: Gateway):
+def test_an_admin_creates_and_revokes_tokens_and_each_action_is_audited(gateway: RunningGateway):
     with gateway.client("admin") as admin:
         made = admin.post(f"{API}/tokens", json={"role": "viewer", "name": "kiosk"}).json()
         assert made["role"] == "viewer" and "sha256" not in made
@@ -418,29 +381,30 @@ def test_an_admin_creates_and_revokes_tokens_and_each_action_is_audited(gateway:
 # -- fuzzing from the schema -----------------------------------------------------------------
 
 
-def test_requests_generated_from_openapi_never_get_a_server_error(gateway: Gateway):
+def fuzz(gw: RunningGateway, examples: int, on_slow_routes: int) -> None:
     """schemathesis draws requests for every route (bodies, ids, query values) from
-    /openapi.json and sends them with an admin token: bad input is answered 4xx, never 5xx."""
+    /openapi.json and sends them with an admin token: bad input is answered 4xx, never 5xx.
+    ``examples`` per route, ``on_slow_routes`` on those that read whole topics or replay;
+    derandomized, so a run draws the same requests each time."""
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
-    schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json")
-    headers = {"Authorization": f"Bearer {gateway.tokens['admin']}"}
+    schema = schemathesis.openapi.from_url(f"{gw.url}/openapi.json")
+    headers = {"Authorization": f"Bearer {gw.tokens['admin']}"}
     tried = []
     for found in schema.get_all_operations():
         operation = found.ok()
         if operation.path.endswith("/stream"):
             continue  # never ends by itself; test_the_stream_... covers it
-        # the routes that read whole topics or replay are slower: fewer examples there
         slow = operation.path.endswith(("/status", "/deadletters", "/replay", "/cameras",
                                         "/cameras/{camera_id}", "/model", "/reprocess",
                                         "/analytics"))
 
-        @settings(max_examples=4 if slow else 25, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(max_examples=on_slow_routes if slow else examples, deadline=None,
+                  database=None, derandomize=True, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
         def no_server_error(case) -> None:
-            answer = case.call(base_url=gateway.url, headers=headers, timeout=30)
+            answer = case.call(base_url=gw.url, headers=headers, timeout=30)
             assert answer.status_code < 500, (case.method, case.formatted_path,
                                               answer.status_code, answer.text[:300])
 
@@ -448,3 +412,14 @@ def test_requests_generated_from_openapi_never_get_a_server_error(gateway: Gatew
         tried.append(f"{operation.method.upper()} {operation.path}")
     # every route of ROUTES (less the stream), and those other test modules cover
     assert len(tried) >= len(ROUTES) - 1, tried
+
+
+def test_requests_generated_from_openapi_never_get_a_server_error(
+        own_gateway: RunningGateway):
+    """A few requests per route in every run; test_a_long_fuzz_... draws many more."""
+    fuzz(own_gateway, examples=3, on_slow_routes=1)
+
+
+@pytest.mark.slow
+def test_a_long_fuzz_from_openapi_never_gets_a_server_error(own_gateway: RunningGateway):
+    fuzz(own_gateway, examples=25, on_slow_routes=4)

@@ -8,17 +8,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx2
 import pytest
 
 from framewire.analytics.records import Alert, AnalyticsEvent, WindowCount
-from framewire.broker.client import EmbeddedBroker
 from framewire.store.analytics import store_alerts, store_events
 from framewire.store.db import open_database
-from tests.fixtures.gateway import API, RunningGateway, gateway_site, running_gateway
+from tests.fixtures.gateway import API, RunningGateway
 from tests.fixtures.kafka import wait_until
 from tests.integration.test_webhooks import Receiver
 
@@ -32,13 +31,9 @@ SETTINGS = {"lines": [{"name": "door", "points": [[640, 0], [640, 720]]}],
             "alerts": [{"when": "zone_count", "zone": "bay", "above": 5, "for_s": 10}]}
 
 
-@pytest.fixture(scope="module")
-def gateway(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[RunningGateway]:
-    site = gateway_site(broker, tmp_path_factory.mktemp("gw-analytics") / "home",
-                        gateway__stream_settle_ms=200)
-    with running_gateway(site) as gw:
-        yield gw
+@pytest.fixture
+def gateway(shared_gateway: RunningGateway) -> RunningGateway:
+    return shared_gateway
 
 
 def event(event_id: str, camera: str, type_: str, second: int, **fields: object

@@ -5,11 +5,9 @@ camera's privacy mode from that topic."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from framewire.broker.client import EmbeddedBroker
 from framewire.broker.reading import read_topic
 from framewire.contracts import FrameCaptured
 from framewire.contracts.codec import Codec
@@ -19,8 +17,6 @@ from tests.fixtures.gateway import (
     RANK,
     RunningGateway,
     framewire,
-    gateway_site,
-    running_gateway,
 )
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import wait_until
@@ -31,13 +27,11 @@ ROUTES = [("GET", f"{API}/cameras", "viewer"), ("POST", f"{API}/cameras", "opera
           ("DELETE", f"{API}/cameras/cam-x", "operator")]
 
 
-@pytest.fixture(scope="module")
-def gateway(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[RunningGateway]:
-    # the site's privacy mode is on: a camera's own setting is what turns it off
-    with running_gateway(gateway_site(broker, tmp_path_factory.mktemp("gw-cameras") / "home",
-                                      privacy_mode="true")) as gw:
-        yield gw
+@pytest.fixture
+def gateway(shared_gateway: RunningGateway) -> RunningGateway:
+    # the shared site's privacy mode is on: a camera's own setting is what turns it off
+    assert shared_gateway.site.settings.privacy_mode
+    return shared_gateway
 
 
 def audited(gw: RunningGateway) -> list[dict]:
