@@ -117,8 +117,18 @@ def test_synthetic_walkers_give_exact_events_on_the_embedded_broker(site: Site):
     assert beat.records_out >= len(want) and beat.group == settings.group("analytics")
 
 
-def test_killed_worker_mid_window_gives_the_counts_of_a_run_without_the_kill(kafka_site: Site):
-    settings = configure(kafka_site, CAMERAS)
+# exactly_once: faust's transactions, the outputs in their input partition's; after the kill
+# the survivor stalls (docs/analytics.md, "State and failover"): kept, slow, as the known gap
+EXACTLY_ONCE_STALLS = pytest.mark.xfail(reason="faust's exactly_once: the survivor stops after "
+                                        "taking over (begin_transaction state errors)",
+                                        strict=False)
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", pytest.param(
+    "exactly_once", marks=[pytest.mark.slow, EXACTLY_ONCE_STALLS])])
+def test_killed_worker_mid_window_gives_the_counts_of_a_run_without_the_kill(
+        kafka_site: Site, delivery: str):
+    settings = configure(kafka_site, CAMERAS, delivery)
     frames = {c: results(c, duration_s=23.0) for c in CAMERAS}
     # frames in capture order, cameras interleaved, as cameras send them
     ordered = [frames[c][i] for i in range(len(frames[CAMERAS[0]])) for c in CAMERAS]

@@ -238,6 +238,14 @@ def _kafka_headers(headers: Any) -> Headers:
 
 def run(settings: Settings, stop: StopSignal | None = None) -> None:
     """Run one analytics worker until SIGTERM/SIGINT (or ``stop``)."""
+    protocol = str(settings.kafka.get("security.protocol", "plaintext")).lower()
+    if settings.kafka_security != "plaintext" or protocol != "plaintext":
+        # faust's client (aiokafka) takes no librdkafka properties; its TLS and SASL are not
+        # wired yet, nor are ACLs for its own topics: a clear refusal, not a reconnect loop
+        raise ConfigError("the analytics service does not yet connect over TLS or SASL "
+                          f"(kafka_security={settings.kafka_security}, security.protocol="
+                          f"{protocol}); run it against a plaintext listener, or leave it out "
+                          "(framewire run --services ...)")
     import faust
 
     publisher = Publisher(settings, SERVICE)
