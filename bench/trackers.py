@@ -17,8 +17,8 @@ ids it got are followed frame by frame:
 
 Run: ``.venv/bin/python -m bench.trackers [--only NAME] [--json]``. A candidate is installed
 next to the project without touching its environment, e.g.
-``pip install --no-deps --target /tmp/t_sv supervision==0.30.9 pydeprecate==0.13.0
-defusedxml==0.7.1 tqdm==4.70.1`` then ``PYTHONPATH=/tmp/t_sv .venv/bin/python -m
+``pip install --no-deps --target .trackers/supervision supervision==0.30.9 pydeprecate==0.13.0
+defusedxml==0.7.1 tqdm==4.70.1`` then ``PYTHONPATH=.trackers/supervision .venv/bin/python -m
 bench.trackers --only supervision`` (docs/analytics.md has the three commands and the numbers).
 """
 
