@@ -23,6 +23,7 @@ from framewire.store.blobs import PRIVATE_INLINE_LIMIT, BlobStore, inline_or_ref
 from framewire.store.db import open_database
 from framewire.store.tables import result_table
 from tests.fixtures.images import ASTRONAUT_FACE
+from tests.fixtures.kafka import Site, wait_until
 
 CPU = ["CPUExecutionProvider"]
 
@@ -229,3 +230,29 @@ def test_a_camera_added_at_run_time_brings_its_own_privacy_mode_and_retention(
     assert retention_of(settings, "door").days == 7
     assert retention_of(settings, "door", running).days == 30  # the topic's has none
     assert retention_of(settings, "lobby", running).total_seconds() == 7200
+
+
+def test_a_dead_letter_keeps_a_private_frame_off_the_blob_store(site: Site) -> None:
+    """A camera in privacy mode on a site without it (a camera added at run time): its frame's
+    dead letter keeps the bytes in the letter; a frame known not to be private takes the claim
+    check; a record that did not decode counts as private."""
+    from framewire.contracts import DeadLetter
+    from framewire.ops.status import dead_letters
+    from framewire.runtime import Publisher
+
+    site.env.update({"FRAMEWIRE_PRIVACY_MODE": "false", "FRAMEWIRE_MAX_INLINE_BYTES": "1024"})
+    settings = site.settings
+    frame = b"\xff\xd8" + b"pixels of a face " * 200
+    publisher = Publisher(settings, "test")
+    for camera, private in (("cam-private", True), ("cam-open", False)):
+        publisher.dead_letter(DataError("corrupt_pixels", "test"), payload=frame,
+                              key=camera.encode(), camera_id=camera, private=private)
+    publisher.dead_letter(DataError("undecodable", "test"), payload=frame, key=b"cam-unknown")
+    publisher.flush(10)
+    wait_until(lambda: len(dead_letters(settings)) == 3, 30, "the three dead letters")
+    letters: dict[str | None, DeadLetter] = {d.camera_id: d for _, d in dead_letters(settings)}
+    for camera in ("cam-private", "cam-unknown"):
+        assert (letters[camera].payload, letters[camera].payload_uri) == (frame, None)
+    assert letters["cam-open"].payload is None and letters["cam-open"].payload_uri
+    assert [p.name for p in BlobStore.from_settings(settings).root.rglob("*.bin")] == [
+        Path(letters["cam-open"].payload_uri).name]

@@ -141,7 +141,8 @@ class Ingest:
                 payload = None if exc.code == "too_large" else image.data
                 with self.lock:
                     self.publisher.dead_letter(exc, payload=payload, key=camera_id.encode(),
-                                               camera_id=camera_id, source=None)
+                                               camera_id=camera_id, source=None,
+                                               private=self.privacy_for(camera_id))
             except (OSError, TransientError) as write_exc:  # the letter's payload blob
                 raise blob_write_failed(write_exc, self.ingestor.blobs.root) from write_exc
             return None

@@ -94,7 +94,8 @@ class BatchHandler:
                     pub.dead_letter(outcome, payload=msg.value(), key=msg.key(),
                                     headers=msg.headers(), camera_id=record.camera_id,
                                     frame_id=record.frame_id, source=position(msg), span=span,
-                                    delivery=delivery)
+                                    delivery=delivery,
+                                    private=getattr(record, "privacy", True))
                 elif outcome is not None and stage.output_topic is not None:
                     pub.publish(stage.output_topic, outcome, key=record.camera_id,
                                 headers=inject(span, msg.headers()), delivery=delivery,

@@ -36,11 +36,13 @@ class DeadLetters:
              source: tuple[str | None, int | None, int | None] | None = None,
              camera_id: str | None = None, frame_id: str | None = None,
              headers: Headers | None = None, span: Span | None = None,
-             delivery: Delivery | None = None) -> None:
+             delivery: Delivery | None = None, private: bool = True) -> None:
         """Send a record that could not be processed to the dead-letter topic, with the reason.
 
         The frame's trace ends in an error span with the reason (kept even when unsampled).
         URLs in the reason are masked: a letter is read by whoever reads the topic.
+        ``private``: the record is a frame in privacy mode, or may be one (a record that did
+        not decode): its payload is never written to the blob store.
         """
         reason = mask_urls_in(error.reason)
         if camera_id is None and key:
@@ -49,8 +51,6 @@ class DeadLetters:
         if payload is not None:
             # a frame under privacy mode is never written to the blob store, not even as a
             # dead letter: it stays in the letter, or, past what a record holds, is not kept
-            private = self.settings.privacy_mode or (
-                camera_id is not None and self.settings.privacy_for(camera_id))
             try:
                 inline, uri, _ = inline_or_reference(payload, self.settings.max_inline_bytes,
                                                      self.blobs, private=private)

@@ -114,11 +114,12 @@ class Publisher:
                     source: tuple[str | None, int | None, int | None] | None = None,
                     camera_id: str | None = None, frame_id: str | None = None,
                     headers: Headers | None = None, span: Span | None = None,
-                    delivery: Delivery | None = None) -> None:
-        """Send a record that could not be processed to the dead-letter topic, with the reason."""
+                    delivery: Delivery | None = None, private: bool = True) -> None:
+        """Send a record that could not be processed to the dead-letter topic, with the reason
+        (``private``: its payload may be a frame in privacy mode, kept off the blob store)."""
         self.dead_letters.send(error, payload=payload, key=key, source=source,
                                camera_id=camera_id, frame_id=frame_id, headers=headers,
-                               span=span, delivery=delivery)
+                               span=span, delivery=delivery, private=private)
 
     def heartbeat(self) -> None:
         """Publish this process's status once."""
