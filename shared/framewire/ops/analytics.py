@@ -5,8 +5,8 @@ They are records of the compacted ``control`` topic, as the model switch is: the
 (``{"lines": [...], "zones": [...], "alerts": [...], "labels": [...]}``, the shape of
 ``analytics.cameras.<camera id>`` in the settings); a tombstone sends the camera back to its
 configured settings. The gateway's ``/api/v1/cameras/{camera_id}/analytics`` writes and reads
-them; the analytics service follows the topic (``camera_overrides``) and takes a camera's
-record over its configured entry.
+them (``camera_overrides`` gives a camera's record precedence over its configured entry).
+The analytics service does not read these records yet: it runs the ``analytics`` settings.
 """
 
 from __future__ import annotations
