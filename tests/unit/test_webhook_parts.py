@@ -45,6 +45,17 @@ def test_subscriptions_are_kept_private_and_shown_without_secret_or_password(tmp
     assert store.subscriptions() == []
 
 
+def test_a_webhook_file_framewire_did_not_write_is_refused_saying_what_to_do(tmp_path: Path):
+    store = WebhookStore(tmp_path)
+    for text in ("{not json", "[1, 2]", '{"webhooks": [{"url": 1}]}'):
+        store.path.write_text(text)
+        for call in (store.subscriptions, lambda: store.add("https://h.example/x", None, "s",
+                                                             "t"),
+                     lambda: store.remove("ab12cd34")):
+            with pytest.raises(ConfigError, match="move it away and subscribe again"):
+                call()
+
+
 def test_a_delivery_that_keeps_failing_is_given_up_counted_and_reported(tmp_path: Path):
     with socket.socket() as sock:  # a port nothing listens on: each attempt is refused
         sock.bind(("127.0.0.1", 0))

@@ -122,6 +122,12 @@ def _error_handlers(app: FastAPI) -> None:
     async def _transient(_request: Request, exc: TransientError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, 503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(ConfigError)
+    async def _misconfigured(_request: Request, exc: ConfigError) -> JSONResponse:
+        # the site's own files or settings (a request's bad input is a 4xx where it is read):
+        # a server error, but one that says what to fix
+        return JSONResponse({"detail": str(exc)}, 500)
+
     @app.exception_handler(DBAPIError)
     async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
         return JSONResponse({"detail": f"the results database did not answer: "

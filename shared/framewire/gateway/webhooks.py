@@ -135,14 +135,15 @@ class WebhookStore:
         stamp = (stat.st_mtime_ns, stat.st_size)
         with self._lock:
             if self._cache is None or self._cache[0] != stamp:
-                try:
-                    raw = json.loads(self.path.read_text() or "{}")
-                    hooks = [Webhook(**h) for h in raw.get("webhooks", [])]
-                except (ValueError, TypeError) as exc:
-                    raise ConfigError(f"{self.path} is not a webhook file Framewire wrote "
-                                      f"({exc}); move it away and subscribe again") from None
-                self._cache = (stamp, hooks)
+                self._cache = (stamp, self._parse(self.path.read_text()))
             return list(self._cache[1])
+
+    def _parse(self, text: str) -> list[Webhook]:
+        try:
+            return [Webhook(**h) for h in json.loads(text or "{}").get("webhooks", [])]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{self.path} is not a webhook file Framewire wrote ({exc}); "
+                              "move it away and subscribe again") from None
 
     def _write(self, hooks: list[Webhook]) -> None:
         write_private(self.path, json.dumps({"webhooks": [asdict(h) for h in hooks]}, indent=1))
@@ -167,10 +168,10 @@ class WebhookStore:
     def _load_locked(self) -> list[Webhook]:
         self._cache = None
         try:
-            raw = json.loads(self.path.read_text() or "{}")
+            text = self.path.read_text()
         except FileNotFoundError:
             return []
-        return [Webhook(**h) for h in raw.get("webhooks", [])]
+        return self._parse(text)
 
 
 @dataclass
