@@ -80,6 +80,7 @@ class InferenceStage(Stage):
         wanted = self._watch.start()
         if wanted != self.model.requested:
             self._switch_to(wanted)
+        self._watch.follow()
 
     def _switch_to(self, name_or_path: str) -> None:
         """Run ``name_or_path`` from the next micro-batch on (the batch in hand finishes

@@ -60,6 +60,7 @@ class PreprocessStage(Stage):
         wanted = self._watch.start()
         if wanted != self.settings.inference.model:
             self._switch_to(wanted)
+        self._watch.follow()
 
     def _switch_to(self, name_or_path: str) -> None:
         """Letterbox for ``name_or_path`` from the next frame on; one whose manifest does not

@@ -100,15 +100,19 @@ class ModelWatch:
         return self.settings.inference.model
 
     def start(self) -> str:
-        """The model to run now; then follow the topic in a thread."""
+        """The model to run now (the topic read to its end). Load it, then call ``follow``:
+        a switch that comes meanwhile is applied after it, never beside it."""
         try:
             self.request = latest_request(self.follower.read_to_end(self.start_timeout_s))
         except TransientError as exc:
             log.warning("control topic not read: starting the configured model; a switch "
                         "applies once it can be read", extra={"error": str(exc)})
+        return self.model
+
+    def follow(self) -> None:
+        """Apply the topic's next requests in a thread of its own until closed."""
         self._thread = threading.Thread(target=self._follow, name="model-watch", daemon=True)
         self._thread.start()
-        return self.model
 
     def _follow(self) -> None:
         while not self._stop.is_set():
