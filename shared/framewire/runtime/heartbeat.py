@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -52,18 +53,24 @@ class Counters:
     model_name: str | None = None
     model_version: str | None = None
 
+    # drop() and set_fault() read, then replace: threads of one process (a camera's, a model
+    # watch's, a webhook's) call them at once; a class attribute, so not a heartbeat field
+    _editing: ClassVar[threading.Lock] = threading.Lock()
+
     def drop(self, reason: str, count: int = 1) -> None:
         """Count ``count`` frames dropped for ``reason`` (a short code)."""
-        # a new dict, not changed in place: the heartbeat thread may be reading the old one
-        self.drop_reasons = {**self.drop_reasons,
-                             reason: self.drop_reasons.get(reason, 0) + count}
-        self.dropped += count
+        with self._editing:
+            # a new dict, not changed in place: the heartbeat thread may be reading the old one
+            self.drop_reasons = {**self.drop_reasons,
+                                 reason: self.drop_reasons.get(reason, 0) + count}
+            self.dropped += count
 
     def set_fault(self, key: str, message: str | None) -> None:
         """Report (``message``) or clear (None) the fault named ``key``; faults are kept in
         the order they were first reported, one per key; URLs in them are masked."""
-        kept = [f for f in self.faults if not f.startswith(f"{key}: ")]
-        self.faults = kept + [f"{key}: {mask_urls_in(message)}"] if message else kept
+        with self._editing:
+            kept = [f for f in self.faults if not f.startswith(f"{key}: ")]
+            self.faults = kept + [f"{key}: {mask_urls_in(message)}"] if message else kept
 
 
 def report_broker_error(err: KafkaError, counters: Counters, servers: str) -> None:
