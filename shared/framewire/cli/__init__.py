@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,6 +32,11 @@ def settings_for(service: str = "cli") -> Settings:
     setup_logging(service, settings.log_level if service != "cli" else "WARNING")
     log.info("effective config", extra={"settings": masked_settings(settings)})
     return settings
+
+
+def print_json(data: Any) -> None:
+    """Print a command's ``--json`` output: indented, times and other values as text."""
+    typer.echo(json.dumps(data, default=str, indent=2))
 
 
 @app.callback()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from framewire.cli import app, console, settings_for
+from framewire.cli import app, console, print_json, settings_for
 
 cameras_app = typer.Typer(
     help="Cameras ingest reads, changed at run time without a restart (the compacted "
@@ -16,10 +15,6 @@ cameras_app = typer.Typer(
 app.add_typer(cameras_app, name="cameras")
 
 JSON_HELP = "JSON output (docs/operations.md, \"Cameras at run time\")."
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2))
 
 
 @cameras_app.command("add")
@@ -54,7 +49,7 @@ def add(
                                     "privacy_mode": privacy_mode})
     shown = written.camera.as_json()
     if as_json:
-        _print_json({"camera": shown, "created": written.created})
+        print_json({"camera": shown, "created": written.created})
         return
     console.print(f"{'added' if written.created else 'changed'} camera {camera_id}: "
                   f"{shown['url']}; ingest {'starts' if written.created else 'restarts'} it "
@@ -77,7 +72,7 @@ def remove(
     settings = settings_for()
     removed = remove_camera(settings, camera_id)
     if as_json:
-        _print_json({"removed": removed.as_json()})
+        print_json({"removed": removed.as_json()})
         return
     console.print(f"removed camera {camera_id}; ingest stops it within seconds")
 
@@ -98,7 +93,7 @@ def ls(
     settings = settings_for()
     cameras = [c.as_json() for c in list_cameras(settings)]
     if as_json:
-        _print_json(cameras)
+        print_json(cameras)
         return
     if not cameras:
         console.print("no cameras: add one with `framewire cameras add CAMERA_ID --url URL`")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import getpass
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from framewire.cli import app, console, settings_for
+from framewire.cli import app, console, print_json, settings_for
 
 model_app = typer.Typer(
     help="The model inference runs, switched at run time without a restart (the compacted "
@@ -17,10 +16,6 @@ model_app = typer.Typer(
 app.add_typer(model_app, name="model")
 
 JSON_HELP = "JSON output (docs/operations.md, \"Switching the model\")."
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2))
 
 
 @model_app.command("switch")
@@ -51,7 +46,7 @@ def switch(
     audit(settings.home.resolve(), by, "model.switch", model=model,
           model_name=switched.manifest.name, model_version=switched.manifest.version)
     if as_json:
-        _print_json(switched.as_json())
+        print_json(switched.as_json())
         return
     m = switched.manifest
     console.print(f"switching to {m.name} {m.version} ({m.input_width}x{m.input_height}); "
@@ -73,7 +68,7 @@ def show(
 
     state = model_state(settings_for())
     if as_json:
-        _print_json(state)
+        print_json(state)
         return
     request = state["requested"]
     asked = (f"switched to {request['model']} by {request['by'] or 'unknown'} at "

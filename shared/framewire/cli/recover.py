@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
 
-from framewire.cli import app, console, settings_for
+from framewire.cli import app, console, print_json, settings_for
 
 # exit codes: 1 = refused or failed, 2 = cannot run here (the embedded broker) or bad options
 EXIT_REFUSED = 1
 EXIT_CANNOT = 2
 
 
-def _echo_json(data: Any) -> None:
-    typer.echo(json.dumps(data, default=str, indent=2))
-
-
 def _cannot(message: str, as_json: bool) -> typer.Exit:
     console.print(f"[red]cannot run here:[/] {message}")
     if as_json:
-        _echo_json({"ok": False, "error": message})
+        print_json({"ok": False, "error": message})
     return typer.Exit(EXIT_CANNOT)
 
 
 def _refused(message: str, as_json: bool) -> typer.Exit:
     console.print(f"[red]refused:[/] {message}")
     if as_json:
-        _echo_json({"ok": False, "error": message})
+        print_json({"ok": False, "error": message})
     return typer.Exit(EXIT_REFUSED)
 
 
@@ -94,7 +89,7 @@ def replay(
     except ConfigError as exc:
         raise _cannot(str(exc), as_json) from None
     if as_json:
-        _echo_json({"ok": True, **counts.as_json()})
+        print_json({"ok": True, **counts.as_json()})
     console.print(f"done: read {counts.records_read}, republished {counts.republished}, "
                   f"skipped {counts.skipped_by_camera} of other cameras and "
                   f"{counts.skipped_outside_range} stamped outside the range "
@@ -146,7 +141,7 @@ def rebuild_db(
     finally:
         database.close()
     if as_json:
-        _echo_json({"ok": True, **counts.as_json()})
+        print_json({"ok": True, **counts.as_json()})
     console.print(f"done: read {counts.records_read} records, wrote {counts.rows_written} rows "
                   f"({counts.rows_replaced} replacing another model's), skipped "
                   f"{counts.duplicates_skipped} duplicates and {counts.undecodable} undecodable "

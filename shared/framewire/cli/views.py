@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from framewire.cli import app, console, settings_for
+from framewire.cli import app, console, print_json, settings_for
 
 if TYPE_CHECKING:
     from framewire.ops.status import ServiceStatus
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, default=str, indent=2))
 
 
 @app.command()
@@ -37,7 +32,7 @@ def results(
     finally:
         db.close()
     if as_json:
-        _print_json([r.as_flat_dict() for r in rows])
+        print_json([r.as_flat_dict() for r in rows])
         return
     table = Table("frame id", "camera", "seq", "captured", "model", "detections")
     for r in rows:
@@ -71,7 +66,7 @@ def deadletters(
 
     letters = dead_letters(settings_for())[-limit:]
     if as_json:
-        _print_json([dead_letter_report(d) for _, d in letters])
+        print_json([dead_letter_report(d) for _, d in letters])
         return
     table = Table("failed", "service", "code", "camera", "frame id", "source", "reason")
     for _, d in letters:
@@ -98,7 +93,7 @@ def status(
     statuses = site_status(settings)
     brokers = broker_status(settings)
     if as_json:
-        _print_json(status_report(statuses, brokers))
+        print_json(status_report(statuses, brokers))
         return
     table = Table("service", "alive", "pids", "partitions", "in", "out", "dead-lettered",
                   "dropped", "lag", "CPU-s/1k frames", "J/1k frames", "metrics")

@@ -67,12 +67,6 @@ def latest_request(records: Iterable[KeyedValue], current: object = _UNSET) -> o
     return current
 
 
-def read_request(follower: TopicFollower, timeout_s: float) -> ModelRequest | None:
-    """The model request on the topic now (None: none, or a tombstone)."""
-    found = latest_request(follower.read_to_end(timeout_s))
-    return found if isinstance(found, ModelRequest) else None
-
-
 class ModelWatch:
     """Follows the ``inference.model`` record for a stage (see the module's doc).
 
