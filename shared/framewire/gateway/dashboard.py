@@ -150,21 +150,14 @@ def _site_pages(app: FastAPI, state: GatewayState) -> None:
         from framewire.models.manifest import builtin_models
 
         token = signed_in(request, state)
-        return page(request, "model.html", token, available=_has_route(app, "/model"),
-                    builtin=builtin_models(), configured=settings.inference.model)
+        return page(request, "model.html", token, builtin=builtin_models(),
+                    configured=settings.inference.model)
 
     @app.get("/jobs", include_in_schema=False)
     def jobs_page(request: Request) -> HTMLResponse:
         token = signed_in(request, state)
         cameras = sorted({c.camera_id for c in state.db.cameras()})
-        return page(request, "jobs.html", token, available=_has_route(app, "/reprocess"),
-                    cameras=cameras)
-
-
-def _has_route(app: FastAPI, path: str) -> bool:
-    """Whether this gateway serves ``/api/v1`` + ``path`` (its OpenAPI description, built
-    once, lists every API route)."""
-    return API + path in app.openapi().get("paths", {})
+        return page(request, "jobs.html", token, cameras=cameras)
 
 
 def site_overview(state: GatewayState) -> dict[str, Any]:

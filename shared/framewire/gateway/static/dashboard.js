@@ -157,18 +157,10 @@ function apiForms() {
   }
 }
 
-function unavailable(holder, what) {
-  const note = document.createElement("p");
-  note.className = "notice";
-  note.textContent = `${what} is not available on this gateway (${API} answers 404).`;
-  holder.replaceWith(note);
-}
-
 async function model() {
   const holder = document.querySelector("[data-model]");
   if (!holder) return;
   const answer = await api("/model");
-  if (answer.status === 404) return unavailable(holder, "Switching the model");
   const list = holder.querySelector(".model-now");
   list.replaceChildren();
   const entries = answer.ok && answer.data && typeof answer.data === "object"
@@ -210,7 +202,6 @@ async function jobs() {
   const table = document.querySelector("[data-jobs]");
   if (!table) return;
   const answer = await api("/reprocess");
-  if (answer.status === 404) return unavailable(table, "Reprocessing");
   const body = table.querySelector("tbody");
   body.replaceChildren();
   const rows = answer.ok && Array.isArray(answer.data) ? answer.data : [];
