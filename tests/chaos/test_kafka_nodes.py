@@ -46,9 +46,11 @@ NODE_KILL = [
     pytest.param(Load(Workload(cameras=6, frames_per_camera=100, fps_per_camera=6)),
                  id="long", marks=LONG),
 ]
+# with -m slow even bounded (a minute): make test keeps an outage through the embedded broker's
+# (test_broker_outage.py) and a node's loss through the kill -9 above
 CLUSTER_STOP = [
     pytest.param(Load(Workload(cameras=6, frames_per_camera=40, fps_per_camera=None), 20),
-                 id="bounded"),
+                 id="bounded", marks=pytest.mark.slow),
     pytest.param(Load(Workload(cameras=6, frames_per_camera=150, fps_per_camera=None), 60),
                  id="long", marks=LONG),
 ]

@@ -52,8 +52,9 @@ STAGE_WORKLOADS = [
                  marks=LONG),
 ]
 # Fast enough that some frames are between the source and the broker's acknowledgement.
-INGEST_WORKLOADS = [
-    pytest.param(Workload(cameras=6, frames_per_camera=15, fps_per_camera=10), id="bounded"),
+INGEST_WORKLOADS = [  # with -m slow: make test kills an ingest through test_whole_stack.py
+    pytest.param(Workload(cameras=6, frames_per_camera=15, fps_per_camera=10), id="bounded",
+                 marks=pytest.mark.slow),
     pytest.param(Workload(cameras=6, frames_per_camera=150, fps_per_camera=10), id="long",
                  marks=LONG),
 ]
@@ -76,8 +77,10 @@ def test_kill_9_of_one_stage_replica_loses_and_duplicates_nothing(
     kill_one_stage_replica(broker_site, ledger, service, workload)
 
 
+# with -m slow (44 s): make test kills an inference replica without transactions on both
+# brokers, and runs the pipeline with exactly_once over TLS (test_kafka_security.py)
 @pytest.mark.parametrize("service", [pytest.param("preprocess", marks=pytest.mark.slow),
-                                     "inference"])
+                                     pytest.param("inference", marks=pytest.mark.slow)])
 def test_exactly_once_kill_9_of_a_stage_replica_leaves_no_repeat_on_detections(
         kafka_site: Site, ledger: Ledger, service: str):
     """delivery=exactly_once on Apache Kafka: preprocess and inference produce their outputs

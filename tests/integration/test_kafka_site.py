@@ -181,6 +181,7 @@ def test_status_lists_every_node_of_an_existing_cluster(kafka_site: Site) -> Non
     assert broker["problems"] == []
 
 
+@pytest.mark.slow  # make test keeps a node's kill -9 (tests/chaos/test_kafka_nodes.py)
 def test_supervisor_restarts_a_killed_kafka_node_which_comes_back_with_its_data(
         tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from framewire.config import load_settings

@@ -128,6 +128,7 @@ def otlp_receiver() -> Iterator[_OtlpReceiver]:
     server.server_close()
 
 
+@pytest.mark.slow  # make test keeps the embedded span store's traces, the same spans
 def test_spans_go_to_the_otlp_endpoint_named_by_the_standard_variables(site: Site,
                                                                        otlp_receiver):
     site.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{otlp_receiver.server_port}"

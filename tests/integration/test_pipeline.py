@@ -161,6 +161,7 @@ def test_the_same_frame_delivered_twice_makes_one_row(site: Site):
     db.close()
 
 
+@pytest.mark.slow  # make test stores on PostgreSQL in test_db_backends.py and elsewhere
 def test_storage_writes_to_postgresql(broker, tmp_path, postgres_db_url):
     site = Site(broker, tmp_path / "home", database_url=postgres_db_url)
     site.create_topics()
