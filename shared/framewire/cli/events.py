@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ import typer
 from rich.table import Table
 
 from framewire.analytics.records import ALERT_STATES, EVENT_TYPES
-from framewire.cli import app, console, settings_for
+from framewire.cli import app, console, print_json, settings_for
 from framewire.errors import ConfigError
 
 
@@ -48,7 +47,7 @@ def events(
     with open_database(settings.resolved_database_url) as db:
         rows = query_events(db, camera, type_, _since(since), limit)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     table = Table("at (UTC)", "camera", "type", "name", "track", "label", "detail")
     for e in rows:
@@ -100,7 +99,7 @@ def alerts(
     with open_database(settings.resolved_database_url) as db:
         rows = query_alerts(db, camera, state, _since(since), limit)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     table = Table("at (UTC)", "camera", "rule", "state", "value", "peak", "since")
     for a in rows:
