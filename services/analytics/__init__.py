@@ -15,7 +15,10 @@ from framewire.topology import Output, StageSpec
 STAGE = StageSpec(
     name="analytics", entry="framewire.services.analytics.service:main",
     input="detections", input_contract=InferenceResult, settings=AnalyticsSettings,
+    follows=("control",),  # cameras' analytics set over the API
     # events and window counts are small and read back by storage and the gateway: a week
     outputs=(Output("events", AnalyticsEvent, retention="7d"),
              Output("alerts", Alert, retention="30d")),
+    # faust's own: <group>-state-changelog and <group>-__assignor-__leader
+    internal_topics=True,
     summary="tracks objects per camera; line crossings, zone stays, window counts, alerts")

@@ -25,6 +25,7 @@ from framewire.broker.client import _create_topics as create_topics  # the one c
 from framewire.config import Settings
 from framewire.contracts.codec import Codec
 from framewire.errors import ConfigError, DataError, TransientError
+from framewire.ops.analytics import AnalyticsWatch
 from framewire.runtime import Publisher, StopSignal
 from framewire.runtime.producer import Headers
 from framewire.telemetry.tracing import extract, inject
@@ -147,6 +148,8 @@ class AnalyticsApp:
                 await self.publish(done, message.headers, message.partition)
                 if done.state is not None:
                     self.table[done.camera_id] = done.state
+                elif done.clear:
+                    del self.table[done.camera_id]
             yield done
 
     async def publish(self, done: Done, incoming: Any, partition: int) -> None:
@@ -251,6 +254,10 @@ def run(settings: Settings, stop: StopSignal | None = None) -> None:
     publisher = Publisher(settings, SERVICE)
     publisher.counters.group = settings.group(SERVICE)
     analytics = AnalyticsApp(settings, publisher)
+    # cameras' settings set over the API (the control topic), from before the first record
+    control = AnalyticsWatch(settings, SERVICE, analytics.work.set_overrides)
+    control.start()
+    control.follow()
     publisher.start_heartbeats()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -269,4 +276,5 @@ def run(settings: Settings, stop: StopSignal | None = None) -> None:
         if exc.code not in (0, None):
             raise
     finally:
+        control.close()
         publisher.close()

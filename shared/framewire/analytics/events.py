@@ -247,19 +247,48 @@ class CameraAnalyzer:
             "windows": [[*key, n] for key, n in self.windows.open.items()],
             "alerts": {w.rule.rule_name: [None if w.since is None else micros(w.since),
                                           w.firing, w.peak] for w in self.alerts},
+            "rules": self._rules(),
         }
 
+    def _rules(self) -> dict[str, list[Any]]:
+        """Each line's and zone's name with its points: what the tracks' sides and stays
+        were reckoned against."""
+        return {f"{kind}:{rule.name}": [list(p) for p in rule.points]
+                for kind, rules in (("line", self.camera.lines), ("zone", self.camera.zones))
+                for rule in rules}
+
     def import_state(self, state: dict[str, Any]) -> None:
-        """Take up where ``export_state()`` left off (rules now missing are dropped)."""
+        """Take up where ``export_state()`` left off, under this analyzer's settings (they may
+        have changed since: see below); windows still open are kept, and sent when they
+        close."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"analytics state version {state.get('version')!r} is not "
                              f"{STATE_VERSION}; start the camera's analytics afresh")
         last = state.get("last_at")
         self.last_at = None if last is None else from_micros(last)
+        # a state saved under other settings (the camera's changed): a track's side of a
+        # line redrawn is taken again from its last point off the line; its stays in a zone
+        # redrawn end (it enters anew if inside); a line or zone gone is forgotten. A state
+        # without rules (an older one) is taken as saved under these.
+        then, now = state.get("rules"), self._rules()
+        lines = {line.name: line.points for line in self.camera.lines}
+        kept_zones = {n for n in (zone.name for zone in self.camera.zones)
+                      if then is None or then.get(f"zone:{n}") == now[f"zone:{n}"]}
+
+        def sides(saved: dict[str, Any]) -> dict[str, tuple[int, Point]]:
+            out = {}
+            for name, (v, p) in saved.items():
+                if name not in lines:
+                    continue
+                if then is not None and then.get(f"line:{name}") != now[f"line:{name}"]:
+                    v = side(lines[name][0], lines[name][1], (p[0], p[1]))
+                if v:
+                    out[name] = (v, (p[0], p[1]))
+            return out
+
         self.tracks = {int(tid): _TrackState(
-            s["label"], from_micros(s["last_seen"]), s["last_frame"],
-            {n: (v, (p[0], p[1])) for n, (v, p) in s["sides"].items()},
-            {n: _Stay(from_micros(e), d) for n, (e, d) in s["zones"].items()},
+            s["label"], from_micros(s["last_seen"]), s["last_frame"], sides(s["sides"]),
+            {n: _Stay(from_micros(e), d) for n, (e, d) in s["zones"].items() if n in kept_zones},
         ) for tid, s in state["tracks"].items()}
         self.windows.open = {(k, s, n, c, d): count
                              for k, s, n, c, d, count in state["windows"]}

@@ -7,6 +7,12 @@ its table holds for that camera, and saves the state it gets back. The state car
 (a count of frames done): a worker whose own copy has that mark goes on with it; one that does
 not (it was given the camera by a rebalance, or restarted) rebuilds tracker and analyzer from
 the table's state first, so a camera moved between workers takes up exactly where it was.
+
+A camera's lines, zones and rules are its ``analytics.cameras`` entry unless the ``control``
+topic holds settings for it (set over the gateway's API): ``overrides``, replaced whole by the
+worker's watch of that topic, takes precedence. A camera whose settings change goes on with
+its tracks (the same ids) under the new ones; what they knew of a line or zone that is gone
+or redrawn is dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framewire.analytics.events import CameraAnalyzer, camera_tracker
-from framewire.analytics.settings import AnalyticsSettings
+from framewire.analytics.settings import AnalyticsSettings, CameraAnalytics
 from framewire.analytics.tracking import CameraTracker
 from framewire.contracts import InferenceResult
 from framewire.contracts.codec import Codec
@@ -35,6 +41,7 @@ class Outgoing:
 
 @dataclass
 class _Camera:
+    config: CameraAnalytics
     tracker: CameraTracker
     analyzer: CameraAnalyzer
     mark: int = 0
@@ -43,11 +50,13 @@ class _Camera:
 @dataclass
 class Done:
     """What one record brought: the records to publish and the camera's state to save (None
-    for a camera without analytics settings, which is passed over)."""
+    for a camera without analytics settings, which is passed over; ``clear``: its saved
+    state is to be deleted, its settings having been taken away)."""
 
     camera_id: str
     outgoing: list[Outgoing] = field(default_factory=list)
     state: dict[str, Any] | None = None
+    clear: bool = False
 
 
 class CameraWork:
@@ -57,6 +66,18 @@ class CameraWork:
         self.settings = settings
         self.codec = codec
         self.cameras: dict[str, _Camera] = {}
+        # from the control topic: a camera's settings, or None (back to its configured ones)
+        self.overrides: dict[str, CameraAnalytics | None] = {}
+
+    def set_overrides(self, overrides: dict[str, CameraAnalytics | None]) -> None:
+        """The control topic's settings per camera, replacing the previous ones whole (from
+        the watch's thread: one assignment, read once per record)."""
+        self.overrides = dict(overrides)
+
+    def config_for(self, camera_id: str) -> CameraAnalytics | None:
+        """The camera's settings now: set over the API, else configured, else None."""
+        override = self.overrides.get(camera_id)
+        return override if override is not None else self.settings.cameras.get(camera_id)
 
     def decode(self, value: bytes | None) -> InferenceResult:
         """A ``detections`` record; DataError (with its reason code) when it is not one."""
@@ -65,10 +86,12 @@ class CameraWork:
     def handle(self, result: InferenceResult, saved: dict[str, Any] | None) -> Done:
         """One frame's detections; ``saved`` is the camera's state as the table holds it."""
         camera_id = result.header.camera_id
-        config = self.settings.cameras.get(camera_id)
+        config = self.config_for(camera_id)
         if config is None:
-            return Done(camera_id)
-        camera = self._camera(camera_id, saved)
+            # nothing watched (any more): a later setting starts the camera afresh
+            self.cameras.pop(camera_id, None)
+            return Done(camera_id, clear=saved is not None)
+        camera = self._camera(camera_id, saved, config)
         tracks = camera.tracker.update(result.header.captured_at, result.detections)
         found = camera.analyzer.observe(result.header.frame_id, result.header.captured_at,
                                         tracks)
@@ -89,12 +112,14 @@ class CameraWork:
         for camera_id in list(self.cameras) if camera_ids is None else camera_ids:
             self.cameras.pop(camera_id, None)
 
-    def _camera(self, camera_id: str, saved: dict[str, Any] | None) -> _Camera:
+    def _camera(self, camera_id: str, saved: dict[str, Any] | None,
+                config: CameraAnalytics) -> _Camera:
         mark = 0 if saved is None else int(saved.get("mark", 0))
         camera = self.cameras.get(camera_id)
         if camera is not None and camera.mark == mark:
+            if camera.config != config:
+                self._reconfigure(camera_id, camera, config)
             return camera
-        config = self.settings.cameras[camera_id]
         analyzer = CameraAnalyzer(camera_id, config, self.settings)
         tracker = None
         if saved is not None:
@@ -109,6 +134,18 @@ class CameraWork:
             else:
                 log.info("camera's analytics state taken up",
                          extra={"camera_id": camera_id, "mark": mark})
-        camera = _Camera(tracker or camera_tracker(self.settings, config), analyzer, mark)
+        camera = _Camera(config, tracker or camera_tracker(self.settings, config), analyzer, mark)
         self.cameras[camera_id] = camera
         return camera
+
+    def _reconfigure(self, camera_id: str, camera: _Camera, config: CameraAnalytics) -> None:
+        """The camera's settings changed: the same tracks, under the new lines and zones."""
+        analyzer = CameraAnalyzer(camera_id, config, self.settings)
+        analyzer.import_state(camera.analyzer.export_state())
+        if config.labels != camera.config.labels:
+            camera.tracker = camera_tracker(self.settings, config,
+                                            camera.tracker.export_state())
+        camera.config, camera.analyzer = config, analyzer
+        log.info("camera's analytics settings changed", extra={
+            "camera_id": camera_id, "lines": [line.name for line in config.lines],
+            "zones": [zone.name for zone in config.zones]})

@@ -168,7 +168,7 @@ def register(api: APIRouter, state: GatewayState) -> None:
     def put_camera_analytics(camera_id: str, body: AnalyticsBody,
                              token: Operator) -> dict[str, Any]:
         """Replace a camera's analytics settings (all of them: a list left out is empty);
-        the analytics service does not read them yet (it runs the `analytics` settings).
+        the analytics service applies them from the camera's next frame, its tracks kept.
         422 (nothing written) for a rule that cannot work, saying what to fix."""
         from framewire.ops.analytics import set_camera_analytics, validated_analytics
 

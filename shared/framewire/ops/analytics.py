@@ -5,15 +5,16 @@ They are records of the compacted ``control`` topic, as the model switch is: the
 (``{"lines": [...], "zones": [...], "alerts": [...], "labels": [...]}``, the shape of
 ``analytics.cameras.<camera id>`` in the settings); a tombstone sends the camera back to its
 configured settings. The gateway's ``/api/v1/cameras/{camera_id}/analytics`` writes and reads
-them (``camera_overrides`` gives a camera's record precedence over its configured entry).
-The analytics service does not read these records yet: it runs the ``analytics`` settings.
+them (``camera_overrides`` gives a camera's record precedence over its configured entry), and
+each analytics worker follows them (``AnalyticsWatch``): a change applies from the camera's
+next frame.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,7 +24,7 @@ from framewire.broker.reading import KeyedValue
 from framewire.config import Settings
 from framewire.errors import ConfigError, TransientError
 from framewire.models.control import CONTROL_TOPIC
-from framewire.ops.settings_topic import read_whole, write_record
+from framewire.ops.settings_topic import TopicWatch, read_whole, write_record
 
 log = logging.getLogger(__name__)
 KEY_PREFIX = "analytics.cameras."
@@ -57,6 +58,38 @@ def camera_overrides(records: Iterable[KeyedValue],
                 "camera_id": camera_id, "error": str(exc),
                 "check": "set analytics with PUT /api/v1/cameras/{camera_id}/analytics"})
     return found
+
+
+class AnalyticsWatch:
+    """An analytics worker's watch of the control topic: ``apply`` is given every camera's
+    settings from the topic (None: back to the configured ones) at ``start``, and again, whole,
+    after each change."""
+
+    def __init__(self, settings: Settings, service: str,
+                 apply: Callable[[dict[str, CameraAnalytics | None]], None]) -> None:
+        self.apply = apply
+        self.overrides: dict[str, CameraAnalytics | None] = {}
+        self.watch = TopicWatch(settings, CONTROL_TOPIC, service, self._records)
+
+    def _records(self, records: list[KeyedValue]) -> None:
+        found = camera_overrides(records, self.overrides)
+        if found != self.overrides:
+            changed = sorted(c for c in {*found, *self.overrides}
+                             if found.get(c) != self.overrides.get(c))
+            self.overrides = found
+            log.info("cameras' analytics settings from the control topic",
+                     extra={"cameras": changed})
+            self.apply(found)
+
+    def start(self) -> bool:
+        """Read the topic to its end and apply it (False: not readable now, applied later)."""
+        return self.watch.start()
+
+    def follow(self) -> None:
+        self.watch.follow()
+
+    def close(self) -> None:
+        self.watch.close()
 
 
 def validated_analytics(body: dict[str, Any]) -> CameraAnalytics:
