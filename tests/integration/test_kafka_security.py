@@ -1,11 +1,13 @@
-"""The managed Apache Kafka with kafka_security=sasl_ssl: the pipeline over TLS and
-SASL/SCRAM, each service as its own principal; ACLs and the listener refuse the rest."""
+"""The managed Apache Kafka with kafka_security=sasl_ssl: the pipeline and the analytics
+(faust-streaming) over TLS and SASL/SCRAM, each service as its own principal; ACLs and the
+listener refuse the rest."""
 
 from __future__ import annotations
 
 import json
 import re
 import stat
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
+from framewire.analytics.records import AnalyticsEvent
 from framewire.broker.client import client_config
 from framewire.broker.cluster import KafkaCluster, free_port_block
 from framewire.broker.security import ADMIN, KafkaSecurity
@@ -24,8 +27,16 @@ from framewire.runtime import StopSignal
 from tests.fixtures.common import ensure_debian_packages
 from tests.fixtures.images import jpeg, synthetic_frame
 from tests.fixtures.kafka import Site, wait_until
+from tests.integration.test_analytics_service import (
+    configure,
+    events_consumer,
+    expected,
+    publish,
+    read_events,
+)
 from tests.integration.test_kafka_site import framewire, start_broker_command, stop
 from tests.integration.test_pipeline import STAGES, stored_count
+from tests.unit.test_analytics_agent import results
 
 pytestmark = pytest.mark.integration
 FRAMES = 8
@@ -162,3 +173,34 @@ def test_framewire_broker_starts_secured_and_the_tools_connect_as_admin(
     plain = framewire({**env, "FRAMEWIRE_KAFKA_SECURITY": "plaintext"}, "broker")
     assert plain.returncode == 2
     assert "FRAMEWIRE_KAFKA_SECURITY=sasl_ssl" in "".join((plain.stdout + plain.stderr).split())
+
+
+@pytest.mark.parametrize("delivery", [
+    "at_least_once", pytest.param("exactly_once", marks=pytest.mark.slow)])
+def test_analytics_runs_over_tls_and_scram_as_its_own_principal(
+        secure_kafka: KafkaCluster, secure_site: Site, delivery: str) -> None:
+    settings = configure(secure_site, ["cam-tls"], delivery)
+    consumer = events_consumer(settings)  # as admin, before its password leaves the home
+    # the worker gets no admin password: faust's client and its own topics' creation, its
+    # group and its heartbeats all go as the analytics principal
+    KafkaSecurity(secure_site.home).password_path(ADMIN).unlink()
+    secure_site.start("analytics")
+    frames = results("cam-tls")
+    publish(as_principal(secure_site, "inference"), frames)  # inference writes detections
+    want = {e.event_id for e in expected(settings, frames)}
+    seen: list[AnalyticsEvent] = []
+    try:
+        wait_until(lambda: (read_events(settings, seen, consumer) or
+                            {e.event_id for e in seen} >= want) or
+                   not secure_site.alive("analytics") and pytest.fail(secure_site.logs()),
+                   90, "the events of every frame on the events topic")
+    finally:
+        consumer.close()
+    assert {e.event_id for e in seen} == want
+    assert Counter(e.direction for e in seen if e.type == "line_cross") == {"in": 1, "out": 1}
+    # faust's changelog and leader topic were made by the analytics principal
+    group = settings.group("analytics")
+    topics = AdminClient(secure_kafka.admin_config()).list_topics(timeout=10).topics
+    assert {f"{group}-state-changelog", f"{group}-__assignor-__leader"} <= set(topics)
+    assert secure_site.alive("analytics")
+    assert denials(secure_kafka, secure_site) == set()

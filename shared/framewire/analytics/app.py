@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from framewire.analytics.credentials import broker_credentials
 from framewire.analytics.service import CameraWork, Done
 from framewire.broker.client import TopicPlan, client_config
 from framewire.broker.client import _create_topics as create_topics  # the one creation path
@@ -37,7 +38,8 @@ STATE_TABLE = "state"
 
 
 def faust_options(settings: Settings, partitions: int, replication: int) -> dict[str, Any]:
-    """faust.App's settings from Framewire's: brokers, group timing, delivery, topic shape."""
+    """faust.App's settings from Framewire's: brokers, TLS and SASL, group timing, delivery,
+    topic shape."""
     servers = settings.client_bootstrap_servers.split(",")
     options: dict[str, Any] = {
         "broker": [f"kafka://{s.strip()}" for s in servers],
@@ -56,6 +58,10 @@ def faust_options(settings: Settings, partitions: int, replication: int) -> dict
         "broker_commit_interval": 1.0,
         "table_standby_replicas": 0,
     }
+    # the same principal, password and CA as the process's librdkafka clients
+    credentials = broker_credentials(settings)
+    if credentials is not None:
+        options["broker_credentials"] = credentials
     # the site's group timing (e.g. a quick failover's session.timeout.ms), in seconds
     if "session.timeout.ms" in settings.kafka:
         options["broker_session_timeout"] = int(settings.kafka["session.timeout.ms"]) / 1000
@@ -241,14 +247,6 @@ def _kafka_headers(headers: Any) -> Headers:
 
 def run(settings: Settings, stop: StopSignal | None = None) -> None:
     """Run one analytics worker until SIGTERM/SIGINT (or ``stop``)."""
-    protocol = str(settings.kafka.get("security.protocol", "plaintext")).lower()
-    if settings.kafka_security != "plaintext" or protocol != "plaintext":
-        # faust's client (aiokafka) takes no librdkafka properties; its TLS and SASL are not
-        # wired yet, nor are ACLs for its own topics: a clear refusal, not a reconnect loop
-        raise ConfigError("the analytics service does not yet connect over TLS or SASL "
-                          f"(kafka_security={settings.kafka_security}, security.protocol="
-                          f"{protocol}); run it against a plaintext listener, or leave it out "
-                          "(framewire run --services ...)")
     import faust
 
     publisher = Publisher(settings, SERVICE)
