@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from framewire.broker.reading import KeyedValue, TopicFollower
+from framewire.broker.reading import KeyedValue
 from framewire.config import Settings
-from framewire.errors import TransientError
+from framewire.ops.settings_topic import TopicWatch
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +77,11 @@ class ModelWatch:
 
     def __init__(self, settings: Settings, service: str, apply: Callable[[str], None],
                  start_timeout_s: float = 10.0) -> None:
-        self.settings, self.apply, self.start_timeout_s = settings, apply, start_timeout_s
-        # a switch waits at most this long on the broker: 2 fetches a second of a quiet topic
-        self.follower = TopicFollower(settings, settings.topic(CONTROL_TOPIC),
-                                      settings.group(service), fetch_wait_ms=500)
+        self.settings, self.apply = settings, apply
         self.request: object = _UNSET
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._following = False  # requests read by ``start`` are the model to start with
+        self.watch = TopicWatch(settings, CONTROL_TOPIC, service, self._records,
+                                start_timeout_s)
 
     @property
     def model(self) -> str:
@@ -94,41 +91,24 @@ class ModelWatch:
         return self.settings.inference.model
 
     def start(self) -> str:
-        """The model to run now (the topic read to its end). Load it, then call ``follow``:
-        a switch that comes meanwhile is applied after it, never beside it."""
-        try:
-            self.request = latest_request(self.follower.read_to_end(self.start_timeout_s))
-        except TransientError as exc:
-            log.warning("control topic not read: starting the configured model; a switch "
-                        "applies once it can be read", extra={"error": str(exc)})
+        """The model to run now (the topic read to its end; the configured one when it cannot
+        be read: a switch applies once it can). Load it, then call ``follow``: a switch that
+        comes meanwhile is applied after it, never beside it."""
+        self.watch.start()
         return self.model
 
     def follow(self) -> None:
         """Apply the topic's next requests in a thread of its own until closed."""
-        self._thread = threading.Thread(target=self._follow, name="model-watch", daemon=True)
-        self._thread.start()
+        self._following = True
+        self.watch.follow()
 
-    def _follow(self) -> None:
-        while not self._stop.is_set():
-            try:
-                records = self.follower.poll(0.5)
-            except TransientError as exc:
-                log.debug("control topic not readable yet", extra={"error": str(exc)})
-                self._stop.wait(1.0)
-                continue
-            if not records:
-                continue
-            found = latest_request(records, self.request)
-            if found is not self.request:  # a request came (the same model: loaded again)
-                self.request = found
-                try:
-                    self.apply(self.model)
-                except Exception:  # a failed switch must never end the following
-                    log.exception("model switch failed", extra={"model": self.model})
+    def _records(self, records: list[KeyedValue]) -> None:
+        found = latest_request(records, self.request)
+        if found is not self.request:  # a request came (the same model: loaded again)
+            self.request = found
+            if self._following:
+                self.apply(self.model)
 
     def close(self) -> None:
         """Stop following (waits for a load in progress)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-        self.follower.close()
+        self.watch.close()
