@@ -13,7 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.machine import describe
-from bench.stats import LATENCY_TARGET, BenchResult, BrokerRun, broker_comparison
+from bench.stats import (
+    LATENCY_TARGET,
+    AnalyticsRun,
+    BenchResult,
+    BrokerRun,
+    broker_comparison,
+)
 
 DOCS_START = "<!-- bench:latest:start -->"
 DOCS_END = "<!-- bench:latest:end -->"
@@ -60,6 +66,7 @@ def summary_rows(result: BenchResult) -> list[tuple[str, str]]:
         rows.append((f"inference x{point.replicas} (inference-bound)",
                      f"{_num(point.fps)} frames/s"))
     rows.append(("**scale-out 2 / 1 inference**", _num(result.scale_out_ratio, 2, "x")))
+    rows += analytics_rows(result.analytics)
     cpu = result.cpu_s_per_1000
     services = ", ".join(f"{k} {_num(v, 1)}" for k, v in cpu.items() if k != "total")
     embedded = result.brokers.get("embedded")
@@ -82,6 +89,26 @@ def summary_rows(result: BenchResult) -> list[tuple[str, str]]:
                                        f"{result.load_average.get('end')}"),
     ]
     return rows
+
+
+def analytics_rows(run: AnalyticsRun | None) -> list[tuple[str, str]]:
+    """The analytics phase's lines (none when it did not run)."""
+    if run is None:
+        return []
+    lag, worker = run.lag_ms, run.emitted_ms
+    return [
+        (f"analytics, {run.cameras} cameras at {_num(run.fps_per_camera, 0)} frames/s",
+         f"lag capture → on events p50 {_num(lag.get('p50_ms'), 0)} ms, p95 "
+         f"{_num(lag.get('p95_ms'), 0)} ms (of which in the worker p50 "
+         f"{_num(worker.get('p50_ms'), 0)}, p95 {_num(worker.get('p95_ms'), 0)}; "
+         f"{run.lag_events} events); group lag max {_num(run.group_lag_max, 0)} records, "
+         f"{_num(run.group_lag_end, 0)} when the feed ended, 0 after {_num(run.drain_s, 1)} s"),
+        ("analytics CPU-s per 1,000 detections records",
+         f"service {_num(run.cpu_s_per_1000, 2)} (broker {_num(run.broker_cpu_s_per_1000, 2)});"
+         f" bare core {_num(run.bare_cpu_s_per_1000, 2)} ({run.records} records, "
+         f"{_num(run.boxes_per_record, 1)} boxes each)"),
+        ("**analytics service / bare, CPU per record**", _num(run.cpu_ratio, 2, "x")),
+    ]
 
 
 BROKER_COLUMNS = ("measure", "embedded (Tansu)", "Apache Kafka (1 node)", "Kafka / embedded")

@@ -1,6 +1,6 @@
 """The benchmark's phases in order: inputs, bare loop, Framewire on the embedded broker
 (start, latency, full speed), with ``--broker kafka`` the same on Apache Kafka and an
-exactly_once full speed, then scale-out.
+exactly_once full speed, then scale-out, then analytics (8 cameras at the demo rate).
 
 Run it with ``framewire bench`` (or ``make bench``); ``--quick`` keeps it under three minutes
 (about six with ``--broker kafka``).
@@ -20,6 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench.analytics import CAMERAS as ANALYTICS_CAMERAS
+from bench.analytics import AnalyticsPlan, measure_analytics
 from bench.bare import run_bare
 from bench.inputs import CAMERAS, JPEG_QUALITY, cached_frames
 from bench.machine import NOT_READABLE, load_average, machine_description
@@ -53,6 +55,7 @@ from bench.stats import (
 from framewire.procutil import usable_cores
 
 REPO = Path(__file__).resolve().parent.parent
+ANALYTICS_PHASE = f"analytics: {ANALYTICS_CAMERAS} cameras, demo rate"
 BUSY_CORES = 0.1  # other processes using more than this many cores: a noisy run
 
 
@@ -66,12 +69,13 @@ class Durations:
     scale_s: float
     warmup_s: float
     frames_per_camera: int
+    analytics_s: float
 
 
 QUICK = Durations(bare_s=12, latency_s=15, full_speed_s=15, scale_s=10, warmup_s=3,
-                  frames_per_camera=16)
+                  frames_per_camera=16, analytics_s=15)
 FULL = Durations(bare_s=60, latency_s=60, full_speed_s=60, scale_s=40, warmup_s=8,
-                 frames_per_camera=48)
+                 frames_per_camera=48, analytics_s=60)
 
 
 @dataclass
@@ -109,7 +113,7 @@ def phase_names(sites: list[str]) -> list[str]:
         if key != "kafka_exactly_once":
             names.append(f"{title}: latency at 50 %")
         names.append(f"{title}: full speed")
-    return [*names, "scale-out: inference replicas"]
+    return [*names, "scale-out: inference replicas", ANALYTICS_PHASE]
 
 
 def scale_steps(cores: int) -> list[int]:
@@ -253,6 +257,10 @@ def run_benchmark(options: Options, console: Console) -> tuple[BenchResult, list
                                              d.warmup_s, frames_needed,
                                              phases.tick("scale-out: inference replicas"))
             phases.done("scale-out: inference replicas")
+
+            plan = AnalyticsPlan.from_settings(embedded.settings, d.warmup_s, d.analytics_s)
+            analytics = measure_analytics(tmp / "analytics", plan, phases.tick(ANALYTICS_PHASE))
+            phases.done(ANALYTICS_PHASE)
         except BaseException:
             console.print(f"[red]benchmark stopped; homes and service logs kept in {tmp}[/]")
             raise
@@ -262,7 +270,8 @@ def run_benchmark(options: Options, console: Console) -> tuple[BenchResult, list
     s = embedded.settings
     pixel_format = s.preprocess.pixel_format
     notes = []
-    windows = [bare.other_cores, *(m.full.other_cores for m in measured.values())]
+    windows = [bare.other_cores, *(m.full.other_cores for m in measured.values()),
+               analytics.other_cores]
     busiest = max((v for v in windows if v is not None), default=0.0)
     if busiest > BUSY_CORES:
         notes.append(f"other processes kept up to {busiest:.2f} cores busy during the "
@@ -302,7 +311,7 @@ def run_benchmark(options: Options, console: Console) -> tuple[BenchResult, list
             "max_lag_frames": BENCH_MAX_LAG_FRAMES,
             "durations_s": {"bare": d.bare_s, "latency": d.latency_s,
                             "full_speed": d.full_speed_s, "scale_out": d.scale_s,
-                            "warmup": d.warmup_s},
+                            "analytics": d.analytics_s, "warmup": d.warmup_s},
         },
         bare_fps=bare.fps, bare_frame_ms=bare.frame_ms,
         bare_cpu_s_per_1000=per_thousand(bare.cpu_s, bare.frames),
@@ -320,8 +329,9 @@ def run_benchmark(options: Options, console: Console) -> tuple[BenchResult, list
         other_cores={"bare": bare.other_cores, "framewire": full.other_cores,
                      **{key: m.full.other_cores for key, m in measured.items()
                         if key != "embedded"},
-                     **{f"inference x{p.replicas}": p.other_cores for p in points}},
+                     **{f"inference x{p.replicas}": p.other_cores for p in points},
+                     "analytics": analytics.other_cores},
         brokers={key: m.run for key, m in measured.items()},
-        duration_s=round(time.monotonic() - begun, 1), notes=notes,
+        duration_s=round(time.monotonic() - begun, 1), notes=notes, analytics=analytics,
     )
     return result, [x * 1000 for x in latency.latencies_s]

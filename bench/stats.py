@@ -160,6 +160,42 @@ class BrokerRun:
         return self.cpu_s_per_1000.get("total")
 
 
+@dataclass
+class AnalyticsRun:
+    """The analytics service at the demo rate: ``cameras`` cameras at ``fps_per_camera``,
+    each with a line and a zone, fed synthetic ``detections`` records (``bench.analytics``).
+
+    ``lag_ms``: p50/p95/p99 of an event's arrival on ``events`` less its frame's
+    ``captured_at`` (= when its record was published), over the ``lag_events`` events stamped
+    with the frame that made them, and ``emitted_ms`` the same to each event's ``emitted_at``
+    (the worker's fetch and work; the rest is its send and the reader's fetch);
+    ``group_lag_*``: the analytics group's uncommitted ``detections`` records (the largest
+    sample in the window, the first after the feed ended), ``drain_s`` the time from the
+    feed's end to a lag of 0. ``cpu_s_per_1000``: the worker process's CPU-seconds per 1,000
+    records in the window (the broker's beside it); ``bare_cpu_s_per_1000``: the same records
+    through ``CameraWork.handle`` in one process, no Kafka; ``cpu_ratio`` = service / bare.
+    """
+
+    cameras: int
+    fps_per_camera: float
+    size: str
+    records: int  # detections records in the window
+    boxes_per_record: float
+    events: dict[str, int]  # events of frames in the window that arrived, by type
+    lag_events: int
+    lag_ms: dict[str, float]
+    emitted_ms: dict[str, float]  # the same to the event's emitted_at: the worker's part
+    group_lag_max: int | None
+    group_lag_end: int | None
+    drain_s: float | None
+    cpu_s_per_1000: float | None
+    broker_cpu_s_per_1000: float | None
+    bare_cpu_s_per_1000: float | None
+    cpu_ratio: float | None
+    bare_events: int = 0  # events the bare loop made from the same records (warm-up too)
+    other_cores: float | None = None
+
+
 def rss_growth_per_thousand(ready_mib: float | None, end_mib: float | None,
                             frames: int) -> float | None:
     """MiB of resident memory the broker gained per 1,000 frames (may be negative: a Java
@@ -235,6 +271,7 @@ class BenchResult:
     brokers: dict[str, BrokerRun] = field(default_factory=dict)
     duration_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    analytics: AnalyticsRun | None = None  # the analytics phase (bench.analytics)
 
     @property
     def throughput_ratio(self) -> float | None:

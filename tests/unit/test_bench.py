@@ -376,7 +376,7 @@ def test_kafka_runs_the_embedded_broker_beside_it() -> None:
                           "Framewire: full speed"]
     assert "Kafka exactly_once: full speed" in names
     assert "Kafka exactly_once: latency at 50 %" not in names  # full speed only
-    assert names[-1] == "scale-out: inference replicas"
+    assert names[-2:] == ["scale-out: inference replicas", "analytics: 8 cameras, demo rate"]
 
 
 def test_each_site_sets_its_broker_and_delivery(tmp_path: Path) -> None:
