@@ -228,7 +228,8 @@ def test_a_camera_added_in_the_page_shows_its_frames(stack: Stack, admin, tmp_pa
     assert page.locator(card).count() == 0 or "topic" not in page.inner_text(card)
     assert console.errors == []
     audit = (stack.home / "logs" / "audit.log").read_text()
-    assert '"action": "cameras.add"' in audit and '"action": "cameras.remove"' in audit
+    assert '"action": "camera.add"' in audit and '"action": "camera.remove"' in audit
+    assert '"via": "dashboard"' in audit
 
 
 def test_a_viewer_gets_no_controls_and_a_cookie_from_another_origin_changes_nothing(

@@ -213,8 +213,9 @@ def _camera_pages(app: FastAPI, state: GatewayState) -> None:
             return page(request, "cameras.html", token, 422 if isinstance(
                 exc, ConfigError) else 503, **_cameras(state), edit=None,
                 form_error=str(exc), form=form)
-        audit(state.home, who(token), "cameras.add", camera=written.camera.as_json(),
-              created=written.created, via="dashboard")
+        shown = written.camera.as_json()  # the URL masked, as the API's audit has it
+        audit(state.home, who(token), "camera.add" if written.created else "camera.change",
+              camera_id=shown.pop("camera_id"), camera=shown, via="dashboard")
         return RedirectResponse("/cameras", 303)
 
     @app.post("/cameras/{camera_id}/remove", include_in_schema=False)
@@ -231,7 +232,7 @@ def _camera_pages(app: FastAPI, state: GatewayState) -> None:
             return page(request, "cameras.html", token, 404 if isinstance(
                 exc, UnknownCamera) else 503, **_cameras(state), edit=None,
                 form_error=str(exc))
-        audit(state.home, who(token), "cameras.remove", camera_id=camera_id, via="dashboard")
+        audit(state.home, who(token), "camera.remove", camera_id=camera_id, via="dashboard")
         return RedirectResponse("/cameras", 303)
 
 
