@@ -93,3 +93,16 @@ def test_camera_without_analytics_settings_is_passed_over(tmp_path: Path):
                                tmp_path)
     assert all(isinstance(d, Done) and not d.outgoing and d.state is None for d in done)
     assert analytics.table.get("lobby") is None
+
+
+def test_faust_gets_the_group_timing_the_other_stages_get(tmp_path: Path):
+    from framewire.analytics.app import faust_options
+
+    # the embedded broker: its quick defaults (a join there takes half the session timeout)
+    embedded = faust_options(load_settings(home=tmp_path), 4, 1)
+    assert (embedded["broker_session_timeout"], embedded["broker_heartbeat_interval"]) == (6, 1)
+    # the user's settings win; on Apache Kafka without them, faust's own defaults
+    own = faust_options(load_settings(home=tmp_path, kafka={"session.timeout.ms": 9000}), 4, 1)
+    assert own["broker_session_timeout"] == 9
+    kafka = faust_options(load_settings(home=tmp_path, broker="kafka"), 4, 1)
+    assert "broker_session_timeout" not in kafka

@@ -21,7 +21,7 @@ from typing import Any
 
 from framewire.analytics.credentials import broker_credentials
 from framewire.analytics.service import CameraWork, Done
-from framewire.broker.client import TopicPlan, client_config
+from framewire.broker.client import TopicPlan, client_config, consumer_defaults
 from framewire.broker.client import _create_topics as create_topics  # the one creation path
 from framewire.config import Settings
 from framewire.contracts.codec import Codec
@@ -62,11 +62,14 @@ def faust_options(settings: Settings, partitions: int, replication: int) -> dict
     credentials = broker_credentials(settings)
     if credentials is not None:
         options["broker_credentials"] = credentials
-    # the site's group timing (e.g. a quick failover's session.timeout.ms), in seconds
-    if "session.timeout.ms" in settings.kafka:
-        options["broker_session_timeout"] = int(settings.kafka["session.timeout.ms"]) / 1000
-    if "heartbeat.interval.ms" in settings.kafka:
-        options["broker_heartbeat_interval"] = int(settings.kafka["heartbeat.interval.ms"]) / 1000
+    # the group timing the other stages get, in seconds: the site's (a quick failover's
+    # session.timeout.ms), else the embedded broker's defaults, where a join takes about half
+    # the session timeout (faust's own 60 s held the first events back 30 s)
+    timing = {**consumer_defaults(settings), **settings.kafka}
+    if "session.timeout.ms" in timing:
+        options["broker_session_timeout"] = int(timing["session.timeout.ms"]) / 1000
+    if "heartbeat.interval.ms" in timing:
+        options["broker_heartbeat_interval"] = int(timing["heartbeat.interval.ms"]) / 1000
     return options
 
 
