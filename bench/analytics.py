@@ -124,10 +124,11 @@ def event_lags_s(arrivals: Sequence[Arrival], since: float) -> list[tuple[float,
             if kind in FRAME_EVENTS and at >= since]
 
 
-def bare_cpu_s(analytics: dict[str, Any], records: Sequence[Any]) -> tuple[float, int]:
+def bare_cpu_s(analytics: dict[str, Any], records: Sequence[Any],
+               warmup: int = 0) -> tuple[float, int]:
     """CPU-seconds (this process) of the analytics core over ``records`` in order, as the
-    worker runs it (each camera's state handed back as its table would hold it), and the
-    events it made."""
+    worker runs it (each camera's state handed back as its table would hold it), the first
+    ``warmup`` records not counted (as the service's warm-up is not); and the events made."""
     from framewire.analytics.service import CameraWork
     from framewire.analytics.settings import AnalyticsSettings
     from framewire.contracts.codec import Codec
@@ -135,12 +136,14 @@ def bare_cpu_s(analytics: dict[str, Any], records: Sequence[Any]) -> tuple[float
     work = CameraWork(AnalyticsSettings.model_validate(analytics), Codec())
     saved: dict[str, dict[str, Any] | None] = {}
     events = 0
-    begun = time.process_time()
-    for record in records:
+    begun = 0.0
+    for n, record in enumerate(records):
+        if n == warmup:
+            begun = time.process_time()
         done = work.handle(record, saved.get(record.header.camera_id))
         saved[done.camera_id] = done.state
         events += sum(o.topic == "events" for o in done.outgoing)
-    return time.process_time() - begun, events
+    return time.process_time() - begun if len(records) > warmup else 0.0, events
 
 
 class _EventsReader(threading.Thread):
@@ -253,7 +256,8 @@ def measure_analytics(home: Path, plan: AnalyticsPlan, tick: Tick | None = None)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     bare_records = [detections_record(c, f, start + timedelta(seconds=f.t), plan.width,
                                       plan.height) for c, f in frames]
-    bare_s, bare_events = bare_cpu_s(plan.analytics(), bare_records)
+    warmup = min(len(frames), round(plan.warmup_s * plan.fps * plan.cameras))
+    bare_s, bare_events = bare_cpu_s(plan.analytics(), bare_records, warmup)
 
     env = {**site_environment(home, f"127.0.0.1:{free_port()}", embedded=True),
            "FRAMEWIRE_ANALYTICS": json.dumps(plan.analytics())}
@@ -264,13 +268,14 @@ def measure_analytics(home: Path, plan: AnalyticsPlan, tick: Tick | None = None)
                         (lambda f: tick(0.1 * f)))
         (pid,) = site.pids()["analytics"]
         with environment(env):
-            return _feed(site, pid, plan, frames, bare_s, bare_events, tick)
+            return _feed(site, pid, plan, frames, per_thousand(bare_s, len(frames) - warmup),
+                         bare_events, tick)
     finally:
         site.stop()
 
 
 def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
-          frames: list[tuple[str, SceneFrame]], bare_s: float, bare_events: int,
+          frames: list[tuple[str, SceneFrame]], bare: float | None, bare_events: int,
           tick: Tick | None) -> AnalyticsRun:
     from framewire.runtime import Publisher
 
@@ -305,9 +310,9 @@ def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
         if marked is None:
             raise ValueError("the feed ended before its warm-up did: give a longer window")
         drained = lags.wait_drained(60.0)
-        reader.wait_quiet(2.0, 30.0)
-        site.check_alive()
         after = _sample(site, pid)
+        reader.wait_quiet(2.0, 30.0)  # the last events in
+        site.check_alive()
     finally:
         lags.stopping.set()
         reader.stopping.set()
@@ -322,7 +327,6 @@ def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
         tick(1.0)
     cpu = {name: per_thousand(after.cpu_s[name] - spent, records)
            for name, spent in before.cpu_s.items()}
-    bare = per_thousand(bare_s, len(frames))
     return AnalyticsRun(
         cameras=plan.cameras, fps_per_camera=plan.fps, size=f"{plan.width}x{plan.height}",
         records=records, boxes_per_record=round(boxes / max(records, 1), 2),

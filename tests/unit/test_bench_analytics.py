@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from bench.analytics import (
     AnalyticsPlan,
+    bare_cpu_s,
     camera_ids,
     camera_scenes,
     detections_record,
@@ -47,17 +48,21 @@ def test_bench_walkers_cross_the_line_both_ways_and_walk_through_the_zone() -> N
     work = CameraWork(AnalyticsSettings.model_validate(plan.analytics()), codec)
     saved = None
     found: Counter[tuple[str, str | None]] = Counter()
-    for frame in frames:  # noise and missed boxes as the bench feeds them
-        done = work.handle(detections_record(camera, frame, T0 + timedelta(seconds=frame.t),
-                                             plan.width, plan.height), saved)
+    records = [detections_record(camera, frame, T0 + timedelta(seconds=frame.t), plan.width,
+                                 plan.height) for frame in frames]
+    for record in records:  # noise and missed boxes as the bench feeds them
+        done = work.handle(record, saved)
         saved = done.state
         found.update((e.type, e.direction) for e in (codec.decode(o.value, AnalyticsEvent)
-                                                     for o in done.outgoing) if e.type !=
-                     "window_count")
+                                                     for o in done.outgoing))
+    windows = found.pop(("window_count", None), 0)
     rightward = len(people[::2])
     assert found == {("line_cross", "in"): rightward, ("line_cross", "out"): len(people[1::2]),
                      ("zone_enter", None): rightward, ("zone_leave", None): rightward}
     assert all(p.t1 <= plan.seconds for p in people) and len(people) == 10
+    # the bench's bare loop: the same core, the same events, its warm-up not timed
+    assert bare_cpu_s(plan.analytics(), records, warmup=20)[1] == found.total() + windows
+    assert bare_cpu_s(plan.analytics(), records[:5], warmup=20)[0] == 0.0  # none timed
 
 
 def test_the_feed_sends_one_frame_of_each_camera_in_turn() -> None:
