@@ -303,8 +303,10 @@ def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
             publisher.publish("detections", detections_record(camera, frame, at, plan.width,
                                                               plan.height), key=camera)
             publisher.producer.poll(0)
-            if tick is not None and n % 40 == 0:
-                tick(0.1 + 0.85 * n / len(frames))
+            if n % round(plan.fps * plan.cameras) == 0:  # about once a second
+                site.check_alive()
+                if tick is not None:
+                    tick(0.1 + 0.85 * n / len(frames))
         publisher.flush(30.0)
         fed_at = time.monotonic()
         if marked is None:
