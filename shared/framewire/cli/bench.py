@@ -65,7 +65,8 @@ def bench(
         help="With --gpu: inference replica counts to measure, e.g. 1,2,4 (default: 1, 2, "
              "4, 8 up to half the cores).")] = "",
 ) -> None:
-    """Measure Framewire against a bare loop on this machine: throughput, latency, scale-out.
+    """Measure Framewire against a bare loop on this machine: throughput, latency, scale-out,
+    and the analytics worker's lag and CPU per 1,000 detections (8 demo-rate cameras).
 
     Results go to bench/results/ (JSON, PNG; git-ignored); --write-docs updates the docs.
 
