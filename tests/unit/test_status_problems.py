@@ -41,3 +41,18 @@ def test_webhook_deliveries_given_up_are_not_told_as_dropped_frames():
         "/api/v1/webhooks shows each one's last error",
         "gateway pid 2 on h: 1 frame(s) dropped (1 publish_failed: pipeline behind, fps cap, "
         "broker away or refusing frames)"]
+
+
+def test_the_live_line_counts_stored_frames_not_the_analytics_events_stored_beside_them():
+    from framewire.cli import _status_line
+
+    def service(name: str, out: int) -> ServiceStatus:
+        return ServiceStatus(name, [ServiceHeartbeat(
+            service=name, instance=f"h:{name}", host="h", pid=1, version="x", sent_at=utcnow(),
+            state="running", partitions=[], records_in=out, records_out=out, dead_lettered=0,
+            produced_offsets={})])
+
+    statuses = [service("ingest", 100), service("storage", 90), service("event_storage", 30),
+                service("alert_storage", 2)]
+    line, (_, stored) = _status_line(load_settings(), statuses, 0.0, (0.0, 0))
+    assert stored == 90 and "frames in 100 | stored 90" in line
