@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 
-from framewire.analytics.records import AnalyticsEvent
+from framewire.analytics.records import Alert, AnalyticsEvent
 from framewire.analytics.service import CameraWork, Done
 from framewire.analytics.settings import AnalyticsSettings, CameraAnalytics
 from framewire.contracts import InferenceResult
@@ -21,9 +21,10 @@ SWAPPED = {"lines": [{"name": "door", "points": [[640, 720], [640, 0]]}],
 
 
 def run(work: CameraWork, frames: list[InferenceResult], table: dict[str, object],
-        change_at: float | None = None, change: dict | None = None) -> list[AnalyticsEvent]:
+        change_at: float | None = None, change: dict | None = None,
+        alerts: list[Alert] | None = None) -> list[AnalyticsEvent]:
     """The frames through ``work`` with a table as faust keeps it; at frame time
-    ``change_at`` the control topic's settings become ``change``."""
+    ``change_at`` the control topic's settings become ``change``. Alerts go to ``alerts``."""
     codec, out = Codec(), []
     for result in frames:
         camera_id = result.header.camera_id
@@ -39,6 +40,8 @@ def run(work: CameraWork, frames: list[InferenceResult], table: dict[str, object
             del table[camera_id]
         out += [codec.decode(o.value, AnalyticsEvent) for o in done.outgoing
                 if o.topic == "events"]
+        if alerts is not None:
+            alerts += [codec.decode(o.value, Alert) for o in done.outgoing if o.topic == "alerts"]
     return out
 
 
@@ -115,3 +118,100 @@ def test_a_camera_whose_settings_are_taken_away_is_passed_over_and_its_state_cle
     work.set_overrides({"door-1": CameraAnalytics.model_validate(CAMERA)})
     later = work.handle(frames[21], None)
     assert later.state is not None and later.state["mark"] == 1
+
+
+# the third walker goes along the bay, x 100 -> 500 at y 500, from 2 s to 6 s: at 4 s it is at
+# x 300, in the bay [0, 600) as configured
+BAY = CAMERA["zones"][0]
+NARROW = {**BAY, "points": [[0, 400], [250, 400], [250, 720], [0, 720]]}  # x 300 is outside
+WIDE = {**BAY, "points": [[0, 400], [700, 400], [700, 720], [0, 720]]}  # x 300 is inside
+ALERT = {"when": "zone_count", "zone": "bay", "above": 0, "for_s": 0.5}
+
+
+def bay_events(events: list[AnalyticsEvent]) -> list[tuple[str, int | None]]:
+    return [(e.type, e.track_id) for e in events
+            if e.name == "bay" and e.type in ("zone_enter", "zone_leave")]
+
+
+def work_with(camera: dict) -> CameraWork:
+    return CameraWork(AnalyticsSettings.model_validate(
+        {**SETTINGS, "cameras": {"door-1": camera}}), Codec())
+
+
+def test_a_zone_redrawn_around_a_track_keeps_its_stay_and_one_redrawn_away_ends_it():
+    plain = run(work_with(CAMERA), results("door-1"), {})
+    walker = next(tid for _, tid in bay_events(plain))
+    assert bay_events(plain) == [("zone_enter", walker), ("zone_leave", walker)]
+    wide = run(work_with(CAMERA), results("door-1"), {}, change_at=4.0,
+               change={**CAMERA, "zones": [WIDE]})
+    # still inside the new polygon: the same stay, left once at its end
+    assert bay_events(wide) == bay_events(plain)
+    assert [e.dwell_s for e in wide if e.type == "zone_leave"] == [
+        e.dwell_s for e in plain if e.type == "zone_leave"]
+    narrow = run(work_with(CAMERA), results("door-1"), {}, change_at=4.0,
+                 change={**CAMERA, "zones": [NARROW]})
+    leave = next(e for e in narrow if e.type == "zone_leave")
+    # outside the new polygon: it leaves at the change, stamped when it was last seen
+    assert bay_events(narrow) == [("zone_enter", walker), ("zone_leave", walker)]
+    assert T0 + timedelta(seconds=3.8) <= leave.at < T0 + timedelta(seconds=4.0)
+    # the leave is counted in its window like any other
+    windows = {(e.window.counted, e.window.start): e.window.count for e in narrow
+               if e.type == "window_count" and e.name == "bay" and e.window
+               and e.window.kind == "tumbling"}
+    assert windows[("zone_leave", T0)] == 1
+
+
+def test_a_zone_taken_away_ends_its_stays_with_a_leave():
+    events = run(work_with(CAMERA), results("door-1"), {}, change_at=4.0,
+                 change={"lines": CAMERA["lines"]})
+    assert [t for t, _ in bay_events(events)] == ["zone_enter", "zone_leave"]
+
+
+def test_a_firing_alert_whose_rule_is_changed_resolves_at_the_change():
+    camera = {**CAMERA, "alerts": [ALERT]}
+    alerts: list[Alert] = []
+    run(work_with(camera), results("door-1"), {}, change_at=4.0,
+        change={**camera, "alerts": [{**ALERT, "above": 5}]}, alerts=alerts)
+    assert [(a.state, a.rule, a.above) for a in alerts] == [
+        ("firing", "zone_count:bay:0", 0), ("resolved", "zone_count:bay:0", 0)]
+    firing, resolved = alerts
+    assert resolved.alert_id == firing.alert_id and resolved.at == T0 + timedelta(seconds=4.0)
+    assert resolved.value == 1  # the walker, still in the bay
+    # unchanged, the rule resolves only when the walker leaves (after 6 s)
+    same: list[Alert] = []
+    run(work_with(camera), results("door-1"), {}, alerts=same)
+    assert [a.state for a in same] == ["firing", "resolved"] and same[1].at > T0 + timedelta(
+        seconds=6)
+
+
+def test_a_camera_whose_settings_are_deleted_ends_its_stays_and_alerts_and_clears_its_state():
+    camera = {**CAMERA, "alerts": [ALERT]}
+    table: dict[str, object] = {}
+    frames = results("door-1")
+    cut = next(i for i, r in enumerate(frames) if r.header.captured_at >= T0 + timedelta(
+        seconds=4.0))
+    work = CameraWork(AnalyticsSettings.model_validate(SETTINGS), Codec())  # none configured
+    alerts: list[Alert] = []
+    events = run(work, frames[:cut], table, change_at=0.0, change=camera, alerts=alerts)
+    work.set_overrides({"door-1": None})  # DELETE over the API, nothing configured
+    done = work.handle(frames[cut], table["door-1"])  # type: ignore[arg-type]
+    codec = Codec()
+    ended = [codec.decode(o.value, AnalyticsEvent) for o in done.outgoing if o.topic == "events"]
+    resolved = [codec.decode(o.value, Alert) for o in done.outgoing if o.topic == "alerts"]
+    assert bay_events(events + ended)[-1][0] == "zone_leave" and len(ended) == 1
+    assert [a.state for a in alerts + resolved] == ["firing", "resolved"]
+    assert done.clear and done.state is None and "door-1" not in work.cameras
+
+
+def test_before_the_control_topic_is_read_a_camera_set_only_there_is_passed_over_not_cleared():
+    work = CameraWork(AnalyticsSettings.model_validate(SETTINGS), Codec())
+    work.set_overrides({"door-1": CameraAnalytics.model_validate(CAMERA)})
+    frames, table = results("door-1"), {}
+    run(work, frames[:20], table)
+    # a worker started while the broker could not be read: it knows no override yet
+    other = CameraWork(AnalyticsSettings.model_validate(SETTINGS), Codec())
+    other.overrides_read = False
+    assert other.handle(frames[20], table["door-1"]) == Done("door-1")  # type: ignore[arg-type]
+    other.set_overrides({"door-1": CameraAnalytics.model_validate(CAMERA)})
+    taken_up = other.handle(frames[20], table["door-1"])  # type: ignore[arg-type]
+    assert taken_up.state is not None and taken_up.state["mark"] == 21

@@ -257,7 +257,8 @@ def run(settings: Settings, stop: StopSignal | None = None) -> None:
     analytics = AnalyticsApp(settings, publisher)
     # cameras' settings set over the API (the control topic), from before the first record
     control = AnalyticsWatch(settings, SERVICE, analytics.work.set_overrides)
-    control.start()
+    # not read (the broker away): cameras set only there are passed over until it is
+    analytics.work.overrides_read = control.start()
     control.follow()
     publisher.start_heartbeats()
     loop = asyncio.new_event_loop()

@@ -66,6 +66,7 @@ class _TrackState:
     last_frame: str
     sides: dict[str, tuple[int, Point]] = field(default_factory=dict)  # line -> side, anchor
     zones: dict[str, _Stay] = field(default_factory=dict)
+    anchor: Point | None = None  # where it was last seen
 
 
 class WindowCounter:
@@ -192,7 +193,7 @@ class CameraAnalyzer:
                                                                frame_id)
         state.last_seen, state.last_frame = t, frame_id
         d = track.detection
-        p = anchor(d.x1, d.y1, d.x2, d.y2)
+        p = state.anchor = anchor(d.x1, d.y1, d.x2, d.y2)
         tid, label = track.track_id, state.label
         for line in self.camera.lines:
             a, b = line.points
@@ -243,6 +244,7 @@ class CameraAnalyzer:
                 "label": s.label, "last_seen": micros(s.last_seen), "last_frame": s.last_frame,
                 "sides": {n: [v, list(p)] for n, (v, p) in s.sides.items()},
                 "zones": {n: [micros(z.entered), z.dwelled] for n, z in s.zones.items()},
+                "anchor": None if s.anchor is None else list(s.anchor),
             } for tid, s in self.tracks.items()},
             "windows": [[*key, n] for key, n in self.windows.open.items()],
             "alerts": {w.rule.rule_name: [None if w.since is None else micros(w.since),
@@ -251,51 +253,94 @@ class CameraAnalyzer:
         }
 
     def _rules(self) -> dict[str, list[Any]]:
-        """Each line's and zone's name with its points: what the tracks' sides and stays
-        were reckoned against."""
-        return {f"{kind}:{rule.name}": [list(p) for p in rule.points]
-                for kind, rules in (("line", self.camera.lines), ("zone", self.camera.zones))
-                for rule in rules}
+        """Each line's and zone's points and each alert rule, by name: what the tracks'
+        sides and stays and the alerts' states were reckoned against."""
+        rules: dict[str, Any] = {f"{kind}:{rule.name}": [list(p) for p in rule.points]
+                                 for kind, found in (("line", self.camera.lines),
+                                                     ("zone", self.camera.zones))
+                                 for rule in found}
+        rules.update({f"alert:{r.rule_name}": r.model_dump(mode="json")
+                      for r in self.camera.alerts})
+        return rules
 
-    def import_state(self, state: dict[str, Any]) -> None:
-        """Take up where ``export_state()`` left off, under this analyzer's settings (they may
-        have changed since: see below); windows still open are kept, and sent when they
-        close."""
+    def import_state(self, state: dict[str, Any], frame_id: str = "",
+                     at: datetime | None = None) -> Findings:
+        """Take up where ``export_state()`` left off, under this analyzer's settings.
+
+        They may differ from those the state was saved under (the camera's settings changed;
+        ``frame_id`` and ``at``: the frame the change is seen at). Then what the change ends
+        is returned, and counted in the windows:
+
+        - a line redrawn: each track's side of it is taken again, under the new points, from
+          its last point off the line (a pass spanning the change counts once);
+        - a zone redrawn: a track whose last anchor is inside the new polygon stays (same
+          entry time); one outside leaves it (``zone_leave`` stamped when it was last seen);
+        - a zone taken away: its tracks leave it, likewise; a line taken away is forgotten;
+        - an alert rule taken away or changed (zone, threshold, duration): ``resolved`` if
+          it was firing; a changed rule starts counting afresh.
+
+        Windows still open are kept, and sent when they close. A state without rules (an
+        older one) is taken as saved under these settings."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"analytics state version {state.get('version')!r} is not "
                              f"{STATE_VERSION}; start the camera's analytics afresh")
         last = state.get("last_at")
         self.last_at = None if last is None else from_micros(last)
-        # a state saved under other settings (the camera's changed): a track's side of a
-        # line redrawn is taken again from its last point off the line; its stays in a zone
-        # redrawn end (it enters anew if inside); a line or zone gone is forgotten. A state
-        # without rules (an older one) is taken as saved under these.
         then, now = state.get("rules"), self._rules()
+        same = (lambda key: True) if then is None else (lambda key: then.get(key) == now.get(key))
         lines = {line.name: line.points for line in self.camera.lines}
-        kept_zones = {n for n in (zone.name for zone in self.camera.zones)
-                      if then is None or then.get(f"zone:{n}") == now[f"zone:{n}"]}
+        zones = {zone.name: zone.points for zone in self.camera.zones}
+        found = Findings()
 
         def sides(saved: dict[str, Any]) -> dict[str, tuple[int, Point]]:
             out = {}
             for name, (v, p) in saved.items():
                 if name not in lines:
                     continue
-                if then is not None and then.get(f"line:{name}") != now[f"line:{name}"]:
+                if not same(f"line:{name}"):
                     v = side(lines[name][0], lines[name][1], (p[0], p[1]))
                 if v:
                     out[name] = (v, (p[0], p[1]))
             return out
 
-        self.tracks = {int(tid): _TrackState(
-            s["label"], from_micros(s["last_seen"]), s["last_frame"], sides(s["sides"]),
-            {n: _Stay(from_micros(e), d) for n, (e, d) in s["zones"].items() if n in kept_zones},
-        ) for tid, s in state["tracks"].items()}
+        self.tracks = {}
+        for key, saved in state["tracks"].items():
+            tid, point = int(key), saved.get("anchor")
+            track = self.tracks[tid] = _TrackState(
+                saved["label"], from_micros(saved["last_seen"]), saved["last_frame"],
+                sides(saved["sides"]), {},
+                None if point is None else (point[0], point[1]))
+            for name, (entered, dwelled) in saved["zones"].items():
+                stay = _Stay(from_micros(entered), dwelled)
+                if name in zones and (same(f"zone:{name}") or (
+                        track.anchor is not None and inside(zones[name], track.anchor))):
+                    track.zones[name] = stay
+                else:
+                    found.events.append(self._event(
+                        "zone_leave", name, track.last_frame, track.last_seen, tid,
+                        track.label, dwell_s=(track.last_seen - stay.entered).total_seconds()))
         self.windows.open = {(k, s, n, c, d): count
                              for k, s, n, c, d, count in state["windows"]}
+        for event in found.events:
+            self.windows.add(event)
+        saved_alerts = state["alerts"]
         for watch in self.alerts:
-            since, firing, peak = state["alerts"].get(watch.rule.rule_name, (None, False, 0))
+            if not same(f"alert:{watch.rule.rule_name}"):
+                continue
+            since, firing, peak = saved_alerts.get(watch.rule.rule_name, (None, False, 0))
             watch.since = None if since is None else from_micros(since)
             watch.firing, watch.peak = firing, peak
+        kept = {w.rule.rule_name for w in self.alerts if same(f"alert:{w.rule.rule_name}")}
+        for name, (since, firing, peak) in saved_alerts.items():
+            old_rule = (then or {}).get(f"alert:{name}")
+            if name in kept or not firing or since is None or old_rule is None:
+                continue
+            ended = AlertWatch(self.camera_id, AlertRule.model_validate(old_rule))
+            ended.since, ended.peak = from_micros(since), peak
+            value = sum(ended.rule.zone in t.zones for t in self.tracks.values())
+            found.alerts.append(ended._alert("resolved", frame_id, at or self.last_at or
+                                             ended.since, value))
+        return found
 
 
 def camera_tracker(settings: AnalyticsSettings, camera: CameraAnalytics,
