@@ -81,7 +81,7 @@ class ModelWatch:
         self.request: object = _UNSET
         self._following = False  # requests read by ``start`` are the model to start with
         self.watch = TopicWatch(settings, CONTROL_TOPIC, service, self._records,
-                                start_timeout_s)
+                                start_timeout_s, thread_name="model-watch")
 
     @property
     def model(self) -> str:
@@ -107,7 +107,10 @@ class ModelWatch:
         if found is not self.request:  # a request came (the same model: loaded again)
             self.request = found
             if self._following:
-                self.apply(self.model)
+                try:
+                    self.apply(self.model)
+                except Exception:  # a failed switch must never end the following
+                    log.exception("model switch failed", extra={"model": self.model})
 
     def close(self) -> None:
         """Stop following (waits for a load in progress)."""

@@ -69,7 +69,8 @@ class AnalyticsWatch:
                  apply: Callable[[dict[str, CameraAnalytics | None]], None]) -> None:
         self.apply = apply
         self.overrides: dict[str, CameraAnalytics | None] = {}
-        self.watch = TopicWatch(settings, CONTROL_TOPIC, service, self._records)
+        self.watch = TopicWatch(settings, CONTROL_TOPIC, service, self._records,
+                                thread_name="analytics-watch")
 
     def _records(self, records: list[KeyedValue]) -> None:
         found = camera_overrides(records, self.overrides)

@@ -75,14 +75,16 @@ class TopicWatch:
 
     ``start`` reads the topic to its end and hands the records to ``handle`` (False, logged,
     when the broker cannot be read now: the thread hands them over once it can); ``follow``
-    then hands ``handle`` each batch written after, in order, until ``close``. ``handle``
-    must not raise: an exception is logged and the following goes on.
+    then hands ``handle`` each batch written after, in order, until ``close``, in a thread
+    named ``thread_name`` (``<logical>-watch`` by default). ``handle`` must not raise: an
+    exception is logged and the following goes on.
     """
 
     def __init__(self, settings: Settings, logical: str, service: str,
                  handle: Callable[[list[KeyedValue]], None],
-                 start_timeout_s: float = 10.0) -> None:
+                 start_timeout_s: float = 10.0, thread_name: str | None = None) -> None:
         self.logical, self.handle, self.start_timeout_s = logical, handle, start_timeout_s
+        self.thread_name = thread_name or f"{logical}-watch"
         # a change waits at most this long on the broker: 2 fetches a second of a quiet topic
         self.follower = TopicFollower(settings, settings.topic(logical), settings.group(service),
                                       fetch_wait_ms=500)
@@ -102,7 +104,7 @@ class TopicWatch:
 
     def follow(self) -> None:
         """Hand over the topic's next records in a thread of its own until closed."""
-        self._thread = threading.Thread(target=self._follow, name=f"{self.logical}-watch",
+        self._thread = threading.Thread(target=self._follow, name=self.thread_name,
                                         daemon=True)
         self._thread.start()
 
