@@ -14,6 +14,7 @@ as its last phase.
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 import time
 from collections import Counter
@@ -47,6 +48,8 @@ MISS_RATE = 0.05
 # stamped with the frame it was last seen in, a window count with the window's end)
 FRAME_EVENTS = ("line_cross", "zone_enter", "dwell")
 LAG_SAMPLE_S = 0.5
+DRAIN_TIMEOUT_S = 60.0
+BARE_RUNS = 3  # the bare loop's CPU is the median of this many runs
 
 
 def camera_ids(count: int = CAMERAS) -> list[str]:
@@ -126,9 +129,10 @@ def event_lags_s(arrivals: Sequence[Arrival], since: float) -> list[tuple[float,
 
 def bare_cpu_s(analytics: dict[str, Any], records: Sequence[Any],
                warmup: int = 0) -> tuple[float, int]:
-    """CPU-seconds (this process) of the analytics core over ``records`` in order, as the
-    worker runs it (each camera's state handed back as its table would hold it), the first
-    ``warmup`` records not counted (as the service's warm-up is not); and the events made."""
+    """CPU-seconds (this thread: the bench process's other threads, rich's refresh among
+    them, not counted) of the analytics core over ``records`` in order, as the worker runs it
+    (each camera's state handed back as its table would hold it), the first ``warmup`` records
+    not counted (as the service's warm-up is not); and the events made."""
     from framewire.analytics.service import CameraWork
     from framewire.analytics.settings import AnalyticsSettings
     from framewire.contracts.codec import Codec
@@ -139,11 +143,34 @@ def bare_cpu_s(analytics: dict[str, Any], records: Sequence[Any],
     begun = 0.0
     for n, record in enumerate(records):
         if n == warmup:
-            begun = time.process_time()
+            begun = time.thread_time()
         done = work.handle(record, saved.get(record.header.camera_id))
         saved[done.camera_id] = done.state
         events += sum(o.topic == "events" for o in done.outgoing)
-    return time.process_time() - begun if len(records) > warmup else 0.0, events
+    return time.thread_time() - begun if len(records) > warmup else 0.0, events
+
+
+def bare_cpu_median_s(analytics: dict[str, Any], records: Sequence[Any], warmup: int = 0,
+                      runs: int = BARE_RUNS) -> tuple[float, int]:
+    """``bare_cpu_s`` run ``runs`` times from a fresh core: the median CPU-seconds (one run's
+    few hundred milliseconds move with the machine's other load), and the events made."""
+    measured = [bare_cpu_s(analytics, records, warmup) for _ in range(runs)]
+    return statistics.median(s for s, _ in measured), measured[0][1]
+
+
+def drained_at(samples: Sequence[tuple[float, int]], fed_at: float) -> float | None:
+    """When the last lag sample read 0, if it was taken at or after ``fed_at`` (the feed's
+    end; a 0 read before it says nothing of the records still to come), else None."""
+    if samples and samples[-1][0] >= fed_at and samples[-1][1] == 0:
+        return samples[-1][0]
+    return None
+
+
+def processed_records(fed_after_mark: int, lag_at_mark: int) -> int:
+    """Records the worker processed between the two CPU samples, the second taken when the
+    group's lag read 0 after the feed: those published after the first sample, and those
+    published before it and not yet committed then (the group's lag at that moment)."""
+    return fed_after_mark + lag_at_mark
 
 
 class _EventsReader(threading.Thread):
@@ -202,25 +229,34 @@ class _LagWatch(threading.Thread):
         self.publisher = publisher
         self.samples: list[tuple[float, int]] = []  # (time.monotonic(), records)
         self.stopping = threading.Event()
+        self.lock = threading.Lock()  # one read of the probe at a time
+
+    def read(self) -> int | None:
+        """The group's lag in records now, None when the broker does not answer."""
+        with self.lock:
+            lags = self.probe.partition_lags(self.publisher.produced_offsets())
+        return None if lags is None else sum(lags.values())
 
     def run(self) -> None:
         try:
             while not self.stopping.wait(LAG_SAMPLE_S):
-                lags = self.probe.partition_lags(self.publisher.produced_offsets())
-                if lags is not None:
-                    self.samples.append((time.monotonic(), sum(lags.values())))
+                lag = self.read()
+                if lag is not None:
+                    self.samples.append((time.monotonic(), lag))
         finally:
-            self.probe.close()
+            with self.lock:
+                self.probe.close()
 
     def first_after(self, moment: float) -> int | None:
         return next((n for at, n in self.samples if at >= moment), None)
 
-    def wait_drained(self, timeout_s: float) -> float | None:
-        """Until a sample shows no lag; when it did (``time.monotonic()``), None on timeout."""
+    def wait_drained(self, fed_at: float, timeout_s: float) -> float | None:
+        """Until a sample taken after ``fed_at`` shows no lag; when it did
+        (``time.monotonic()``), None on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.samples and self.samples[-1][1] == 0:
-                return self.samples[-1][0]
+            if (at := drained_at(self.samples, fed_at)) is not None:
+                return at
             time.sleep(0.1)
         return None
 
@@ -257,7 +293,7 @@ def measure_analytics(home: Path, plan: AnalyticsPlan, tick: Tick | None = None)
     bare_records = [detections_record(c, f, start + timedelta(seconds=f.t), plan.width,
                                       plan.height) for c, f in frames]
     warmup = min(len(frames), round(plan.warmup_s * plan.fps * plan.cameras))
-    bare_s, bare_events = bare_cpu_s(plan.analytics(), bare_records, warmup)
+    bare_s, bare_events = bare_cpu_median_s(plan.analytics(), bare_records, warmup)
 
     env = {**site_environment(home, f"127.0.0.1:{free_port()}", embedded=True),
            "FRAMEWIRE_ANALYTICS": json.dumps(plan.analytics())}
@@ -287,7 +323,7 @@ def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
     lags.start()
     interval = 1.0 / (plan.fps * plan.cameras)
     begun = time.monotonic()
-    marked: tuple[float, int, Sample] | None = None
+    marked: tuple[float, int, Sample, int] | None = None
     boxes = 0
     try:
         for n, (camera, frame) in enumerate(frames):
@@ -296,7 +332,12 @@ def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
                 time.sleep(min(wait, 0.05))
             if marked is None and time.monotonic() - begun >= plan.warmup_s:
                 site.check_alive()
-                marked = (time.monotonic(), n, _sample(site, pid))
+                sample = _sample(site, pid)
+                lag = lags.read()
+                if lag is None:
+                    raise RuntimeError("the broker did not answer the analytics group's lag at "
+                                       "the window's start: see the site's logs")
+                marked = (time.monotonic(), n, sample, lag)
             if marked is not None:
                 boxes += len(frame.boxes)
             at = datetime.now(UTC)
@@ -311,8 +352,14 @@ def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
         fed_at = time.monotonic()
         if marked is None:
             raise ValueError("the feed ended before its warm-up did: give a longer window")
-        drained = lags.wait_drained(60.0)
+        drained = lags.wait_drained(fed_at, DRAIN_TIMEOUT_S)
         after = _sample(site, pid)
+        if drained is None:
+            last = lags.samples[-1][1] if lags.samples else "unknown"
+            raise RuntimeError(
+                f"the analytics worker did not catch up within {DRAIN_TIMEOUT_S:.0f} s of the "
+                f"feed's end (its group's lag last read {last} records), so its CPU would be "
+                "counted over records it did not process: see the worker's log")
         reader.wait_quiet(2.0, 30.0)  # the last events in
         site.check_alive()
     finally:
@@ -321,13 +368,14 @@ def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
         lags.join(10)
         reader.join(10)
         publisher.close()
-    mark, first, before = marked
-    records = len(frames) - first
+    mark, first, before, lag_at_mark = marked
+    records = len(frames) - first  # published in the window
+    processed = processed_records(records, lag_at_mark)
     lag_s = event_lags_s(reader.arrivals, before.at)
     kinds = Counter(kind for _, kind, at, _ in reader.arrivals if at >= before.at)
     if tick is not None:
         tick(1.0)
-    cpu = {name: per_thousand(after.cpu_s[name] - spent, records)
+    cpu = {name: per_thousand(after.cpu_s[name] - spent, processed)
            for name, spent in before.cpu_s.items()}
     return AnalyticsRun(
         cameras=plan.cameras, fps_per_camera=plan.fps, size=f"{plan.width}x{plan.height}",
@@ -337,7 +385,7 @@ def _feed(site: BenchSite, pid: int, plan: AnalyticsPlan,
         emitted_ms=percentiles_ms([e for _, e in lag_s]) if lag_s else {},
         group_lag_max=max((n for at, n in lags.samples if at >= mark), default=None),
         group_lag_end=lags.first_after(fed_at),
-        drain_s=None if drained is None else round(max(0.0, drained - fed_at), 2),
+        drain_s=round(max(0.0, drained - fed_at), 2),
         cpu_s_per_1000=cpu["analytics"], broker_cpu_s_per_1000=cpu.get("broker"),
         bare_cpu_s_per_1000=bare, cpu_ratio=ratio(cpu["analytics"], bare),
         bare_events=bare_events, other_cores=noise_cores(before, after))

@@ -10,12 +10,15 @@ from datetime import UTC, datetime, timedelta
 
 from bench.analytics import (
     AnalyticsPlan,
+    bare_cpu_median_s,
     bare_cpu_s,
     camera_ids,
     camera_scenes,
     detections_record,
+    drained_at,
     event_lags_s,
     interleaved,
+    processed_records,
     walkers,
 )
 from bench.report import markdown_section, summary_rows
@@ -97,3 +100,30 @@ def test_report_and_json_carry_the_analytics_row_and_its_ratio() -> None:
     data = json.loads(json.dumps(result.to_json()))
     assert data["analytics"]["cpu_ratio"] == 2.0 and data["analytics"]["group_lag_max"] == 60
     assert not any(m.startswith("analytics") for m, _ in summary_rows(make_result()))
+
+
+def test_drained_needs_a_lag_of_zero_read_after_the_feed_ended() -> None:
+    fed_at = 20.0
+    assert drained_at([(19.5, 0)], fed_at) is None  # read before the last records came
+    assert drained_at([(19.5, 0), (20.0, 12)], fed_at) is None
+    assert drained_at([(19.5, 0), (20.0, 12), (20.5, 0)], fed_at) == 20.5
+    assert drained_at([], fed_at) is None
+
+
+def test_cpu_counts_the_records_still_unprocessed_when_the_window_began() -> None:
+    # 600 published in the window, 45 published before it and not yet committed then
+    assert processed_records(600, 45) == 645
+    assert processed_records(600, 0) == 600
+
+
+def test_bare_baseline_is_the_median_of_three_runs_with_the_same_events() -> None:
+    plan = AnalyticsPlan(cameras=1, width=960, height=540, fps=5.0, warmup_s=0.0, seconds=8.0)
+    (camera,) = camera_ids(1)
+    frames = camera_scenes([camera], plan.width, plan.height, plan.fps, plan.seconds)[camera]
+    records = [detections_record(camera, f, T0 + timedelta(seconds=f.t), plan.width,
+                                 plan.height) for f in frames]
+    runs = [bare_cpu_s(plan.analytics(), records, warmup=5) for _ in range(3)]
+    median_s, events = bare_cpu_median_s(plan.analytics(), records, warmup=5)
+    assert events == runs[0][1] > 0
+    assert median_s > 0.0
+    assert bare_cpu_median_s(plan.analytics(), records[:3], warmup=5)[0] == 0.0
