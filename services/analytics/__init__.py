@@ -20,5 +20,5 @@ STAGE = StageSpec(
     outputs=(Output("events", AnalyticsEvent, retention="7d"),
              Output("alerts", Alert, retention="30d")),
     # faust's own: <group>-state-changelog and <group>-__assignor-__leader
-    internal_topics=True,
+    internal_topics=("state-changelog", "__assignor-__leader"),
     summary="tracks objects per camera; line crossings, zone stays, window counts, alerts")

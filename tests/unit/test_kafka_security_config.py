@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AclOperation, ResourceType
+from confluent_kafka.admin import AclOperation, ResourcePatternType, ResourceType
 from confluent_kafka.schema_registry import SchemaRegistryError
 from cryptography import x509
 
@@ -206,3 +206,18 @@ def test_the_registry_client_sends_basic_auth_from_schema_registry_auth(
         RegistryCodec(url).encode(record)
     with pytest.raises(ConfigError, match="schema_registry_auth"):
         RegistryCodec(url, auth={"basic.auth.user.info": "no-colon"})
+
+
+def test_a_stage_keeping_topics_of_its_own_gets_them_by_name_only() -> None:
+    settings = load_settings(topic_prefix="s1.")
+    analytics = granted(settings, "analytics")
+    faust = {"s1.framewire-analytics-state-changelog", "s1.framewire-analytics-__assignor-__leader"}
+    assert analytics["CREATE"] == faust
+    for operation in ("DESCRIBE", "READ", "WRITE"):
+        assert faust <= analytics[operation]
+    # not another topic its group's name begins, as a prefixed binding would allow
+    assert not {t for op in ("CREATE", "READ", "WRITE") for t in analytics[op]
+                if t.startswith("s1.framewire-analytics-") and t not in faust}
+    assert all(b.resource_pattern_type == ResourcePatternType.LITERAL
+               for b in acl_bindings(settings)
+               if b.principal == "User:analytics" and b.restype == ResourceType.TOPIC)

@@ -6,7 +6,7 @@ Framewire's tooling (``framewire run``, ``status``, ``topics``...) and the super
 ACLs (Kafka's StandardAuthorizer) let a stage read its input topic with its group, write its
 outputs, dead letters and heartbeats, and describe the site's topics; beyond that only what
 its declaration names (``follows``, ``manages``, ``reads``, ``writes``, ``replays``,
-``internal_topics``: a stream library's own topics, e.g. faust's changelog). The nodes
+``internal_topics``: a stream library's own topics by name, e.g. faust's changelog). The nodes
 talk to their controller quorum over mutual TLS, as the super user the node certificate
 names.
 
@@ -294,12 +294,12 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
         for topic in [*(settings.topic(name) for name in written), *system]:
             allow(ResourceType.TOPIC, topic, AclOperation.WRITE)
         # topics a stage's own loop keeps (faust-streaming's table changelog and leader
-        # topic), named after its group: it creates them at start, then reads and writes them
-        if spec.internal_topics:
+        # topic), each named after its group: it creates them at start, then reads and writes
+        # them; those names only, not every topic its group's name begins
+        for suffix in spec.internal_topics:
             for operation in (AclOperation.CREATE, AclOperation.DESCRIBE, AclOperation.READ,
                               AclOperation.WRITE):
-                allow(ResourceType.TOPIC, f"{settings.group(spec.name)}-", operation,
-                      ResourcePatternType.PREFIXED)
+                allow(ResourceType.TOPIC, f"{settings.group(spec.name)}-{suffix}", operation)
         # exactly_once: the stage's transactional ids start with its group's name
         allow(ResourceType.TRANSACTIONAL_ID, f"{settings.group(spec.name)}-",
               AclOperation.WRITE, ResourcePatternType.PREFIXED)

@@ -48,8 +48,9 @@ class StageSpec:
     These three only widen the stage's access (its ACLs); the topology's arrows stay as the
     outputs and inputs draw them. A stage that runs its own consume loop (analytics, on
     faust-streaming) gives a ``main(settings, stop, demo)`` as its entry, like a source;
-    ``internal_topics``: that loop keeps topics of its own (a state table's changelog), named
-    after the stage's group (``<group>-``), which it creates, reads and writes.
+    ``internal_topics``: that loop keeps topics of its own (a state table's changelog), each
+    named ``<group>-<suffix>`` after the stage's group, one per suffix given here, which it
+    creates, reads and writes.
     """
 
     name: str
@@ -65,7 +66,7 @@ class StageSpec:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     replays: bool = False
-    internal_topics: bool = False
+    internal_topics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not NAME_PATTERN.match(self.name):
