@@ -172,8 +172,10 @@ class AnalyticsRun:
     ``group_lag_*``: the analytics group's uncommitted ``detections`` records (the largest
     sample in the window, the first after the feed ended), ``drain_s`` the time from the
     feed's end to a lag of 0. ``cpu_s_per_1000``: the worker process's CPU-seconds per 1,000
-    records in the window (the broker's beside it); ``bare_cpu_s_per_1000``: the same records
-    through ``CameraWork.handle`` in one process, no Kafka; ``cpu_ratio`` = service / bare.
+    records it processed from the window's start to that 0 (the window's records and those
+    still uncommitted when it began; the broker's beside it); ``bare_cpu_s_per_1000``: the
+    window's records through ``CameraWork.handle`` in one thread, no Kafka, the median of 3
+    runs; ``cpu_ratio`` = service / bare.
     """
 
     cameras: int
