@@ -12,7 +12,8 @@ import pytest
 
 from framewire.config import load_settings
 from framewire.errors import ConfigError
-from framewire.gateway.webhooks import GIVEN_UP, Subscriber, WebhookStore, check_url, sign
+from framewire.gateway.delivery import GIVEN_UP, Subscriber, sign
+from framewire.gateway.webhooks import WebhookStore, check_url
 from framewire.runtime import StopSignal
 from framewire.runtime.heartbeat import Counters
 
