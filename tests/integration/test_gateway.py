@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from framewire.broker.client import EmbeddedBroker
-from framewire.broker.reading import read_topic
+from framewire.broker.reading import read_topic, topic_size
 from framewire.capture.ingest import Ingest
 from framewire.capture.sources import CapturedImage
 from framewire.contracts import Detection, FrameCaptured, FrameHeader, InferenceResult, utcnow
@@ -306,6 +306,12 @@ def test_dead_letters_are_listed_and_replayed_by_an_operator_and_the_replay_audi
         letters = wait_until(lambda: [d for d in viewer.get(f"{API}/deadletters").json()
                                       if d["camera_id"] == "dl-cam"], 20, "the dead letter")
     assert letters[0]["code"] == "not_an_image" and letters[0]["service"] == "ingest"
+    # a limit reads only the newest of the topic; the dashboard counts them by offsets
+    with gateway.client("viewer") as viewer:
+        every = viewer.get(f"{API}/deadletters", params={"limit": 10_000}).json()
+        assert viewer.get(f"{API}/deadletters", params={"limit": 1}).json() == every[-1:]
+    assert topic_size(gateway.site.settings, gateway.site.settings.topic("deadletter")) == len(
+        every)
     with gateway.client("operator") as operator:
         dry = operator.post(f"{API}/deadletters/replay",
                             json={"reason": "not_an_image", "dry_run": True}).json()

@@ -62,6 +62,24 @@ def read_topic(settings: Settings, topic: str, tail: int | None = None,
         consumer.close()
 
 
+def topic_size(settings: Settings, topic: str, timeout_s: float = 10.0) -> int:
+    """How many records the topic holds now (end minus start offset of each partition), read
+    from its offsets, not its records; 0 while it does not exist."""
+    consumer = _reader(settings)
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics[topic]
+            if meta.error is not None:
+                return 0
+            return sum(high - low for low, high in (
+                consumer.get_watermark_offsets(TopicPartition(topic, pid), timeout_s)
+                for pid in meta.partitions))
+        except KafkaException as exc:
+            raise TransientError(f"cannot read the offsets of {topic}: {exc}") from exc
+    finally:
+        consumer.close()
+
+
 # a record of a settings topic as it was written: key and value, None for a tombstone
 KeyedValue = tuple[bytes | None, bytes | None]
 

@@ -64,7 +64,7 @@ def deadletters(
         return
     from framewire.ops.status import dead_letter_report, dead_letters
 
-    letters = dead_letters(settings_for())[-limit:]
+    letters = dead_letters(settings_for(), newest=limit)
     if as_json:
         print_json([dead_letter_report(d) for _, d in letters])
         return

@@ -244,7 +244,7 @@ def _site_routes(api: APIRouter, state: GatewayState) -> None:
         record came from, camera and frame."""
         from framewire.ops.status import dead_letter_report, dead_letters
 
-        return [dead_letter_report(d) for _, d in dead_letters(settings)[-limit:]]
+        return [dead_letter_report(d) for _, d in dead_letters(settings, newest=limit)]
 
     @api.post("/deadletters/replay", tags=["dead letters"])
     def replay_dead_letters(request: ReplayRequest, token: Operator) -> dict[str, Any]:

@@ -138,12 +138,15 @@ def _site_pages(app: FastAPI, state: GatewayState) -> None:
 
     @app.get("/deadletters", include_in_schema=False)
     def dead_letter_page(request: Request, limit: int = 100) -> HTMLResponse:
+        from framewire.broker.reading import topic_size
         from framewire.ops.status import dead_letter_report, dead_letters
 
         token = signed_in(request, state)
-        letters = [dead_letter_report(d) for _, d in dead_letters(settings)]
-        return page(request, "deadletters.html", token, total=len(letters),
-                    letters=list(reversed(letters[-max(1, min(limit, 1000)):])))
+        shown = max(1, min(limit, 1000))
+        letters = [dead_letter_report(d) for _, d in dead_letters(settings, newest=shown)]
+        total = max(len(letters), topic_size(settings, settings.topic("deadletter")))
+        return page(request, "deadletters.html", token, total=total,
+                    letters=list(reversed(letters)))
 
     @app.get("/model", include_in_schema=False)
     def model_page(request: Request) -> HTMLResponse:
@@ -164,12 +167,15 @@ def site_overview(state: GatewayState) -> dict[str, Any]:
     """What the overview shows: each service (replicas, frames/s, lag, counters, energy,
     problems), the broker, the dead letters' count, and the model and provider of the
     newest result."""
-    from framewire.ops.status import broker_status, dead_letters, site_status, status_report
+    from framewire.broker.reading import topic_size
+    from framewire.ops.status import broker_status, site_status, status_report
 
     settings = state.settings
     try:
         report = status_report(site_status(settings), broker_status(settings))
-        letters: int | None = len(dead_letters(settings))
+        # counted from the topic's offsets: a page refreshed every few seconds must not read
+        # (and decode) every dead letter kept
+        letters: int | None = topic_size(settings, settings.topic("deadletter"))
         error = None
     except TransientError as exc:  # a broker restarting: say so, the page stays up
         report, letters, error = [], None, str(exc)

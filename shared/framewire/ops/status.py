@@ -180,17 +180,19 @@ def stalled_partitions(status: ServiceStatus, lags: dict[int, int],
     return problems
 
 
-def dead_letters(settings: Settings, codec: Codec | None = None) -> list[tuple[Any, DeadLetter]]:
-    """Every dead letter on the topic, oldest first, with its message (for offsets)."""
+def dead_letters(settings: Settings, codec: Codec | None = None,
+                 newest: int | None = None) -> list[tuple[Any, DeadLetter]]:
+    """Every dead letter on the topic (or the ``newest`` ones: only the last ``newest`` of
+    each partition are read), oldest first, with its message (for offsets)."""
     codec = codec or make_codec(settings.schema_registry_url, settings.schema_registry_auth)
     out = []
-    for msg in read_topic(settings, settings.topic("deadletter")):
+    for msg in read_topic(settings, settings.topic("deadletter"), tail=newest):
         try:
             out.append((msg, codec.decode(msg.value(), DeadLetter)))
         except DataError:
             continue
     out.sort(key=lambda pair: pair[1].failed_at)
-    return out
+    return out if newest is None else out[-newest:]
 
 
 @dataclass
