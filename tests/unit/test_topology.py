@@ -56,6 +56,17 @@ def test_the_built_in_stages_make_the_pipeline_in_order():
         "alerts": "30d", "deadletter": "7d", "status": "1h", "cameras": "-1", "control": "-1"}
 
 
+def test_the_frames_path_holds_the_stages_that_carry_or_store_frames_not_a_branch():
+    # back-pressure sums these stages' lags; the live line counts what the last of them stored
+    assert [s.name for s in topology().frame_path] == ["preprocess", "inference", "storage"]
+    # a plug-in that carries frames on is on it; one that turns them into events is a branch
+    carries = spec("carries", "detections", "detections.extra")
+    counts = spec("counts", "detections", "counts", contract=DeadLetter)
+    site = check([*topology().stages, carries, counts])
+    assert "carries" in site.names and "counts" in site.names
+    assert [s.name for s in site.frame_path if s.name in ("carries", "counts")] == ["carries"]
+
+
 def test_order_follows_the_topics_not_the_declaration_order():
     site = check([spec("sink", "b", None), spec("middle", "a", "b"),
                   spec("source", None, "a")])

@@ -273,9 +273,10 @@ class Ingest:
         return lags
 
     def _watch_lag(self) -> None:
-        # every stage's backlog counts as the pipeline falling behind
+        # the backlog of every stage on the frames' path counts as the pipeline falling
+        # behind; a branch's (analytics) does not: a slow or stopped branch never stops capture
         probes = {spec.name: LagProbe(self.settings, spec.name, timeout_s=2.0)
-                  for spec in topology(self.settings).consumers}
+                  for spec in topology(self.settings).frame_path}
         was_behind = False
         try:
             while not self.stop.wait(0.5):

@@ -177,17 +177,15 @@ def _stop_on_signals():  # noqa: ANN202
 def _status_line(settings: Settings, statuses: list, started: float,
                  last: tuple[float, int]) -> tuple[str, tuple[float, int]]:
     """One line of live status; ``last`` is (when, stored) at the previous line, for the rate."""
-    from framewire.contracts.records import FrameRecord
     from framewire.topology import topology
 
     site = topology(settings)
     by = {s.service: s for s in statuses}
-    # frames in: what the sources published; stored: what the last stages (no output) took
-    # of the frames' own records (not the analytics' events and alerts, stored beside them)
+    # frames in: what the sources published; stored: what the last stages of the frames' own
+    # path took (not the analytics' events and alerts, stored beside them)
     frames_in = sum(by[s.name].total("records_out") for s in site.sources if s.name in by)
-    stored = sum(by[s.name].total("records_out") for s in site.consumers
-                 if not s.outputs and s.name in by and s.input_contract is not None
-                 and issubclass(s.input_contract, FrameRecord))
+    stored = sum(by[s.name].total("records_out") for s in site.frame_path
+                 if not s.outputs and s.name in by)
     dead = sum(s.total("dead_lettered") for s in statuses)
     lag = sum(s.lag or 0 for s in statuses)
     alive = sum(1 for s in statuses if s.alive)

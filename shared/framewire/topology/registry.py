@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from framewire.contracts import Contract, DeadLetter, ServiceHeartbeat
+from framewire.contracts.records import FrameRecord
 from framewire.errors import ConfigError
 from framewire.topology.spec import StageSpec, load_object
 
@@ -93,6 +94,17 @@ class Topology:
     @property
     def sources(self) -> tuple[StageSpec, ...]:
         return tuple(s for s in self.stages if s.is_source)
+
+    @property
+    def frame_path(self) -> tuple[StageSpec, ...]:
+        """The consumers on the frames' own path: those that read a frame's record and either
+        write frame records on or store them (preprocess, inference, storage). A branch that
+        turns frames into something else (analytics: events and alerts) and the stages after
+        it are not on it: their lag is not frames waiting, and it never holds capture back."""
+        return tuple(s for s in self.consumers if s.input_contract is not None
+                     and issubclass(s.input_contract, FrameRecord)
+                     and (not s.outputs or any(issubclass(o.contract, FrameRecord)
+                                               for o in s.outputs)))
 
     @cached_property
     def topics(self) -> dict[str, TopicInfo]:
