@@ -122,6 +122,8 @@ class AnalyticsApp:
                  partitions: int | None = None, replication: int = 1) -> None:
         import faust
 
+        from framewire.analytics.transactions import TransactionalApp
+
         self.settings = settings
         self.publisher = publisher
         self.codec: Codec = publisher.codec if publisher is not None else Codec()
@@ -130,8 +132,10 @@ class AnalyticsApp:
             assert publisher is not None, "without a publisher, give partitions"
             partitions, replication = topic_shape(publisher, settings)
         self.partitions = partitions
-        self.app = faust.App(settings.group(SERVICE),
-                             **faust_options(settings, partitions, replication))
+        # exactly_once: faust's app with the consumer fixes of transactions.py
+        app_type = TransactionalApp if settings.delivery == "exactly_once" else faust.App
+        self.app = app_type(settings.group(SERVICE),
+                            **faust_options(settings, partitions, replication))
         self.source = self.app.topic(settings.topic("detections"), key_type=bytes,
                                      value_type=bytes, key_serializer="raw",
                                      value_serializer="raw")
@@ -155,11 +159,25 @@ class AnalyticsApp:
                                 (message.topic, message.partition, message.offset))
             if done is not None:
                 await self.publish(done, message.headers, message.partition)
-                if done.state is not None:
-                    self.table[done.camera_id] = done.state
-                elif done.clear:
-                    del self.table[done.camera_id]
+                await self.save(done, message.partition)
             yield done
+
+    async def save(self, done: Done, partition: int) -> None:
+        """Keep (or clear) the camera's state in the table.
+
+        Under exactly_once its changelog record is sent now, into the input partition's
+        transaction, before the record's offset can be committed (faust would send it later,
+        from its buffer, maybe into the next transaction: lost if the worker dies between)."""
+        if done.state is None and not done.clear:
+            return
+        if self.sends and self.settings.delivery == "exactly_once":
+            from framewire.analytics.transactions import save_in_transaction
+
+            await save_in_transaction(self.table, done.camera_id, done.state, partition)
+        elif done.state is not None:
+            self.table[done.camera_id] = done.state
+        else:
+            del self.table[done.camera_id]
 
     async def publish(self, done: Done, incoming: Any, partition: int) -> None:
         """Send one record's events and alerts, keyed by camera, with its trace context.
