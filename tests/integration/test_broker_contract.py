@@ -156,7 +156,11 @@ def test_created_topic_reports_its_partition_count_in_metadata(
     admin = AdminClient({"bootstrap.servers": kafka_backend.bootstrap})
     for count in (1, 3, 6):
         topic = new_topic(kafka_backend, count)
-        assert partitions_of(admin, topic) == list(range(count))
+        # another client may ask another node, whose metadata can lag the creation a moment
+        seen = wait_until(lambda t=topic, n=count: (found := partitions_of(admin, t)) and
+                          len(found) >= n and found, TIMEOUT_S,
+                          f"{topic} in another client's metadata")
+        assert seen == list(range(count))
 
 
 # -- records ------------------------------------------------------------------------------
