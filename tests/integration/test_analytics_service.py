@@ -117,17 +117,17 @@ def test_synthetic_walkers_give_exact_events_on_the_embedded_broker(site: Site):
     assert beat.records_out >= len(want) and beat.group == settings.group("analytics")
 
 
-# exactly_once: faust's transactions, the outputs and state in their input partition's, with
-# framewire.analytics.transactions' fixes; it passes in about half the runs: in the others the
-# survivor stops committing a partition it took up (one cause: faust's seek after recovery
-# replaces its newer committed offset; docs/analytics.md, "Not yet exact"): kept, slow
-EXACTLY_ONCE_STALLS = pytest.mark.xfail(reason="faust's exactly_once: the survivor can stop "
-                                        "committing a partition it took up (its transaction "
-                                        "stays open); see docs/analytics.md", strict=False)
+# exactly_once: faust's transactions, the outputs and the state in their input partition's,
+# with framewire.analytics.transactions' fixes (docs/analytics.md, "Delivery"); about 45 s.
+# It passed 7 of 8 runs; the failing one timed out waiting for the window counts, cause not
+# found yet: kept expected to fail (not strict) until it is
+EXACTLY_ONCE_FLAKY = pytest.mark.xfail(reason="exactly_once failover: 1 run in 8 still misses "
+                                       "window counts (docs/analytics.md, Delivery)",
+                                       strict=False)
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", pytest.param(
-    "exactly_once", marks=[pytest.mark.slow, EXACTLY_ONCE_STALLS])])
+    "exactly_once", marks=[pytest.mark.slow, EXACTLY_ONCE_FLAKY])])
 def test_killed_worker_mid_window_gives_the_counts_of_a_run_without_the_kill(
         kafka_site: Site, delivery: str):
     settings = configure(kafka_site, CAMERAS, delivery)
@@ -154,4 +154,6 @@ def test_killed_worker_mid_window_gives_the_counts_of_a_run_without_the_kill(
     finally:
         consumer.close()
     assert window_counts(seen) == want
+    if delivery == "exactly_once":  # what the killed worker left open was aborted, not seen
+        assert len(seen) == len({e.event_id for e in seen}), "an event seen twice"
     assert kafka_site.procs["analytics"][1].poll() is None

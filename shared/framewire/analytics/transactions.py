@@ -3,9 +3,9 @@ transactions.
 
 Under ``processing_guarantee="exactly_once"`` faust (0.15) commits each input partition's
 offsets in a transaction of its own (transactional id ``<app id>-<group>-<partition>``),
-with what was sent in it, and reads at read_committed. Four faults of faust's (with
-aiokafka 0.14) lost records or state after a failover; :class:`TransactionalApp` and
-:func:`save_in_transaction` work around them:
+with what was sent in it, and reads at read_committed. Five faults of faust's (with
+aiokafka 0.14) lost records or state after a failover, or left a partition's transaction
+open for good; :class:`TransactionalApp` and :func:`save_in_transaction` work around them:
 
 - **Fetched records dropped.** faust hands aiokafka its set of active partitions, the very
   set its rebalance and recovery pause and resume meanwhile; aiokafka reads an empty set as
@@ -17,6 +17,14 @@ aiokafka 0.14) lost records or state after a failover; :class:`TransactionalApp`
 - **No committed offset, no seek back.** aiokafka's ``seek_to_committed`` leaves a partition
   without a committed offset where it is, past whatever was fetched and dropped; ours seeks
   such a partition to its beginning, as ``consumer_auto_offset_reset="earliest"`` says.
+- **Queued records cleared after recovery.** faust resumes the partitions, awaits their
+  committed offsets (``Consumer.perform_seek``), then resumes the flow, which clears every
+  stream's queue (``FlowControlEvent.resume``; channels are ``clear_on_resume``): records read
+  and queued meanwhile were lost, and when the worker committed meanwhile the broker's older
+  answer replaced its offset, after which faust never commits the partition again
+  (``Consumer._new_offset`` sees a gap). Ours clears the queues once the answer is in, reads
+  each partition again from where it is committed (by itself, if newer), and resumes the
+  flow without clearing.
 - **Changelog end offsets.** Before reading a changelog back faust takes its end from the
   consumer's cached last stable offset (``AIOKafkaConsumerThread._highwaters``), unknown right
   after an assignment: it counts -1 and reads nothing back (the camera's state is lost), or a
@@ -35,8 +43,11 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import faust
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message, TransportT
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +65,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def _seek_to_committed(self) -> Mapping[TP, int]:
         consumer = self._ensure_consumer()
         committed = cast(Mapping[TP, int], await consumer.seek_to_committed())
-        # aiokafka seeks only where an offset above 0 was committed
-        fresh = [tp for tp, offset in committed.items() if not offset or offset < 0]
+        # aiokafka seeks only where an offset above 0 was committed (changelogs: recovery's)
+        fresh = [tp for tp, offset in committed.items() if (not offset or offset < 0)
+                 and not self.consumer._is_changelog_tp(ensure_TP(tp))]
         if fresh:
             await consumer.seek_to_beginning(*fresh)
         return committed
@@ -66,6 +78,25 @@ class _Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        # faust resumes the stream partitions before this seek and clears the streams' queues
+        # when it resumes the flow after it: records read and queued meanwhile were lost, and
+        # records processed and committed meanwhile made the broker's answer stale. From the
+        # answer on nothing awaits until the flow resumes: the queues are cleared here, and each
+        # partition is read again from where it is committed, by this worker if newer
+        committed = await self.seek_to_committed()
+        self.app.flow_control.clear()
+        for found, offset in committed.items():
+            tp = ensure_TP(found)
+            if self._is_changelog_tp(tp):
+                continue
+            mine = self._committed_offset.get(tp)
+            start = mine if mine is not None and (not offset or offset < mine) else offset
+            self._thread.seek(tp, start if start is not None and start > 0 else 0)
+            self._read_offset[tp] = start if start is not None and start >= 0 else None
+            if start:
+                self._committed_offset[tp] = start
 
     async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
         records, active = await super()._wait_next_records(timeout)
@@ -95,6 +126,13 @@ class _Consumer(faust_aiokafka.Consumer):
                 await self.seek(tp, min(left))
 
 
+class _FlowControl(FlowControlEvent):
+    def resume(self) -> None:
+        # faust's clears every stream's queue; perform_seek above clears them itself
+        self._suspend.clear()
+        self._resume.set()
+
+
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
@@ -104,6 +142,10 @@ class TransactionalApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         return _Transport(self.conf.broker_consumer, self)
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return _FlowControl(loop=self.loop)
 
 
 async def save_in_transaction(table: Any, key: str, value: Any | None, partition: int) -> None:
