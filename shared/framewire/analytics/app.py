@@ -120,9 +120,8 @@ class AnalyticsApp:
 
     def __init__(self, settings: Settings, publisher: Publisher | None = None,
                  partitions: int | None = None, replication: int = 1) -> None:
-        import faust
 
-        from framewire.analytics.transactions import TransactionalApp
+        from framewire.analytics.transactions import FixedApp
 
         self.settings = settings
         self.publisher = publisher
@@ -132,9 +131,9 @@ class AnalyticsApp:
             assert publisher is not None, "without a publisher, give partitions"
             partitions, replication = topic_shape(publisher, settings)
         self.partitions = partitions
-        # exactly_once: faust's app with the consumer fixes of transactions.py
-        app_type = TransactionalApp if settings.delivery == "exactly_once" else faust.App
-        self.app = app_type(settings.group(SERVICE),
+        # faust's app with the consumer's fixes (transactions.py), under either delivery: its
+        # faults after a failover are not exactly_once's alone
+        self.app = FixedApp(settings.group(SERVICE),
                             **faust_options(settings, partitions, replication))
         self.source = self.app.topic(settings.topic("detections"), key_type=bytes,
                                      value_type=bytes, key_serializer="raw",
