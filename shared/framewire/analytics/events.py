@@ -148,6 +148,9 @@ class CameraAnalyzer:
                  settings: AnalyticsSettings) -> None:
         self.camera_id = camera_id
         self.camera = camera
+        # what the tracks' sides and stays and the alerts' states are reckoned against: saved
+        # with every state (once per frame), so worked out once
+        self.rules = self._rules()
         self.settings = settings
         self.tracks: dict[int, _TrackState] = {}
         self.windows = WindowCounter(camera_id, settings.tumbling_s, settings.hopping_s,
@@ -249,7 +252,7 @@ class CameraAnalyzer:
             "windows": [[*key, n] for key, n in self.windows.open.items()],
             "alerts": {w.rule.rule_name: [None if w.since is None else micros(w.since),
                                           w.firing, w.peak] for w in self.alerts},
-            "rules": self._rules(),
+            "rules": self.rules,
         }
 
     def _rules(self) -> dict[str, list[Any]]:
@@ -286,7 +289,7 @@ class CameraAnalyzer:
                              f"{STATE_VERSION}; start the camera's analytics afresh")
         last = state.get("last_at")
         self.last_at = None if last is None else from_micros(last)
-        then, now = state.get("rules"), self._rules()
+        then, now = state.get("rules"), self.rules
         same = (lambda key: True) if then is None else (lambda key: then.get(key) == now.get(key))
         lines = {line.name: line.points for line in self.camera.lines}
         zones = {zone.name: zone.points for zone in self.camera.zones}
@@ -323,14 +326,14 @@ class CameraAnalyzer:
                              for k, s, n, c, d, count in state["windows"]}
         for event in found.events:
             self.windows.add(event)
-        saved_alerts = state["alerts"]
+        saved_alerts, kept = state["alerts"], set()
         for watch in self.alerts:
-            if not same(f"alert:{watch.rule.rule_name}"):
-                continue
-            since, firing, peak = saved_alerts.get(watch.rule.rule_name, (None, False, 0))
-            watch.since = None if since is None else from_micros(since)
-            watch.firing, watch.peak = firing, peak
-        kept = {w.rule.rule_name for w in self.alerts if same(f"alert:{w.rule.rule_name}")}
+            name = watch.rule.rule_name
+            if same(f"alert:{name}"):
+                kept.add(name)
+                since, firing, peak = saved_alerts.get(name, (None, False, 0))
+                watch.since = None if since is None else from_micros(since)
+                watch.firing, watch.peak = firing, peak
         for name, (since, firing, peak) in saved_alerts.items():
             old_rule = (then or {}).get(f"alert:{name}")
             if name in kept or not firing or since is None or old_rule is None:

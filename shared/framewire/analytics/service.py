@@ -118,9 +118,8 @@ class CameraWork:
                at: datetime) -> Findings:
         """What a camera's analytics end with when its settings go: the state taken up
         under no lines, zones or rules."""
-        camera = self.cameras.get(camera_id)
-        mark = 0 if saved is None else int(saved.get("mark", 0))
-        state = (camera.analyzer.export_state() if camera is not None and camera.mark == mark
+        camera, _ = self._own(camera_id, saved)
+        state = (camera.analyzer.export_state() if camera is not None
                  else None if saved is None else saved.get("analyzer"))
         if state is None:
             return Findings()
@@ -142,13 +141,19 @@ class CameraWork:
         for camera_id in list(self.cameras) if camera_ids is None else camera_ids:
             self.cameras.pop(camera_id, None)
 
+    def _own(self, camera_id: str, saved: dict[str, Any] | None) -> tuple[_Camera | None, int]:
+        """This worker's copy of the camera if it is as up to date as ``saved`` (the same
+        mark), else None; and the saved mark."""
+        mark = 0 if saved is None else int(saved.get("mark", 0))
+        camera = self.cameras.get(camera_id)
+        return (camera if camera is not None and camera.mark == mark else None), mark
+
     def _camera(self, camera_id: str, saved: dict[str, Any] | None, config: CameraAnalytics,
                 frame_id: str, at: datetime) -> tuple[_Camera, Findings]:
         """The camera under ``config``: this worker's copy, or rebuilt from ``saved``; with
         what a change of its settings since ended (``CameraAnalyzer.import_state``)."""
-        mark = 0 if saved is None else int(saved.get("mark", 0))
-        camera = self.cameras.get(camera_id)
-        if camera is not None and camera.mark == mark:
+        camera, mark = self._own(camera_id, saved)
+        if camera is not None:
             if camera.config == config:
                 return camera, Findings()
             return camera, self._reconfigure(camera_id, camera, config, frame_id, at)
